@@ -1,0 +1,129 @@
+"""Calling user code (handlers, conditions, compensators, hooks) with a timeout.
+
+- ``async def``: runs on a background event loop; a timeout cancels the coroutine.
+- plain function in the main thread: a ``SIGALRM`` timer interrupts it (real cancellation,
+  as Celery's soft time limit does on prefork).
+- plain function elsewhere: runs on a helper thread and is abandoned at the timeout.
+
+In every case a timed-out attempt's writes to ``ctx.data`` are discarded, because the attempt
+works on a private copy that is only persisted on success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .errors import StepTimeout
+
+
+class _AlarmTimeout(BaseException):
+    """Raised inside a handler by the timer. A ``BaseException`` so that a handler's
+    ``except Exception`` cannot swallow it."""
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise _AlarmTimeout()
+
+
+class Invoker:
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    # -- public ---------------------------------------------------------------------------
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None,
+             what: str = "step") -> Any:
+        """Call ``fn(*args)``; raise ``StepTimeout`` if it runs past ``timeout`` seconds."""
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)
+        ):
+            return self._call_async(fn, args, timeout, what)
+        if timeout is None:
+            out = fn(*args)
+            if inspect.isawaitable(out):
+                return self._await(out, None, what)
+            return out
+        if threading.current_thread() is threading.main_thread() and _alarm_usable():
+            return self._call_with_alarm(fn, args, timeout, what)
+        return self._call_in_thread(fn, args, timeout, what)
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    # -- implementations ------------------------------------------------------------------
+    def _call_with_alarm(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float,
+                         what: str) -> Any:
+        previous = signal.signal(signal.SIGALRM, _on_alarm)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            try:
+                out = fn(*args)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except _AlarmTimeout:
+            raise StepTimeout(f"{what} timed out after {timeout:g}s") from None
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+        if inspect.isawaitable(out):
+            return self._await(out, timeout, what)
+        return out
+
+    def _call_in_thread(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float,
+                        what: str) -> Any:
+        future = self._executor().submit(fn, *args)
+        try:
+            out = future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise StepTimeout(f"{what} timed out after {timeout:g}s (attempt abandoned)") from None
+        if inspect.isawaitable(out):
+            return self._await(out, timeout, what)
+        return out
+
+    def _call_async(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float | None,
+                    what: str) -> Any:
+        return self._await(fn(*args), timeout, what)
+
+    def _await(self, awaitable: Any, timeout: float | None, what: str) -> Any:
+        async def runner() -> Any:
+            return await asyncio.wait_for(awaitable, timeout)
+
+        future = asyncio.run_coroutine_threadsafe(runner(), self._event_loop())
+        try:
+            return future.result()
+        except (asyncio.TimeoutError, TimeoutError):
+            raise StepTimeout(f"{what} timed out after {timeout:g}s (cancelled)") from None
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="flux-async", daemon=True).start()
+                self._loop = loop
+            return self._loop
+
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=64, thread_name_prefix="flux-step"
+                )
+            return self._pool
+
+
+def _alarm_usable() -> bool:
+    """Only take SIGALRM when nobody else uses it."""
+    current = signal.getsignal(signal.SIGALRM)
+    return current in (signal.SIG_DFL, signal.SIG_IGN, None, _on_alarm)

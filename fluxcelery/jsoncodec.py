@@ -1,0 +1,80 @@
+"""JSON on the wire and in the store: clear errors for bad values, a size limit, redaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import PayloadTooLarge, SerializationError
+
+DEFAULT_MAX_BYTES = 1024 * 1024
+DEFAULT_REDACT = ("password", "token", "secret", "authorization", "card")
+MASK = "***"
+
+
+def _find_bad_value(value: Any, path: str = "") -> str | None:
+    """The path of the first value ``json`` cannot encode, for an error a user can act on."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if value == value and value not in (float("inf"), float("-inf")) else path or "$"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path}[{key!r}] (keys must be strings)"
+            bad = _find_bad_value(item, f"{path}.{key}" if path else key)
+            if bad:
+                return bad
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            bad = _find_bad_value(item, f"{path}[{i}]")
+            if bad:
+                return bad
+        return None
+    return f"{path or '$'} ({type(value).__name__})"
+
+
+def dumps(value: Any, *, what: str = "value", max_bytes: int | None = None) -> str:
+    """Encode to compact JSON or raise ``SerializationError``/``PayloadTooLarge`` naming ``what``."""
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        where = _find_bad_value(value)
+        raise SerializationError(
+            f"{what} is not JSON-serializable" + (f" at {where}" if where else f": {exc}")
+        ) from None
+    if max_bytes is not None and len(text) > max_bytes and len(text.encode()) > max_bytes:
+        raise PayloadTooLarge(
+            f"{what} is {len(text.encode())} bytes, over the limit of {max_bytes} bytes"
+        )
+    return text
+
+
+def roundtrip(value: Any, *, what: str = "value", max_bytes: int | None = None) -> Any:
+    """What a value looks like after being stored: the same JSON round trip workers do."""
+    return json.loads(dumps(value, what=what, max_bytes=max_bytes))
+
+
+class Redactor:
+    """Masks values whose key contains a secret-looking word (case-insensitive)."""
+
+    def __init__(self, keys: Iterable[str] = DEFAULT_REDACT) -> None:
+        self.keys = tuple(k.lower() for k in keys)
+
+    def is_secret(self, key: str) -> bool:
+        low = key.lower()
+        return any(k in low for k in self.keys)
+
+    def __call__(self, value: Any) -> Any:
+        if not self.keys:
+            return value
+        if isinstance(value, dict):
+            return {
+                k: (MASK if isinstance(k, str) and self.is_secret(k) else self(v))
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [self(v) for v in value]
+        return value

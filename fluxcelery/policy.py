@@ -1,0 +1,93 @@
+"""Pure decisions: backoff delay, whether to retry, and the saga compensation plan."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import DefinitionError, NonRetryableError, SerializationError
+from .states import StepStatus
+
+if TYPE_CHECKING:
+    from .builder import StepDef
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff between attempts of one step.
+
+    The delay before attempt ``n + 1`` (after ``n`` failures) is
+    ``min(max, base * factor ** (n - 1))`` seconds.
+    """
+
+    base: float = 1.0
+    """Delay after the first failure, in seconds."""
+    factor: float = 2.0
+    """Multiplier applied for each further failure."""
+    max: float = 60.0
+    """Upper bound of any single delay, in seconds."""
+    jitter: bool = True
+    """Full jitter: draw the delay uniformly from ``[delay / 2, delay]`` so that many runs
+    failing together do not retry in lockstep (half the delay is kept as a floor)."""
+
+    def __post_init__(self) -> None:
+        for name in ("base", "factor", "max"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise DefinitionError(f"Backoff.{name} must be a number >= 0, got {value!r}")
+        if self.factor < 1:
+            raise DefinitionError(f"Backoff.factor must be >= 1, got {self.factor!r}")
+
+    def delay(self, failures: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after ``failures`` failed attempts (``failures >= 1``)."""
+        if failures < 1:
+            return 0.0
+        raw = min(self.max, self.base * self.factor ** (failures - 1))
+        if self.jitter and raw > 0:
+            draw = (rng or random).uniform(raw / 2, raw)
+            return round(draw, 3)
+        return float(raw)
+
+
+NO_BACKOFF = Backoff(base=0.0, factor=1.0, max=0.0, jitter=False)
+
+
+def should_retry(
+    exc: BaseException,
+    attempt: int,
+    max_attempts: int,
+    retry_on: tuple[type[BaseException], ...] | None = None,
+    no_retry_on: tuple[type[BaseException], ...] = (),
+) -> bool:
+    """Whether a failed attempt gets another try.
+
+    ``NonRetryableError`` and serialization errors are never retried: running the same code on
+    the same data would fail the same way.
+    """
+    if attempt >= max_attempts:
+        return False
+    if isinstance(exc, (NonRetryableError, SerializationError)):
+        return False
+    if no_retry_on and isinstance(exc, no_retry_on):
+        return False
+    if retry_on is not None:
+        return isinstance(exc, retry_on)
+    return True
+
+
+def compensation_plan(
+    steps: Sequence[StepDef], statuses: Sequence[StepStatus], failed_index: int
+) -> list[int]:
+    """Indexes to compensate, in strict reverse order.
+
+    Every step before ``failed_index`` that has a compensator and is ``completed`` (or whose
+    compensation is already under way or failed before, for a retried rollback) is included.
+    """
+    eligible = {StepStatus.COMPLETED, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED}
+    return [
+        i
+        for i in range(min(failed_index, len(steps)) - 1, -1, -1)
+        if steps[i].compensate is not None and statuses[i] in eligible
+    ]

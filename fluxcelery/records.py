@@ -1,0 +1,206 @@
+"""The persisted shape of a run and its steps, and the result handed back to callers."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from .states import DONE_STEP, RunStatus, StepStatus
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.isoformat()
+
+
+def ms_between(start: datetime | None, end: datetime | None) -> int | None:
+    if start is None or end is None:
+        return None
+    return max(0, round((end - start).total_seconds() * 1000))
+
+
+@dataclass
+class StepState:
+    """One step of one run, as stored in ``flux_steps``."""
+
+    name: str
+    index: int
+    kind: str = "step"
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    #: Attempts of this step's compensator (a saga rollback retries it like a step).
+    compensation_attempts: int = 0
+    output: Any = None
+    error: str | None = None
+    waiting_for: str | None = None
+    task_id: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: int | None = None
+    #: When a suspended step's wait expires (not part of SPEC's column list; stored too).
+    wait_deadline: datetime | None = None
+
+    def copy(self) -> StepState:
+        return replace(self, output=copy.deepcopy(self.output))
+
+    def reset(self) -> None:
+        """Back to ``pending`` for a retry from this step, with nothing stale left behind."""
+        self.status = StepStatus.PENDING
+        self.attempts = 0
+        self.compensation_attempts = 0
+        self.output = None
+        self.error = None
+        self.waiting_for = None
+        self.task_id = None
+        self.started_at = None
+        self.finished_at = None
+        self.duration_ms = None
+        self.wait_deadline = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "index": self.index,
+            "kind": self.kind,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "compensation_attempts": self.compensation_attempts,
+            "output": self.output,
+            "error": self.error,
+            "waiting_for": self.waiting_for,
+            "task_id": self.task_id,
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "duration_ms": self.duration_ms,
+        }
+
+
+@dataclass
+class RunState:
+    """One run, as stored in ``flux_runs`` plus its ``flux_steps`` rows."""
+
+    id: str
+    workflow: str
+    status: RunStatus
+    input: Any
+    data: dict[str, Any]
+    steps: list[StepState]
+    workflow_version: str | None = None
+    definition_hash: str | None = None
+    current_step: int = 0
+    error: str | None = None
+    executor: str = "local"
+    version: int = 0
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+    def copy(self) -> RunState:
+        return replace(
+            self,
+            input=copy.deepcopy(self.input),
+            data=copy.deepcopy(self.data),
+            steps=[s.copy() for s in self.steps],
+        )
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """Step name -> output of each completed step (a signal's payload for a wait step)."""
+        return {
+            s.name: s.output
+            for s in self.steps
+            if s.status in DONE_STEP or s.status == StepStatus.COMPENSATED
+        }
+
+    def step(self, name: str) -> StepState:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def duration_ms(self) -> int | None:
+        return ms_between(self.created_at, self.finished_at or self.updated_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "workflow": self.workflow,
+            "workflow_version": self.workflow_version,
+            "definition_hash": self.definition_hash,
+            "status": self.status.value,
+            "input": self.input,
+            "data": self.data,
+            "current_step": self.current_step,
+            "error": self.error,
+            "executor": self.executor,
+            "version": self.version,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "finished_at": iso(self.finished_at),
+            "duration_ms": self.duration_ms,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+
+@dataclass(frozen=True)
+class FluxResult:
+    """What ``execute`` and ``RunHandle.get`` return. Step failures are in ``status``/``error``."""
+
+    id: str
+    workflow: str
+    status: RunStatus
+    input: Any
+    data: dict[str, Any]
+    results: dict[str, Any]
+    error: str | None
+    steps: list[StepState]
+    duration_ms: int | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def from_state(cls, state: RunState) -> FluxResult:
+        return cls(
+            id=state.id,
+            workflow=state.workflow,
+            status=state.status,
+            input=state.input,
+            data=state.data,
+            results=state.results,
+            error=state.error,
+            steps=state.steps,
+            duration_ms=state.duration_ms,
+            created_at=state.created_at,
+            finished_at=state.finished_at,
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.status == RunStatus.COMPLETED
+
+    def step(self, name: str) -> StepState:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "workflow": self.workflow,
+            "status": self.status.value,
+            "input": self.input,
+            "data": self.data,
+            "results": self.results,
+            "error": self.error,
+            "steps": [s.to_dict() for s in self.steps],
+            "duration_ms": self.duration_ms,
+            "created_at": iso(self.created_at),
+            "finished_at": iso(self.finished_at),
+        }

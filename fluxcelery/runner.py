@@ -1,0 +1,511 @@
+"""Runs ONE step attempt (or one compensation) and maps its outcome to a persisted
+transition, trace events and the next action. Embedded mode and Celery tasks both call this,
+so a workflow behaves the same in-process and on workers.
+
+Every state change is a guarded write (``save_run`` with the version read). A write that does
+not land means another process moved the run first: the attempt's result is discarded and the
+caller stops (``Action.STOP``). That is a normal, tested outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from .builder import DEFAULT, StepDef, WaitFor, Workflow
+from .context import StepContext
+from .errors import FluxError, SerializationError, describe_error
+from .jsoncodec import roundtrip
+from .policy import compensation_plan, should_retry
+from .records import RunState, StepState, ms_between, utcnow
+from .states import DONE_STEP, RunStatus, StepStatus
+from .trace.event import TraceEvent
+
+if TYPE_CHECKING:
+    from .engine import FluxEngine
+
+log = logging.getLogger("fluxcelery.runner")
+
+
+class Action(str, Enum):
+    CONTINUE = "continue"  # run step ``index`` next
+    RETRY = "retry"  # run the same step (or compensation) again after ``delay``
+    COMPENSATE = "compensate"  # run the compensation of step ``index`` next
+    SUSPEND = "suspend"  # the run waits for a signal
+    DONE = "done"  # the run reached a terminal state
+    STOP = "stop"  # nothing to do here (lost a race, stale task, run not active)
+
+
+@dataclass(frozen=True)
+class Next:
+    action: Action
+    index: int | None = None
+    delay: float = 0.0
+    phase: str = "step"  # "step" or "compensate": what a RETRY repeats
+    wait_timeout: float | None = None
+    reason: str = ""
+
+
+STOP = Next(Action.STOP)
+DONE = Next(Action.DONE)
+
+
+class Change:
+    """Collects the step rows touched and the events emitted by one state change."""
+
+    def __init__(self, runner: StepRunner, state: RunState) -> None:
+        self.runner = runner
+        self.state = state
+        self.version = state.version
+        self.steps: set[int] = set()
+        self.events: list[TraceEvent] = []
+
+    def step(self, index: int) -> StepState:
+        self.steps.add(index)
+        return self.state.steps[index]
+
+    def event(self, type: str, **fields: Any) -> None:
+        self.events.append(
+            TraceEvent(type=type, run_id=self.state.id, workflow=self.state.workflow, **fields)
+        )
+
+    def step_event(self, type: str, step: StepState, sdef: StepDef | None = None,
+                   **fields: Any) -> None:
+        if sdef is not None and "max_attempts" not in fields:
+            fields["max_attempts"] = self.runner.max_attempts(sdef)
+        self.event(type, step=step.name, step_index=step.index, kind=step.kind, **fields)
+
+    def save(self, tx: Any = None) -> bool:
+        target = tx if tx is not None else self.runner.storage
+        landed = bool(target.save_run(self.state, self.version, self.steps, self.events))
+        if landed and tx is None:
+            self.runner.publish(self.events)
+        return landed
+
+
+class StepRunner:
+    def __init__(self, engine: FluxEngine) -> None:
+        self.engine = engine
+        self.storage = engine.storage
+
+    # -- settings resolved against the engine -------------------------------------------
+    def max_attempts(self, sdef: StepDef) -> int:
+        retries = self.engine.default_retries if sdef.retries is None else sdef.retries
+        return retries + 1
+
+    def timeout(self, sdef: StepDef) -> float | None:
+        return self.engine.default_timeout if sdef.timeout is DEFAULT else sdef.timeout  # type: ignore[return-value]
+
+    def publish(self, events: list[TraceEvent]) -> None:
+        self.engine.publish(events)
+
+    # -- helpers --------------------------------------------------------------------------
+    def _context(self, wf: Workflow, state: RunState, sdef: StepDef, attempt: int,
+                 session: Any = None) -> StepContext:
+        spec = wf.input_spec
+        return StepContext(
+            run_id=state.id,
+            workflow=state.workflow,
+            step=sdef.name,
+            step_index=sdef.index,
+            attempt=attempt,
+            input=spec.load(state.input) if spec else state.input,
+            data=roundtrip(state.data),
+            results=state.results,
+            session=session,
+        )
+
+    def _hook(self, name: str, state: RunState, *args: Any) -> None:
+        """Call a hook; a raising hook is logged and traced, never changes the outcome."""
+        fn = self.engine.hooks.get(name)
+        if fn is None:
+            return
+        try:
+            self.engine.invoker.call(fn, *args, timeout=self.engine.hook_timeout,
+                                     what=f"hook {name}")
+        except Exception as exc:
+            log.warning("hook %s raised for run %s: %s", name, state.id, describe_error(exc))
+            event = TraceEvent(
+                type="hook:error", run_id=state.id, workflow=state.workflow,
+                error=describe_error(exc), meta={"hook": name},
+                step=args[0] if args and isinstance(args[0], str) else None,
+            )
+            self.engine.record([event])
+
+    def _finish_run(self, change: Change, status: RunStatus, error: str | None = None) -> None:
+        state = change.state
+        state.status = status
+        state.finished_at = utcnow()
+        if error is not None:
+            state.error = error
+        duration = ms_between(state.created_at, state.finished_at)
+        if status == RunStatus.COMPLETED:
+            state.error = None
+            change.event("workflow:complete", status=status.value, duration_ms=duration)
+        else:
+            change.event("workflow:error", status=status.value, duration_ms=duration,
+                         error=state.error)
+
+    # -- forward steps --------------------------------------------------------------------
+    def run_step(self, run_id: str, index: int, *, task_id: str | None = None,
+                 worker: str | None = None) -> Next:
+        state = self.storage.load_run(run_id)
+        if state is None:
+            log.warning("step task for unknown run %s ignored", run_id)
+            return STOP
+        decision = self._decide(state, index)
+        if decision is not None:
+            return decision
+        try:
+            wf = self.engine.workflow_for(state)
+        except FluxError as exc:
+            return self._fail_unrunnable(state, exc)
+        sdef = wf.steps[index]
+        step = state.steps[index]
+        if step.status in DONE_STEP:
+            return self._advance_past_done(state, wf, index)
+
+        change = Change(self, state)
+        if state.status == RunStatus.PENDING:
+            state.status = RunStatus.RUNNING
+            change.event("workflow:start", status="running", task_id=task_id, worker=worker,
+                         meta={"input": self.engine.redact(state.input)})
+        max_attempts = self.max_attempts(sdef)
+        attempt = step.attempts + 1
+
+        if step.attempts == 0 and sdef.when is not None:
+            ctx = self._context(wf, state, sdef, 0)
+            try:
+                go = self.engine.invoker.call(sdef.when, ctx, timeout=self.timeout(sdef),
+                                              what=f"when() of step {sdef.name!r}")
+            except Exception as exc:
+                err = f"when() raised {describe_error(exc)}"
+                return self._fail_step(change, wf, sdef, 0, err, exc, task_id, worker)
+            if not go:
+                s = change.step(index)
+                s.status = StepStatus.SKIPPED
+                s.finished_at = utcnow()
+                state.current_step = index + 1
+                change.step_event("step:skipped", s, status="skipped", task_id=task_id,
+                                  worker=worker)
+                finished = state.current_step >= len(wf.steps)
+                if finished:
+                    self._finish_run(change, RunStatus.COMPLETED)
+                if not change.save():
+                    return STOP
+                self._hook("step_complete", state, sdef.name, ctx, None)
+                if finished:
+                    self._hook("workflow_complete", state, ctx)
+                    return DONE
+                return Next(Action.CONTINUE, index + 1)
+
+        if attempt > max_attempts:
+            # Redelivered after worker deaths until the attempts ran out: stop the loop.
+            err = (f"WorkerLost: step {sdef.name!r} was interrupted {step.attempts} times "
+                   f"(max {max_attempts} attempts)")
+            return self._fail_step(change, wf, sdef, step.attempts, err, None, task_id, worker)
+
+        s = change.step(index)
+        redelivered = s.status == StepStatus.RUNNING
+        s.status = StepStatus.RUNNING
+        s.attempts = attempt
+        s.task_id = task_id
+        s.started_at = utcnow()
+        s.finished_at = None
+        state.current_step = index
+        meta = {"redelivered": True} if redelivered else None
+        change.step_event("step:start", s, sdef, status="running", attempt=attempt,
+                          task_id=task_id, worker=worker, meta=meta)
+        if not change.save():
+            return STOP
+        if "step_start" in self.engine.hooks:
+            self._hook("step_start", state, sdef.name, self._context(wf, state, sdef, attempt))
+        return self._attempt(wf, state, sdef, attempt, task_id, worker)
+
+    def _decide(self, state: RunState, index: int) -> Next | None:
+        """Whether a task for step ``index`` may run now; None means go ahead."""
+        if state.status not in (RunStatus.PENDING, RunStatus.RUNNING):
+            return STOP
+        cursor = state.current_step
+        n = len(state.steps)
+        if index < 0 or index >= n:
+            return STOP
+        if index < cursor:
+            # A redelivered task whose step finished before the worker died: make sure the
+            # run moves on (the next task may never have been sent).
+            nxt = state.steps[cursor] if cursor < n else None
+            if (index == cursor - 1 and state.steps[index].status in DONE_STEP
+                    and nxt is not None and nxt.status == StepStatus.PENDING
+                    and nxt.attempts == 0):
+                return Next(Action.CONTINUE, cursor)
+            return STOP
+        if index > cursor:
+            return STOP
+        status = state.steps[index].status
+        if status in DONE_STEP or status in (StepStatus.PENDING, StepStatus.RUNNING):
+            return None
+        return STOP
+
+    def _advance_past_done(self, state: RunState, wf: Workflow, index: int) -> Next:
+        """A step kept ``completed`` across a retry (a commit step): never run it again."""
+        change = Change(self, state)
+        if state.status == RunStatus.PENDING:
+            state.status = RunStatus.RUNNING
+        s = state.steps[index]
+        state.current_step = index + 1
+        change.step_event("step:skipped", s, status=s.status.value,
+                          meta={"reason": "already completed", "not_rerun": True})
+        finished = state.current_step >= len(wf.steps)
+        if finished:
+            self._finish_run(change, RunStatus.COMPLETED)
+        if not change.save():
+            return STOP
+        return DONE if finished else Next(Action.CONTINUE, index + 1)
+
+    def _attempt(self, wf: Workflow, state: RunState, sdef: StepDef, attempt: int,
+                 task_id: str | None, worker: str | None) -> Next:
+        timeout = self.timeout(sdef)
+        started = utcnow()
+        if sdef.is_commit:
+            return self._commit_attempt(wf, state, sdef, attempt, timeout, started, task_id,
+                                        worker)
+        ctx = self._context(wf, state, sdef, attempt)
+        try:
+            value = self.engine.invoker.call(sdef.handler, ctx, timeout=timeout,
+                                             what=f"step {sdef.name!r}")
+            change = self._succeeded(wf, state, sdef, ctx, value, started, task_id, worker)
+        except Exception as exc:
+            return self._attempt_failed(wf, state, sdef, attempt, exc, started, task_id, worker)
+        if not change.save():
+            return STOP
+        return self._after_success(wf, change, sdef, ctx, value)
+
+    def _commit_attempt(self, wf: Workflow, state: RunState, sdef: StepDef, attempt: int,
+                        timeout: float | None, started: Any, task_id: str | None,
+                        worker: str | None) -> Next:
+        """A commit step: its ``ctx.session`` writes and its completion commit together.
+
+        A failure is recorded only after the transaction has rolled back, so the failure
+        record never waits on the handler's own locks.
+        """
+        failure: BaseException | None = None
+        landed = False
+        with self.storage.transaction() as tx:
+            ctx = self._context(wf, state, sdef, attempt, session=tx.session)
+            try:
+                value = self.engine.invoker.call(sdef.handler, ctx, timeout=timeout,
+                                                 what=f"step {sdef.name!r}")
+                change = self._succeeded(wf, state, sdef, ctx, value, started, task_id, worker)
+                landed = change.save(tx)
+            except Exception as exc:
+                failure = exc
+        if failure is not None:
+            return self._attempt_failed(wf, state, sdef, attempt, failure, started, task_id,
+                                        worker)
+        if not landed:
+            return STOP
+        self.publish(change.events)
+        return self._after_success(wf, change, sdef, ctx, value)
+
+    def _succeeded(self, wf: Workflow, state: RunState, sdef: StepDef, ctx: StepContext,
+                   value: Any, started: Any, task_id: str | None, worker: str | None) -> Change:
+        """The change for a handler that returned; raises ``FluxError`` for data that cannot
+        be stored (the attempt then fails, and the stored state stays as it was)."""
+        max_bytes = self.engine.max_payload_bytes
+        data = roundtrip(ctx.data, what=f"ctx.data after step {sdef.name!r}",
+                         max_bytes=max_bytes)
+        if not isinstance(data, dict):
+            raise SerializationError(f"ctx.data must stay a dict, got {type(data).__name__}")
+        output = None if isinstance(value, WaitFor) else roundtrip(
+            value, what=f"output of step {sdef.name!r}", max_bytes=max_bytes)
+        change = Change(self, state)
+        s = change.step(sdef.index)
+        now = utcnow()
+        state.data = data
+        if isinstance(value, WaitFor):
+            s.status = StepStatus.SUSPENDED
+            s.waiting_for = value.signal
+            s.duration_ms = ms_between(started, now)
+            s.wait_deadline = (now + timedelta(seconds=value.timeout)) if value.timeout else None
+            state.status = RunStatus.SUSPENDED
+            change.step_event("step:suspend", s, status="suspended", attempt=ctx.attempt,
+                              task_id=task_id, worker=worker,
+                              meta={"signal": value.signal, "timeout": value.timeout})
+            return change
+        s.status = StepStatus.COMPLETED
+        s.output = output
+        s.error = None
+        s.finished_at = now
+        s.duration_ms = ms_between(started, now)
+        state.current_step = sdef.index + 1
+        change.step_event("step:complete", s, sdef, status="completed", attempt=ctx.attempt,
+                          duration_ms=s.duration_ms, task_id=task_id, worker=worker)
+        if state.current_step >= len(wf.steps):
+            self._finish_run(change, RunStatus.COMPLETED)
+        return change
+
+    def _after_success(self, wf: Workflow, change: Change, sdef: StepDef, ctx: StepContext,
+                       value: Any) -> Next:
+        state = change.state
+        if isinstance(value, WaitFor):
+            return Next(Action.SUSPEND, sdef.index, wait_timeout=value.timeout)
+        self._hook("step_complete", state, sdef.name, ctx, state.steps[sdef.index].output)
+        if state.status == RunStatus.COMPLETED:
+            self._hook("workflow_complete", state, ctx)
+            return DONE
+        return Next(Action.CONTINUE, sdef.index + 1)
+
+    def _attempt_failed(self, wf: Workflow, state: RunState, sdef: StepDef, attempt: int,
+                        exc: BaseException, started: Any, task_id: str | None,
+                        worker: str | None) -> Next:
+        change = Change(self, state)
+        max_attempts = self.max_attempts(sdef)
+        err = describe_error(exc)
+        if should_retry(exc, attempt, max_attempts, sdef.retry_on, sdef.no_retry_on):
+            backoff = sdef.backoff or self.engine.backoff
+            delay = backoff.delay(attempt)
+            s = change.step(sdef.index)
+            s.status = StepStatus.PENDING
+            s.error = err
+            s.duration_ms = ms_between(started, utcnow())
+            change.step_event("step:retry", s, sdef, status="pending", attempt=attempt,
+                              duration_ms=s.duration_ms, error=err, task_id=task_id,
+                              worker=worker, meta={"delay_s": delay, "next_attempt": attempt + 1})
+            if not change.save():
+                return STOP
+            return Next(Action.RETRY, sdef.index, delay=delay)
+        return self._fail_step(change, wf, sdef, attempt, err, exc, task_id, worker, started)
+
+    def _fail_step(self, change: Change, wf: Workflow, sdef: StepDef, attempt: int, err: str,
+                   exc: BaseException | None, task_id: str | None, worker: str | None,
+                   started: Any = None) -> Next:
+        """The step failed for good: compensate earlier steps, or fail the run."""
+        state = change.state
+        s = change.step(sdef.index)
+        now = utcnow()
+        s.status = StepStatus.FAILED
+        s.error = err
+        s.finished_at = now
+        if started is not None:
+            s.duration_ms = ms_between(started, now)
+        if state.status == RunStatus.PENDING:
+            state.status = RunStatus.RUNNING
+        state.current_step = sdef.index
+        state.error = err
+        change.step_event("step:error", s, sdef, status="failed", attempt=attempt or None,
+                          duration_ms=s.duration_ms, error=err, task_id=task_id, worker=worker)
+        plan = compensation_plan(wf.steps, [x.status for x in state.steps], sdef.index)
+        if plan:
+            state.status = RunStatus.ROLLING_BACK
+            change.event("workflow:rollback_start", status="rolling_back", error=err,
+                         meta={"plan": [state.steps[i].name for i in plan]})
+        else:
+            self._finish_run(change, RunStatus.FAILED, err)
+        if not change.save():
+            return STOP
+        ctx = self._context(wf, state, sdef, attempt)
+        self._hook("step_error", state, sdef.name, ctx, exc or RuntimeError(err))
+        if plan:
+            return Next(Action.COMPENSATE, plan[0])
+        self._hook("workflow_error", state, ctx, exc or RuntimeError(err))
+        return DONE
+
+    def _fail_unrunnable(self, state: RunState, exc: FluxError) -> Next:
+        """The worker cannot run this run (unknown workflow, changed definition)."""
+        change = Change(self, state)
+        if state.status == RunStatus.PENDING:
+            state.status = RunStatus.RUNNING
+        self._finish_run(change, RunStatus.FAILED, describe_error(exc))
+        log.error("run %s cannot continue here: %s", state.id, exc)
+        change.save()
+        return DONE
+
+    # -- compensation ---------------------------------------------------------------------
+    def run_compensation(self, run_id: str, index: int, *, task_id: str | None = None,
+                         worker: str | None = None) -> Next:
+        state = self.storage.load_run(run_id)
+        if state is None or state.status != RunStatus.ROLLING_BACK:
+            return STOP
+        try:
+            wf = self.engine.workflow_for(state)
+        except FluxError as exc:
+            return self._fail_unrunnable(state, exc)
+        if not 0 <= index < len(wf.steps):
+            return STOP
+        sdef = wf.steps[index]
+        step = state.steps[index]
+        eligible = (StepStatus.COMPLETED, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED)
+        if sdef.compensate is None or step.status not in eligible:
+            return self._next_compensation(Change(self, state), wf, index)
+
+        change = Change(self, state)
+        s = change.step(index)
+        s.status = StepStatus.COMPENSATING
+        s.compensation_attempts += 1
+        attempt = s.compensation_attempts
+        if not change.save():
+            return STOP
+        started = utcnow()
+        ctx = self._context(wf, state, sdef, attempt)
+        change = Change(self, state)
+        s = change.step(index)
+        try:
+            self.engine.invoker.call(sdef.compensate, ctx, timeout=self.timeout(sdef),
+                                     what=f"compensation of step {sdef.name!r}")
+        except Exception as exc:
+            err = describe_error(exc)
+            max_attempts = self.max_attempts(sdef)
+            retry = should_retry(exc, attempt, max_attempts)
+            delay = (sdef.backoff or self.engine.backoff).delay(attempt) if retry else 0.0
+            change.step_event(
+                "step:compensate_error", s, sdef, status="compensating" if retry
+                else "compensation_failed", attempt=attempt, error=err, task_id=task_id,
+                worker=worker, duration_ms=ms_between(started, utcnow()),
+                meta={"will_retry": retry, "delay_s": delay},
+            )
+            if retry:
+                return (Next(Action.RETRY, index, delay=delay, phase="compensate")
+                        if change.save() else STOP)
+            s.status = StepStatus.COMPENSATION_FAILED
+            s.error = f"compensation failed: {err}"
+            return self._next_compensation(change, wf, index)
+        s.status = StepStatus.COMPENSATED
+        s.error = None
+        s.finished_at = utcnow()
+        change.step_event("step:compensate", s, sdef, status="compensated", attempt=attempt,
+                          duration_ms=ms_between(started, s.finished_at), task_id=task_id,
+                          worker=worker)
+        return self._next_compensation(change, wf, index)
+
+    def _next_compensation(self, change: Change, wf: Workflow, index: int) -> Next:
+        state = change.state
+        plan = compensation_plan(wf.steps, [x.status for x in state.steps], index)
+        if plan:
+            return Next(Action.COMPENSATE, plan[0]) if change.save() else STOP
+        failed = [s.name for s in state.steps if s.status == StepStatus.COMPENSATION_FAILED]
+        original = state.error
+        if failed:
+            names = ", ".join(repr(n) for n in failed)
+            err = (f"CompensationError: compensation failed at step {names}; "
+                   f"original error: {original}")
+            self._finish_run(change, RunStatus.FAILED, err)
+        else:
+            change.event("workflow:rollback_complete", status="rolled_back")
+            self._finish_run(change, RunStatus.ROLLED_BACK, original)
+        if not change.save():
+            return STOP
+        sdef = wf.steps[index]
+        ctx = self._context(wf, state, sdef, 0)
+        self._hook("workflow_error", state, ctx, RuntimeError(state.error or "rolled back"))
+        return DONE
+
+
+def first_unfinished(state: RunState) -> int:
+    for s in state.steps:
+        if s.status not in DONE_STEP:
+            return s.index
+    return len(state.steps)
+

@@ -1,0 +1,59 @@
+"""Settings from ``celeryconfig.py`` (when importable) or the environment."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+EMBEDDED_BROKER = "memory://"
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str = EMBEDDED_BROKER
+    database_url: str = "sqlite:///.flux/flux.db"
+    workflows: tuple[str, ...] = ()
+    trace_file: str | None = None
+    result_backend: str | None = None
+    celery: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker_url.startswith("memory://")
+
+
+def _split(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(v.strip() for v in value if v and v.strip())
+
+
+def load_settings(module: str | None = None) -> Settings:
+    """``FLUX_*`` variables win; then ``celeryconfig`` (or ``FLUX_CONFIG_MODULE``); then
+    the defaults (embedded broker, SQLite in ``.flux/``)."""
+    module = module or os.environ.get("FLUX_CONFIG_MODULE", "celeryconfig")
+    conf: dict[str, Any] = {}
+    try:
+        mod = importlib.import_module(module)
+        conf = {k: getattr(mod, k) for k in dir(mod) if not k.startswith("_")}
+    except ImportError:
+        conf = {}
+    env = os.environ
+    celery_conf = {
+        k: v for k, v in conf.items()
+        if k.islower() and not k.startswith("flux_") and not callable(v)
+        and not hasattr(v, "__file__")
+    }
+    return Settings(
+        broker_url=env.get("FLUX_BROKER_URL") or conf.get("broker_url") or EMBEDDED_BROKER,
+        database_url=env.get("FLUX_DATABASE_URL") or conf.get("flux_database_url")
+        or "sqlite:///.flux/flux.db",
+        workflows=_split(env.get("FLUX_WORKFLOWS") or conf.get("flux_workflows")),
+        trace_file=env.get("FLUX_TRACE_FILE") or conf.get("flux_trace_file"),
+        result_backend=env.get("FLUX_RESULT_BACKEND") or conf.get("result_backend"),
+        celery=celery_conf,
+    )

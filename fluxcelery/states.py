@@ -1,0 +1,89 @@
+"""Run and step statuses and the transition table. Pure: no I/O."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from .errors import InvalidTransition
+
+
+class RunStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    COMPLETED = "completed"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class StepStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    SUSPENDED = "suspended"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+R = RunStatus
+S = StepStatus
+
+#: SPEC section 4, plus three edges it implies: a queued run can be cancelled or fail before
+#: it starts, and ``retry`` of a run whose compensation failed goes back to ``rolling_back``.
+RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    R.PENDING: frozenset({R.RUNNING, R.CANCELLED, R.FAILED}),
+    R.RUNNING: frozenset(
+        {R.RUNNING, R.COMPLETED, R.SUSPENDED, R.ROLLING_BACK, R.FAILED, R.CANCELLED}
+    ),
+    R.SUSPENDED: frozenset({R.RUNNING, R.CANCELLED, R.ROLLING_BACK, R.FAILED}),
+    R.ROLLING_BACK: frozenset({R.ROLLING_BACK, R.ROLLED_BACK, R.FAILED}),
+    R.FAILED: frozenset({R.RUNNING, R.ROLLING_BACK}),
+    R.ROLLED_BACK: frozenset({R.RUNNING}),
+    R.COMPLETED: frozenset(),
+    R.CANCELLED: frozenset(),
+}
+
+STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
+    S.PENDING: frozenset({S.RUNNING, S.SKIPPED, S.FAILED}),
+    # running -> running: a redelivered task counts a new attempt; -> pending: waiting to retry.
+    S.RUNNING: frozenset({S.RUNNING, S.PENDING, S.COMPLETED, S.FAILED, S.SUSPENDED}),
+    S.SUSPENDED: frozenset({S.COMPLETED, S.FAILED, S.PENDING}),
+    S.COMPLETED: frozenset({S.COMPENSATING, S.PENDING}),
+    S.COMPENSATING: frozenset({S.COMPENSATING, S.COMPENSATED, S.COMPENSATION_FAILED}),
+    S.COMPENSATION_FAILED: frozenset({S.COMPENSATING}),
+    S.COMPENSATED: frozenset({S.PENDING}),
+    S.FAILED: frozenset({S.PENDING}),
+    S.SKIPPED: frozenset({S.PENDING}),
+}
+
+TERMINAL_RUN = frozenset({R.COMPLETED, R.FAILED, R.ROLLED_BACK, R.CANCELLED})
+#: States in which a run stops moving on its own (``RunHandle.get`` returns on these).
+SETTLED_RUN = TERMINAL_RUN | {R.SUSPENDED}
+DONE_STEP = frozenset({S.COMPLETED, S.SKIPPED})
+
+
+def can_transition_run(current: RunStatus, target: RunStatus) -> bool:
+    return target in RUN_TRANSITIONS[current]
+
+
+def check_run_transition(current: RunStatus, target: RunStatus) -> None:
+    if target not in RUN_TRANSITIONS[current]:
+        raise InvalidTransition(current.value, target.value, what="run")
+
+
+def check_step_transition(current: StepStatus, target: StepStatus, step: str = "") -> None:
+    if target not in STEP_TRANSITIONS[current]:
+        raise InvalidTransition(
+            current.value, target.value, what="step", detail=f"step {step!r}" if step else ""
+        )

@@ -1,0 +1,99 @@
+"""The storage seam: every backend implements this, and one contract suite tests them all.
+
+State changes are guarded: ``save_run`` writes only if the stored ``version`` still equals
+``expected_version`` and says whether it landed. Trace events of a change are written in the
+same transaction as the change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any, Protocol
+
+from ..records import RunState
+from ..trace.event import TraceEvent
+
+
+class Transaction(Protocol):
+    """A unit of work a commit step's handler runs inside (``ctx.session``)."""
+
+    session: Any
+
+    def save_run(
+        self,
+        state: RunState,
+        expected_version: int,
+        steps: Iterable[int],
+        events: Sequence[TraceEvent],
+    ) -> bool: ...
+
+
+class Storage(Protocol):
+    #: Whether trace events passed to ``save_run``/``create_run`` are stored (queryable).
+    stores_traces: bool
+
+    def init(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def create_run(self, state: RunState, events: Sequence[TraceEvent]) -> bool:
+        """Insert a new run; False if a run with this id exists already (idempotent start)."""
+        ...
+
+    def load_run(self, run_id: str) -> RunState | None: ...
+
+    def save_run(
+        self,
+        state: RunState,
+        expected_version: int,
+        steps: Iterable[int],
+        events: Sequence[TraceEvent],
+    ) -> bool:
+        """Write the run row and the listed step rows if the version matches; bump version."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[Transaction]: ...
+
+    def list_runs(
+        self,
+        workflow: str | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = 50,
+        offset: int = 0,
+    ) -> list[RunState]: ...
+
+    def count_runs(self, workflow: str | None = None) -> dict[str, int]: ...
+
+    def stale_runs(self, updated_before: datetime, limit: int = 100) -> list[RunState]:
+        """Runs ``running``/``rolling_back`` not updated since, or with an expired wait."""
+        ...
+
+    def expired_waits(self, now: datetime, limit: int = 100) -> list[RunState]: ...
+
+    def delete_run(self, run_id: str) -> bool: ...
+
+    def append_traces(self, events: Sequence[TraceEvent]) -> None: ...
+
+    def list_traces(
+        self,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        type: str | Sequence[str] | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = 1000,
+        offset: int = 0,
+    ) -> list[TraceEvent]: ...
+
+
+def as_tuple(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value)
+
+
+def iter_nothing() -> Iterator[None]:
+    yield None

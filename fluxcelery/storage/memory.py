@@ -1,0 +1,187 @@
+"""In-memory storage for tests and development: the same contract, no durability."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from ..records import RunState, utcnow
+from ..states import RunStatus, StepStatus
+from ..trace.event import TraceEvent
+from .base import as_tuple
+
+
+class _MemoryTransaction:
+    session: Any = None
+
+    def __init__(self, storage: MemoryStorage) -> None:
+        self._storage = storage
+
+    def save_run(
+        self,
+        state: RunState,
+        expected_version: int,
+        steps: Iterable[int],
+        events: Sequence[TraceEvent],
+    ) -> bool:
+        return self._storage.save_run(state, expected_version, steps, events)
+
+
+class MemoryStorage:
+    """Keeps runs and traces in process memory. Stored values are private copies."""
+
+    stores_traces = True
+
+    def __init__(self, max_traces: int | None = None) -> None:
+        self._runs: dict[str, RunState] = {}
+        self._traces: list[TraceEvent] = []
+        self._max_traces = max_traces
+        self._lock = threading.RLock()
+
+    def init(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def size(self) -> int:
+        return len(self._runs)
+
+    def create_run(self, state: RunState, events: Sequence[TraceEvent]) -> bool:
+        with self._lock:
+            if state.id in self._runs:
+                return False
+            self._runs[state.id] = state.copy()
+            self._add_traces(events)
+            return True
+
+    def load_run(self, run_id: str) -> RunState | None:
+        with self._lock:
+            state = self._runs.get(run_id)
+            return state.copy() if state is not None else None
+
+    def save_run(
+        self,
+        state: RunState,
+        expected_version: int,
+        steps: Iterable[int],
+        events: Sequence[TraceEvent],
+    ) -> bool:
+        with self._lock:
+            current = self._runs.get(state.id)
+            if current is None or current.version != expected_version:
+                return False
+            stored = state.copy()
+            stored.version = expected_version + 1
+            stored.created_at = current.created_at  # written once
+            stored.updated_at = utcnow()
+            # Only the listed steps are written, as in SQL.
+            wanted = set(steps)
+            stored.steps = [
+                stored.steps[i] if i in wanted else current.steps[i].copy()
+                for i in range(len(current.steps))
+            ]
+            self._runs[state.id] = stored
+            state.version = stored.version
+            state.updated_at = stored.updated_at
+            self._add_traces(events)
+            return True
+
+    @contextmanager
+    def transaction(self) -> Iterator[_MemoryTransaction]:
+        yield _MemoryTransaction(self)
+
+    def _add_traces(self, events: Sequence[TraceEvent]) -> None:
+        if not events:
+            return
+        self._traces.extend(events)
+        if self._max_traces is not None and len(self._traces) > self._max_traces:
+            del self._traces[: len(self._traces) - self._max_traces]
+
+    def list_runs(
+        self,
+        workflow: str | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = 50,
+        offset: int = 0,
+    ) -> list[RunState]:
+        statuses = as_tuple(status)
+        with self._lock:
+            runs = [
+                r
+                for r in self._runs.values()
+                if (workflow is None or r.workflow == workflow)
+                and (statuses is None or r.status.value in statuses)
+            ]
+        runs.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        end = None if limit is None else offset + limit
+        return [r.copy() for r in runs[offset:end]]
+
+    def count_runs(self, workflow: str | None = None) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with self._lock:
+            for r in self._runs.values():
+                if workflow is None or r.workflow == workflow:
+                    counts[r.status.value] = counts.get(r.status.value, 0) + 1
+        return counts
+
+    def stale_runs(self, updated_before: datetime, limit: int = 100) -> list[RunState]:
+        active = {RunStatus.RUNNING, RunStatus.ROLLING_BACK}
+        with self._lock:
+            runs = [
+                r.copy()
+                for r in self._runs.values()
+                if r.status in active and r.updated_at < updated_before
+            ]
+        return sorted(runs, key=lambda r: r.updated_at)[:limit]
+
+    def expired_waits(self, now: datetime, limit: int = 100) -> list[RunState]:
+        with self._lock:
+            runs = [
+                r.copy()
+                for r in self._runs.values()
+                if r.status == RunStatus.SUSPENDED
+                and any(
+                    s.status == StepStatus.SUSPENDED
+                    and s.wait_deadline is not None
+                    and s.wait_deadline <= now
+                    for s in r.steps
+                )
+            ]
+        return runs[:limit]
+
+    def delete_run(self, run_id: str) -> bool:
+        with self._lock:
+            found = self._runs.pop(run_id, None) is not None
+            self._traces = [e for e in self._traces if e.run_id != run_id]
+            return found
+
+    def append_traces(self, events: Sequence[TraceEvent]) -> None:
+        with self._lock:
+            self._add_traces(events)
+
+    def list_traces(
+        self,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        type: str | Sequence[str] | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = 1000,
+        offset: int = 0,
+    ) -> list[TraceEvent]:
+        types = as_tuple(type)
+        statuses = as_tuple(status)
+        with self._lock:
+            found = [
+                e
+                for e in self._traces
+                if (run_id is None or e.run_id == run_id)
+                and (workflow is None or e.workflow == workflow)
+                and (types is None or e.type in types)
+                and (statuses is None or e.status in statuses)
+            ]
+        end = None if limit is None else offset + limit
+        return found[offset:end]

@@ -1,0 +1,58 @@
+"""Alembic migrations, run programmatically (``fluxcelery db upgrade`` and on first use)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+    from .sql import SqlStorage
+
+VERSION_TABLE = "flux_alembic_version"
+_LOCK = threading.Lock()
+_ADVISORY_KEY = 0x666C7578  # "flux"
+
+
+def _config(storage: SqlStorage) -> Config:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    cfg.set_main_option("version_table", VERSION_TABLE)
+    return cfg
+
+
+def head_revision(storage: SqlStorage) -> str | None:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_config(storage)).get_current_head()
+
+
+def current_revision(storage: SqlStorage) -> str | None:
+    with storage.engine.connect() as conn:
+        if not sa.inspect(conn).has_table(VERSION_TABLE):
+            return None
+        return conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+
+
+def upgrade(storage: SqlStorage, revision: str = "head") -> tuple[str | None, str | None]:
+    """Bring the schema to ``revision``; returns (before, after). Safe to call concurrently."""
+    from alembic import command
+
+    head = head_revision(storage)
+    before = current_revision(storage)
+    if before == head and revision == "head":
+        return before, before
+    cfg = _config(storage)
+    with _LOCK, storage.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Several workers starting at once: one migrates, the others wait for it.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    return before, current_revision(storage)

@@ -1,0 +1,83 @@
+"""The SQL tables (SQLAlchemy Core). Alembic migrations create and evolve them."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = sa.MetaData()
+
+JsonType = sa.JSON().with_variant(JSONB(), "postgresql")
+BigIntId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+TZ = sa.DateTime(timezone=True)
+
+runs = sa.Table(
+    "flux_runs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("workflow", sa.String(200), nullable=False),
+    sa.Column("workflow_version", sa.String(64)),
+    sa.Column("definition_hash", sa.String(64)),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("input", JsonType),
+    sa.Column("data", JsonType),
+    sa.Column("current_step", sa.Integer, nullable=False, default=0),
+    sa.Column("error", sa.Text),
+    sa.Column("executor", sa.String(16), nullable=False, default="local"),
+    sa.Column("version", sa.Integer, nullable=False, default=0),
+    sa.Column("created_at", TZ, nullable=False),
+    sa.Column("updated_at", TZ, nullable=False),
+    sa.Column("finished_at", TZ),
+    sa.Index("ix_flux_runs_workflow_created", "workflow", "created_at"),
+    sa.Index("ix_flux_runs_status_updated", "status", "updated_at"),
+    sa.Index("ix_flux_runs_created", "created_at"),
+)
+
+steps = sa.Table(
+    "flux_steps",
+    metadata,
+    sa.Column(
+        "run_id", sa.String(64), sa.ForeignKey("flux_runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("idx", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(10), nullable=False),
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("compensation_attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("output", JsonType),
+    sa.Column("error", sa.Text),
+    sa.Column("waiting_for", sa.String(200)),
+    sa.Column("task_id", sa.String(64)),
+    sa.Column("started_at", TZ),
+    sa.Column("finished_at", TZ),
+    sa.Column("duration_ms", sa.Integer),
+    sa.Column("wait_deadline", TZ),
+    sa.Index("ix_flux_steps_wait_deadline", "wait_deadline"),
+)
+
+traces = sa.Table(
+    "flux_traces",
+    metadata,
+    sa.Column("seq", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(32), nullable=False),
+    sa.Column("ts", TZ, nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("workflow", sa.String(200), nullable=False),
+    sa.Column("type", sa.String(40), nullable=False),
+    sa.Column("status", sa.String(24)),
+    sa.Column("step", sa.String(200)),
+    sa.Column("step_index", sa.Integer),
+    sa.Column("kind", sa.String(10)),
+    sa.Column("attempt", sa.Integer),
+    sa.Column("max_attempts", sa.Integer),
+    sa.Column("duration_ms", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("task_id", sa.String(64)),
+    sa.Column("worker", sa.String(200)),
+    sa.Column("meta", JsonType),
+    sa.Index("ix_flux_traces_run", "run_id", "seq"),
+    sa.Index("ix_flux_traces_workflow_type", "workflow", "type"),
+    sa.Index("ix_flux_traces_status", "status"),
+)

@@ -1,0 +1,461 @@
+"""SQL storage on SQLAlchemy 2: SQLite (default) and PostgreSQL (psycopg 3)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from ..errors import StorageError
+from ..jsoncodec import dumps
+from ..records import RunState, StepState, utcnow
+from ..states import RunStatus, StepStatus
+from ..trace.event import TraceEvent
+from . import schema
+from .base import as_tuple
+
+log = logging.getLogger("fluxcelery.storage")
+
+DEFAULT_URL = "sqlite:///.flux/flux.db"
+
+
+def normalize_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` and pick psycopg 3 as the driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password masked, for logs and CLI output."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _engine_for(url: str) -> Engine:
+    kwargs: dict[str, Any] = {"json_serializer": dumps, "future": True}
+    if url.startswith("sqlite"):
+        db = sa.engine.make_url(url).database
+        if db and db != ":memory:":
+            Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        else:
+            kwargs["poolclass"] = sa.pool.StaticPool
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        engine = sa.create_engine(url, **kwargs)
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            if db and db != ":memory:":
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=3600)
+    return sa.create_engine(url, **kwargs)
+
+
+class _SqlTransaction:
+    """A commit step's transaction: the handler's ``ctx.session`` writes and the step's
+    ``completed`` record commit together, or not at all."""
+
+    def __init__(self, storage: SqlStorage, conn: Connection) -> None:
+        self._storage = storage
+        self._conn = conn
+        self.session = Session(bind=conn)
+        self.landed = False
+
+    def save_run(
+        self,
+        state: RunState,
+        expected_version: int,
+        steps: Iterable[int],
+        events: Sequence[TraceEvent],
+    ) -> bool:
+        self.session.flush()
+        self.landed = self._storage._save(self._conn, state, expected_version, steps, events)
+        return self.landed
+
+
+class SqlStorage:
+    """Runs, steps and traces in SQL. ``url`` defaults to ``sqlite:///.flux/flux.db``."""
+
+    stores_traces = True
+
+    def __init__(self, url: str = DEFAULT_URL, *, auto_migrate: bool = True) -> None:
+        self.url = normalize_url(url)
+        self.auto_migrate = auto_migrate
+        self._engine: Engine | None = None
+        self._pid = os.getpid()
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SqlStorage({redact_url(self.url)!r})"
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def engine(self) -> Engine:
+        # A prefork child must not reuse connections opened by its parent.
+        if self._engine is None or self._pid != os.getpid():
+            with self._lock:
+                if self._engine is not None and self._pid != os.getpid():
+                    self._engine.dispose(close=False)
+                    self._engine = None
+                if self._engine is None:
+                    self._engine = _engine_for(self.url)
+                    self._pid = os.getpid()
+        return self._engine
+
+    def init(self) -> None:
+        if self._ready:
+            return
+        if self.auto_migrate:
+            from .migrate import upgrade
+
+            upgrade(self)
+        self._ready = True
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+        self._ready = False
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        self.init()
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise StorageError(f"database error ({redact_url(self.url)}): {exc.orig}") from exc
+
+    # -- rows <-> records -----------------------------------------------------------------
+    @staticmethod
+    def _run_values(state: RunState) -> dict[str, Any]:
+        return {
+            "workflow": state.workflow,
+            "workflow_version": state.workflow_version,
+            "definition_hash": state.definition_hash,
+            "status": state.status.value,
+            "input": state.input,
+            "data": state.data,
+            "current_step": state.current_step,
+            "error": state.error,
+            "executor": state.executor,
+            "finished_at": state.finished_at,
+        }
+
+    @staticmethod
+    def _step_values(run_id: str, s: StepState) -> dict[str, Any]:
+        return {
+            "run_id": run_id,
+            "idx": s.index,
+            "name": s.name,
+            "kind": s.kind,
+            "status": s.status.value,
+            "attempts": s.attempts,
+            "compensation_attempts": s.compensation_attempts,
+            "output": s.output,
+            "error": s.error,
+            "waiting_for": s.waiting_for,
+            "task_id": s.task_id,
+            "started_at": s.started_at,
+            "finished_at": s.finished_at,
+            "duration_ms": s.duration_ms,
+            "wait_deadline": s.wait_deadline,
+        }
+
+    @staticmethod
+    def _to_step(row: Any) -> StepState:
+        return StepState(
+            name=row.name,
+            index=row.idx,
+            kind=row.kind,
+            status=StepStatus(row.status),
+            attempts=row.attempts,
+            compensation_attempts=row.compensation_attempts,
+            output=row.output,
+            error=row.error,
+            waiting_for=row.waiting_for,
+            task_id=row.task_id,
+            started_at=_utc(row.started_at),
+            finished_at=_utc(row.finished_at),
+            duration_ms=row.duration_ms,
+            wait_deadline=_utc(row.wait_deadline),
+        )
+
+    @staticmethod
+    def _to_run(row: Any, steps: list[StepState]) -> RunState:
+        return RunState(
+            id=row.id,
+            workflow=row.workflow,
+            workflow_version=row.workflow_version,
+            definition_hash=row.definition_hash,
+            status=RunStatus(row.status),
+            input=row.input,
+            data=row.data if row.data is not None else {},
+            steps=steps,
+            current_step=row.current_step,
+            error=row.error,
+            executor=row.executor,
+            version=row.version,
+            created_at=_utc(row.created_at) or utcnow(),
+            updated_at=_utc(row.updated_at) or utcnow(),
+            finished_at=_utc(row.finished_at),
+        )
+
+    @staticmethod
+    def _trace_values(e: TraceEvent) -> dict[str, Any]:
+        return {
+            "id": e.id, "ts": e.ts, "run_id": e.run_id, "workflow": e.workflow, "type": e.type,
+            "status": e.status, "step": e.step, "step_index": e.step_index, "kind": e.kind,
+            "attempt": e.attempt, "max_attempts": e.max_attempts, "duration_ms": e.duration_ms,
+            "error": e.error, "task_id": e.task_id, "worker": e.worker, "meta": e.meta,
+        }
+
+    # -- runs -----------------------------------------------------------------------------
+    def create_run(self, state: RunState, events: Sequence[TraceEvent]) -> bool:
+        now = utcnow()
+        try:
+            with self._begin() as conn:
+                exists = conn.execute(
+                    sa.select(schema.runs.c.id).where(schema.runs.c.id == state.id)
+                ).first()
+                if exists:
+                    return False
+                conn.execute(
+                    schema.runs.insert().values(
+                        id=state.id, version=state.version, created_at=state.created_at,
+                        updated_at=now, **self._run_values(state),
+                    )
+                )
+                conn.execute(
+                    schema.steps.insert(), [self._step_values(state.id, s) for s in state.steps]
+                )
+                if events:
+                    conn.execute(schema.traces.insert(), [self._trace_values(e) for e in events])
+        except sa.exc.IntegrityError:
+            return False  # a concurrent create with the same id won
+        state.updated_at = now
+        return True
+
+    def load_run(self, run_id: str) -> RunState | None:
+        with self._begin() as conn:
+            row = conn.execute(sa.select(schema.runs).where(schema.runs.c.id == run_id)).first()
+            if row is None:
+                return None
+            step_rows = conn.execute(
+                sa.select(schema.steps)
+                .where(schema.steps.c.run_id == run_id)
+                .order_by(schema.steps.c.idx)
+            ).all()
+        return self._to_run(row, [self._to_step(r) for r in step_rows])
+
+    def _save(
+        self,
+        conn: Connection,
+        state: RunState,
+        expected_version: int,
+        steps: Iterable[int],
+        events: Sequence[TraceEvent],
+    ) -> bool:
+        now = utcnow()
+        result = conn.execute(
+            schema.runs.update()
+            .where(schema.runs.c.id == state.id, schema.runs.c.version == expected_version)
+            .values(version=expected_version + 1, updated_at=now, **self._run_values(state))
+        )
+        if result.rowcount != 1:
+            return False
+        for i in sorted(set(steps)):
+            values = self._step_values(state.id, state.steps[i])
+            del values["run_id"], values["idx"]
+            conn.execute(
+                schema.steps.update()
+                .where(schema.steps.c.run_id == state.id, schema.steps.c.idx == i)
+                .values(**values)
+            )
+        if events:
+            conn.execute(schema.traces.insert(), [self._trace_values(e) for e in events])
+        state.version = expected_version + 1
+        state.updated_at = now
+        return True
+
+    def save_run(
+        self,
+        state: RunState,
+        expected_version: int,
+        steps: Iterable[int],
+        events: Sequence[TraceEvent],
+    ) -> bool:
+        with self._begin() as conn:
+            landed = self._save(conn, state, expected_version, steps, events)
+            if not landed:
+                conn.rollback()
+            return landed
+
+    @contextmanager
+    def transaction(self) -> Iterator[_SqlTransaction]:
+        self.init()
+        with self.engine.connect() as conn:
+            trans = conn.begin()
+            tx = _SqlTransaction(self, conn)
+            try:
+                yield tx
+                if tx.landed and trans.is_active:
+                    trans.commit()
+                elif trans.is_active:
+                    trans.rollback()
+            except BaseException:
+                if trans.is_active:
+                    trans.rollback()
+                raise
+            finally:
+                tx.session.close()
+
+    def _with_steps(self, conn: Connection, rows: Sequence[Any]) -> list[RunState]:
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        by_run: dict[str, list[StepState]] = {i: [] for i in ids}
+        for srow in conn.execute(
+            sa.select(schema.steps)
+            .where(schema.steps.c.run_id.in_(ids))
+            .order_by(schema.steps.c.run_id, schema.steps.c.idx)
+        ):
+            by_run[srow.run_id].append(self._to_step(srow))
+        return [self._to_run(r, by_run[r.id]) for r in rows]
+
+    def list_runs(
+        self,
+        workflow: str | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = 50,
+        offset: int = 0,
+    ) -> list[RunState]:
+        q = sa.select(schema.runs)
+        if workflow is not None:
+            q = q.where(schema.runs.c.workflow == workflow)
+        statuses = as_tuple(status)
+        if statuses is not None:
+            q = q.where(schema.runs.c.status.in_(statuses))
+        q = q.order_by(schema.runs.c.created_at.desc(), schema.runs.c.id.desc())
+        if limit is not None:
+            q = q.limit(limit)
+        if offset:
+            q = q.offset(offset)
+        with self._begin() as conn:
+            return self._with_steps(conn, conn.execute(q).all())
+
+    def count_runs(self, workflow: str | None = None) -> dict[str, int]:
+        q = sa.select(schema.runs.c.status, sa.func.count()).group_by(schema.runs.c.status)
+        if workflow is not None:
+            q = q.where(schema.runs.c.workflow == workflow)
+        with self._begin() as conn:
+            return {status: n for status, n in conn.execute(q).all()}
+
+    def stale_runs(self, updated_before: datetime, limit: int = 100) -> list[RunState]:
+        q = (
+            sa.select(schema.runs)
+            .where(
+                schema.runs.c.status.in_(("running", "rolling_back")),
+                schema.runs.c.updated_at < updated_before,
+            )
+            .order_by(schema.runs.c.updated_at)
+            .limit(limit)
+        )
+        with self._begin() as conn:
+            return self._with_steps(conn, conn.execute(q).all())
+
+    def expired_waits(self, now: datetime, limit: int = 100) -> list[RunState]:
+        ids = (
+            sa.select(schema.steps.c.run_id)
+            .where(schema.steps.c.status == "suspended", schema.steps.c.wait_deadline <= now)
+            .limit(limit)
+        )
+        q = sa.select(schema.runs).where(
+            schema.runs.c.id.in_(ids), schema.runs.c.status == "suspended"
+        )
+        with self._begin() as conn:
+            return self._with_steps(conn, conn.execute(q).all())
+
+    def delete_run(self, run_id: str) -> bool:
+        with self._begin() as conn:
+            conn.execute(schema.traces.delete().where(schema.traces.c.run_id == run_id))
+            conn.execute(schema.steps.delete().where(schema.steps.c.run_id == run_id))
+            res = conn.execute(schema.runs.delete().where(schema.runs.c.id == run_id))
+            return res.rowcount == 1
+
+    # -- traces ---------------------------------------------------------------------------
+    def append_traces(self, events: Sequence[TraceEvent]) -> None:
+        if not events:
+            return
+        with self._begin() as conn:
+            conn.execute(schema.traces.insert(), [self._trace_values(e) for e in events])
+
+    def list_traces(
+        self,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        type: str | Sequence[str] | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = 1000,
+        offset: int = 0,
+    ) -> list[TraceEvent]:
+        t = schema.traces
+        q = sa.select(t)
+        if run_id is not None:
+            q = q.where(t.c.run_id == run_id)
+        if workflow is not None:
+            q = q.where(t.c.workflow == workflow)
+        types = as_tuple(type)
+        if types is not None:
+            q = q.where(t.c.type.in_(types))
+        statuses = as_tuple(status)
+        if statuses is not None:
+            q = q.where(t.c.status.in_(statuses))
+        q = q.order_by(t.c.seq)
+        if limit is not None:
+            q = q.limit(limit)
+        if offset:
+            q = q.offset(offset)
+        with self._begin() as conn:
+            rows = conn.execute(q).all()
+        return [
+            TraceEvent(
+                id=r.id, ts=_utc(r.ts) or utcnow(), run_id=r.run_id, workflow=r.workflow,
+                type=r.type, status=r.status, step=r.step, step_index=r.step_index,
+                kind=r.kind, attempt=r.attempt, max_attempts=r.max_attempts,
+                duration_ms=r.duration_ms, error=r.error, task_id=r.task_id, worker=r.worker,
+                meta=r.meta,
+            )
+            for r in rows
+        ]

@@ -1,0 +1,16 @@
+"""Trace events and sinks."""
+
+from .event import EVENT_TYPES, TraceEvent, TraceSink
+from .fanout import TraceFanout
+from .sinks import ConsoleLogger, JsonFileTraceSink, SqlTraceSink, read_ndjson
+
+__all__ = [
+    "EVENT_TYPES",
+    "ConsoleLogger",
+    "JsonFileTraceSink",
+    "SqlTraceSink",
+    "TraceEvent",
+    "TraceFanout",
+    "TraceSink",
+    "read_ndjson",
+]

@@ -1,0 +1,88 @@
+"""The trace event: one frozen record per thing that happened to a run."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol, runtime_checkable
+
+EVENT_TYPES = (
+    "workflow:start",
+    "workflow:complete",
+    "workflow:error",
+    "workflow:cancel",
+    "workflow:rollback_start",
+    "workflow:rollback_complete",
+    "step:start",
+    "step:complete",
+    "step:error",
+    "step:retry",
+    "step:skipped",
+    "step:suspend",
+    "step:compensate",
+    "step:compensate_error",
+    "signal:received",
+    "hook:error",
+)
+
+FIELDS = (
+    "id", "ts", "run_id", "workflow", "type", "status", "step", "step_index", "kind", "attempt",
+    "max_attempts", "duration_ms", "error", "task_id", "worker", "meta",
+)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    """One trace event. ``to_dict()`` is the NDJSON line and the ``flux_traces`` row."""
+
+    type: str
+    run_id: str
+    workflow: str
+    status: str | None = None
+    step: str | None = None
+    step_index: int | None = None
+    kind: str | None = None
+    attempt: int | None = None
+    max_attempts: int | None = None
+    duration_ms: int | None = None
+    error: str | None = None
+    task_id: str | None = None
+    worker: str | None = None
+    meta: dict[str, Any] | None = None
+    ts: datetime = field(default_factory=_now)
+    id: str = field(default_factory=_new_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ts"] = self.ts.isoformat().replace("+00:00", "Z")
+        return {k: out[k] for k in FIELDS}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TraceEvent:
+        values = {k: raw.get(k) for k in FIELDS}
+        ts = values.pop("ts")
+        if isinstance(ts, str):
+            ts = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        if ts is None:
+            ts = _now()
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=timezone.utc)
+        if not values.get("id"):
+            values["id"] = _new_id()
+        return cls(ts=ts, **values)
+
+
+@runtime_checkable
+class TraceSink(Protocol):
+    """Anything with ``emit(event)``; ``async def emit`` works too."""
+
+    def emit(self, event: TraceEvent) -> Any: ...
