@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import threading
 from collections.abc import Callable
@@ -73,7 +72,7 @@ class StepDef:
     kind: StepKind
     handler: Handler
     retries: int | None = None
-    timeout: float | None | _Unset = DEFAULT
+    timeout: float | _Unset | None = DEFAULT
     backoff: Backoff | None = None
     when: Condition | None = None
     compensate: Handler | None = None
@@ -152,9 +151,7 @@ class InputSpec:
         except Exception as exc:
             raise InvalidInput(f"Invalid input for workflow {workflow!r}: {exc}") from None
         if ok is False:
-            raise InvalidInput(
-                f"Invalid input for workflow {workflow!r}: rejected by {self.label}"
-            )
+            raise InvalidInput(f"Invalid input for workflow {workflow!r}: rejected by {self.label}")
         return raw
 
     def load(self, stored: Any) -> Any:
@@ -215,7 +212,7 @@ class Workflow:
         handler: Handler,
         *,
         retries: int | None = None,
-        timeout: float | None | _Unset = DEFAULT,
+        timeout: float | _Unset | None = DEFAULT,
         backoff: Backoff | None = None,
         when: Condition | None = None,
         compensate: Handler | None = None,
@@ -224,7 +221,15 @@ class Workflow:
     ) -> Workflow:
         """Add a step that runs logic (at least once; retried on failure)."""
         return self._add(
-            "step", name, handler, retries, timeout, backoff, when, compensate, retry_on,
+            "step",
+            name,
+            handler,
+            retries,
+            timeout,
+            backoff,
+            when,
+            compensate,
+            retry_on,
             no_retry_on,
         )
 
@@ -234,7 +239,7 @@ class Workflow:
         handler: Handler,
         *,
         retries: int | None = None,
-        timeout: float | None | _Unset = DEFAULT,
+        timeout: float | _Unset | None = DEFAULT,
         backoff: Backoff | None = None,
         when: Condition | None = None,
         compensate: Handler | None = None,
@@ -243,7 +248,15 @@ class Workflow:
     ) -> Workflow:
         """Add a side-effect step that is never re-run once recorded ``completed``."""
         return self._add(
-            "commit", name, handler, retries, timeout, backoff, when, compensate, retry_on,
+            "commit",
+            name,
+            handler,
+            retries,
+            timeout,
+            backoff,
+            when,
+            compensate,
+            retry_on,
             no_retry_on,
         )
 
@@ -253,7 +266,7 @@ class Workflow:
         name: str,
         handler: Handler,
         retries: int | None,
-        timeout: float | None | _Unset,
+        timeout: float | _Unset | None,
         backoff: Backoff | None,
         when: Condition | None,
         compensate: Handler | None,
@@ -274,8 +287,10 @@ class Workflow:
             isinstance(retries, bool) or not isinstance(retries, int) or retries < 0
         ):
             problems.append(f"retries must be an int >= 0, got {retries!r}")
-        if not isinstance(timeout, _Unset) and timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        if (
+            not isinstance(timeout, _Unset)
+            and timeout is not None
+            and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0)
         ):
             problems.append(f"timeout must be seconds > 0 or None, got {timeout!r}")
         if backoff is not None and not isinstance(backoff, Backoff):
@@ -287,9 +302,7 @@ class Workflow:
         retry_on_t = _exc_tuple("retry_on", retry_on, problems) if retry_on is not None else None
         no_retry_t = _exc_tuple("no_retry_on", no_retry_on, problems) or ()
         if problems:
-            raise DefinitionError(
-                f"Workflow {self.name!r}, step {name!r}: " + "; ".join(problems)
-            )
+            raise DefinitionError(f"Workflow {self.name!r}, step {name!r}: " + "; ".join(problems))
         self._steps.append(
             StepDef(
                 name=name,
@@ -297,7 +310,8 @@ class Workflow:
                 kind=kind,
                 handler=handler,
                 retries=retries,
-                timeout=timeout if isinstance(timeout, _Unset) or timeout is None
+                timeout=timeout
+                if isinstance(timeout, _Unset) or timeout is None
                 else float(timeout),
                 backoff=backoff,
                 when=when,
@@ -396,12 +410,6 @@ def _definition_hash(wf: Workflow) -> str:
 def workflow(name: str, version: str | None = None) -> Workflow:
     """Start defining a workflow: ``workflow("order").step("a", fn).commit("b", fn2)``."""
     return Workflow(name, version)
-
-
-def is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)
-    )
 
 
 # -- the process-wide registry workers and the CLI look workflows up in --------------------

@@ -16,8 +16,17 @@ class StepContext:
     """
 
     __slots__ = (
-        "run_id", "workflow", "step", "step_index", "attempt", "input", "data", "results",
-        "idempotency_key", "session", "_log",
+        "_log",
+        "attempt",
+        "data",
+        "idempotency_key",
+        "input",
+        "results",
+        "run_id",
+        "session",
+        "step",
+        "step_index",
+        "workflow",
     )
 
     def __init__(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 import time
@@ -65,8 +66,11 @@ class FluxEngine:
         sleep: Callable[[float], None] = time.sleep,
         app: Any = None,
     ) -> None:
-        if isinstance(default_retries, bool) or not isinstance(default_retries, int) \
-                or default_retries < 0:
+        if (
+            isinstance(default_retries, bool)
+            or not isinstance(default_retries, int)
+            or default_retries < 0
+        ):
             raise ValueError(f"default_retries must be an int >= 0, got {default_retries!r}")
         if default_timeout is not None and default_timeout <= 0:
             raise ValueError(f"default_timeout must be > 0 or None, got {default_timeout!r}")
@@ -79,8 +83,9 @@ class FluxEngine:
 
             storage = SqlStorage(load_settings().database_url)
         self.storage: Storage = storage
-        sinks = [] if trace is None else (list(trace) if isinstance(trace, (list, tuple))
-                                          else [trace])
+        sinks = (
+            [] if trace is None else (list(trace) if isinstance(trace, (list, tuple)) else [trace])
+        )
         self.sinks = TraceFanout(sinks)
         self.default_retries = default_retries
         self.default_timeout = default_timeout
@@ -168,10 +173,10 @@ class FluxEngine:
         self._workflows.setdefault(wf.name, wf)
         if self._workflows[wf.name] is not wf:
             self._workflows[wf.name] = wf
-        stored = roundtrip(wf.validate_input(input), what="workflow input",
-                           max_bytes=self.max_payload_bytes)
-        if run_id is not None and (not isinstance(run_id, str) or not run_id
-                                   or len(run_id) > 64):
+        stored = roundtrip(
+            wf.validate_input(input), what="workflow input", max_bytes=self.max_payload_bytes
+        )
+        if run_id is not None and (not isinstance(run_id, str) or not run_id or len(run_id) > 64):
             raise ValueError(f"run_id must be a non-empty string of at most 64 chars: {run_id!r}")
         return RunState(
             id=run_id or str(uuid.uuid4()),
@@ -185,8 +190,9 @@ class FluxEngine:
             executor=executor,
         )
 
-    def execute(self, workflow: Workflow, input: Any = None, *,
-                run_id: str | None = None) -> FluxResult:
+    def execute(
+        self, workflow: Workflow, input: Any = None, *, run_id: str | None = None
+    ) -> FluxResult:
         """Run a workflow in this process and return its result.
 
         Step failures do not raise: see ``result.status`` and ``result.error``. Invalid input
@@ -197,8 +203,14 @@ class FluxEngine:
             self._drive_local(state.id, Next(Action.CONTINUE, 0))
         return self._result(state.id)
 
-    def start(self, workflow: Workflow, input: Any = None, *, run_id: str | None = None,
-              countdown: float | None = None) -> RunHandle:
+    def start(
+        self,
+        workflow: Workflow,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        countdown: float | None = None,
+    ) -> RunHandle:
         """Enqueue a run on Celery workers. With a ``run_id`` that exists, nothing new starts
         (idempotent start, e.g. keyed on a message id)."""
         state = self._new_run(workflow, input, "celery", run_id)
@@ -239,8 +251,11 @@ class FluxEngine:
                 if nxt.delay > 0:
                     self.sleep(nxt.delay)
                 index = nxt.index or 0
-                nxt = (runner.run_compensation(run_id, index) if nxt.phase == "compensate"
-                       else runner.run_step(run_id, index))
+                nxt = (
+                    runner.run_compensation(run_id, index)
+                    if nxt.phase == "compensate"
+                    else runner.run_step(run_id, index)
+                )
             elif action is Action.SUSPEND:
                 if nxt.wait_timeout:
                     self._local_wait_timer(run_id, nxt.index or 0, nxt.wait_timeout)
@@ -279,21 +294,38 @@ class FluxEngine:
     def get(self, run_id: str) -> RunState | None:
         return self.storage.load_run(run_id)
 
-    def list(self, workflow: str | None = None, status: str | Sequence[str] | None = None,
-             limit: int | None = 50, offset: int = 0) -> list[RunState]:
-        return self.storage.list_runs(workflow=workflow, status=_status_values(status),
-                                      limit=limit, offset=offset)
+    def list(
+        self,
+        workflow: str | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = 50,
+        offset: int = 0,
+    ) -> list[RunState]:
+        return self.storage.list_runs(
+            workflow=workflow, status=_status_values(status), limit=limit, offset=offset
+        )
 
-    def traces(self, run_id: str | None = None, workflow: str | None = None,
-               type: str | Sequence[str] | None = None,
-               status: str | Sequence[str] | None = None, limit: int | None = 1000,
-               offset: int = 0) -> list[TraceEvent]:
-        return self.storage.list_traces(run_id=run_id, workflow=workflow, type=type,
-                                        status=_status_values(status), limit=limit,
-                                        offset=offset)
+    def traces(
+        self,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        type: str | Sequence[str] | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = 1000,
+        offset: int = 0,
+    ) -> builtins.list[TraceEvent]:
+        return self.storage.list_traces(
+            run_id=run_id,
+            workflow=workflow,
+            type=type,
+            status=_status_values(status),
+            limit=limit,
+            offset=offset,
+        )
 
-    def signal(self, run_id: str, name: str, payload: Any = None, *,
-               force: bool = False) -> RunHandle:
+    def signal(
+        self, run_id: str, name: str, payload: Any = None, *, force: bool = False
+    ) -> RunHandle:
         """Deliver a signal to a suspended run; the payload becomes the waiting step's output.
 
         Exactly one of several concurrent signals continues the run; the others raise
@@ -301,14 +333,16 @@ class FluxEngine:
         """
         state = self._load(run_id)
         if state.status != RunStatus.SUSPENDED:
-            raise InvalidTransition(state.status.value, "running",
-                                    detail=f"run {run_id} is not suspended")
+            raise InvalidTransition(
+                state.status.value, "running", detail=f"run {run_id} is not suspended"
+            )
         wf = self._forced(state) if force else self.workflow_for(state)
         index = state.current_step
         step = state.steps[index] if index < len(state.steps) else None
         if step is None or step.status != StepStatus.SUSPENDED:
-            raise InvalidTransition(state.status.value, "running",
-                                    detail=f"run {run_id} has no suspended step")
+            raise InvalidTransition(
+                state.status.value, "running", detail=f"run {run_id} has no suspended step"
+            )
         if step.waiting_for != name:
             raise SignalMismatch(
                 f"Run {run_id} is waiting for signal {step.waiting_for!r}, received {name!r}"
@@ -324,8 +358,12 @@ class FluxEngine:
         s.wait_deadline = None
         state.status = RunStatus.RUNNING
         state.current_step = index + 1
-        change.step_event("signal:received", s, status="completed",
-                          meta={"signal": name, "payload": self.redact(value)})
+        change.step_event(
+            "signal:received",
+            s,
+            status="completed",
+            meta={"signal": name, "payload": self.redact(value)},
+        )
         finished = state.current_step >= len(wf.steps)
         if finished:
             self.runner._finish_run(change, RunStatus.COMPLETED)
@@ -335,8 +373,9 @@ class FluxEngine:
             self._continue(state, Next(Action.CONTINUE, index + 1))
         return self._handle(state)
 
-    def retry(self, run_id: str, from_step: str | int | None = None, *,
-              force: bool = False) -> RunHandle:
+    def retry(
+        self, run_id: str, from_step: str | int | None = None, *, force: bool = False
+    ) -> RunHandle:
         """Re-run a ``failed``/``rolled_back`` run from a step (default: the failed step).
 
         Completed commit steps are never re-run. Steps whose effects were compensated are
@@ -345,14 +384,19 @@ class FluxEngine:
         """
         state = self._load(run_id)
         if state.status not in (RunStatus.FAILED, RunStatus.ROLLED_BACK):
-            raise InvalidTransition(state.status.value, "running",
-                                    detail=f"only failed or rolled_back runs can be retried")
+            raise InvalidTransition(
+                state.status.value,
+                "running",
+                detail="only failed or rolled_back runs can be retried",
+            )
         wf = self._forced(state) if force else self.workflow_for(state)
         change = Change(self.runner, state)
-        failed_idx = next((s.index for s in state.steps if s.status == StepStatus.FAILED),
-                          None)
-        comp_failed = [s.index for s in state.steps
-                       if s.status in (StepStatus.COMPENSATION_FAILED, StepStatus.COMPENSATING)]
+        failed_idx = next((s.index for s in state.steps if s.status == StepStatus.FAILED), None)
+        comp_failed = [
+            s.index
+            for s in state.steps
+            if s.status in (StepStatus.COMPENSATION_FAILED, StepStatus.COMPENSATING)
+        ]
         if comp_failed and from_step is None:
             limit = failed_idx if failed_idx is not None else len(state.steps)
             plan = compensation_plan(wf.steps, [s.status for s in state.steps], limit)
@@ -360,8 +404,12 @@ class FluxEngine:
             state.finished_at = None
             for i in plan:
                 change.step(i).compensation_attempts = 0
-            change.event("workflow:rollback_start", status="rolling_back", error=state.error,
-                         meta={"retry": True, "plan": [state.steps[i].name for i in plan]})
+            change.event(
+                "workflow:rollback_start",
+                status="rolling_back",
+                error=state.error,
+                meta={"retry": True, "plan": [state.steps[i].name for i in plan]},
+            )
             if not change.save():
                 raise ConcurrentUpdate(f"Run {run_id} was changed concurrently; not retried")
             self._continue(state, Next(Action.COMPENSATE, plan[0]) if plan else Next(Action.DONE))
@@ -381,16 +429,20 @@ class FluxEngine:
         state.current_step = start
         state.error = None
         state.finished_at = None
-        change.event("workflow:start", status="running",
-                     meta={"retry": True, "from_step": state.steps[start].name})
+        change.event(
+            "workflow:start",
+            status="running",
+            meta={"retry": True, "from_step": state.steps[start].name},
+        )
         if not change.save():
             raise ConcurrentUpdate(f"Run {run_id} was changed concurrently; not retried")
         self._continue(state, Next(Action.CONTINUE, start))
         return self._handle(state)
 
     @staticmethod
-    def _retry_index(state: RunState, wf: Workflow, from_step: str | int | None,
-                     failed_idx: int | None) -> int:
+    def _retry_index(
+        state: RunState, wf: Workflow, from_step: str | int | None, failed_idx: int | None
+    ) -> int:
         if from_step is None:
             return failed_idx if failed_idx is not None else first_unfinished(state)
         if isinstance(from_step, int) and not isinstance(from_step, bool):
@@ -403,9 +455,10 @@ class FluxEngine:
         if index > unfinished:
             blocker = state.steps[unfinished]
             raise InvalidTransition(
-                state.status.value, "running",
+                state.status.value,
+                "running",
                 detail=f"cannot retry from {state.steps[index].name!r}: earlier step "
-                       f"{blocker.name!r} is {blocker.status.value}",
+                f"{blocker.name!r} is {blocker.status.value}",
             )
         return index
 
@@ -416,8 +469,11 @@ class FluxEngine:
         """
         state = self._load(run_id)
         if state.status not in (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.ROLLING_BACK):
-            raise InvalidTransition(state.status.value, "running",
-                                    detail="only pending, running or rolling_back runs resume")
+            raise InvalidTransition(
+                state.status.value,
+                "running",
+                detail="only pending, running or rolling_back runs resume",
+            )
         if force:
             self._forced(state)
             change = Change(self.runner, state)
@@ -431,8 +487,9 @@ class FluxEngine:
     def _resume_point(self, state: RunState) -> Next:
         if state.status == RunStatus.ROLLING_BACK:
             wf = self.workflow(state.workflow)
-            failed = next((s.index for s in state.steps if s.status == StepStatus.FAILED),
-                          len(state.steps))
+            failed = next(
+                (s.index for s in state.steps if s.status == StepStatus.FAILED), len(state.steps)
+            )
             plan = compensation_plan(wf.steps, [s.status for s in state.steps], failed)
             if plan:
                 return Next(Action.COMPENSATE, plan[0])
@@ -443,8 +500,11 @@ class FluxEngine:
         """Stop a run for good. A step still running on a worker is discarded when it ends."""
         state = self._load(run_id)
         if state.status not in (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED):
-            raise InvalidTransition(state.status.value, "cancelled",
-                                    detail=f"run {run_id} is already {state.status.value}")
+            raise InvalidTransition(
+                state.status.value,
+                "cancelled",
+                detail=f"run {run_id} is already {state.status.value}",
+            )
         change = Change(self.runner, state)
         for s in state.steps:
             if s.status in (StepStatus.RUNNING, StepStatus.SUSPENDED):
@@ -456,8 +516,9 @@ class FluxEngine:
         state.status = RunStatus.CANCELLED
         state.error = f"Cancelled: {reason}"
         state.finished_at = utcnow()
-        change.event("workflow:cancel", status="cancelled", error=state.error,
-                     meta={"reason": reason})
+        change.event(
+            "workflow:cancel", status="cancelled", error=state.error, meta={"reason": reason}
+        )
         if not change.save():
             raise ConcurrentUpdate(f"Run {run_id} was changed concurrently; not cancelled")
         return state
@@ -469,28 +530,36 @@ class FluxEngine:
             return False
         step = state.steps[index] if 0 <= index < len(state.steps) else None
         now = now or utcnow()
-        if (step is None or step.status != StepStatus.SUSPENDED or step.wait_deadline is None
-                or step.wait_deadline > now + timedelta(seconds=0.05)):
+        if (
+            step is None
+            or step.status != StepStatus.SUSPENDED
+            or step.wait_deadline is None
+            or step.wait_deadline > now + timedelta(seconds=0.05)
+        ):
             return False
         wf = self.workflow_for(state)
         sdef = wf.steps[index]
-        err = describe_error(StepTimeout(
-            f"no signal {step.waiting_for!r} within the wait timeout of step {sdef.name!r}"))
-        nxt = self.runner._fail_step(Change(self.runner, state), wf, sdef, step.attempts, err,
-                                     None, None, None)
+        err = describe_error(
+            StepTimeout(
+                f"no signal {step.waiting_for!r} within the wait timeout of step {sdef.name!r}"
+            )
+        )
+        nxt = self.runner._fail_step(
+            Change(self.runner, state), wf, sdef, step.attempts, err, None, None, None
+        )
         if nxt.action is Action.STOP:
             return False
         self._continue(state, nxt)
         return True
 
-    def recover(self, older_than: float | None = None, *, limit: int = 100) -> list[str]:
+    def recover(self, older_than: float | None = None, *, limit: int = 100) -> builtins.list[str]:
         """Continue runs stuck mid-way (a worker or process died) and expire overdue waits.
 
         A run counts as stuck when it has not been updated for longer than its current step's
         timeout plus a grace period (or ``older_than`` seconds, when given).
         """
         now = utcnow()
-        acted: list[str] = []
+        acted: builtins.list[str] = []
         for state in self.storage.expired_waits(now, limit=limit):
             if self.expire_wait(state.id, state.current_step, now):
                 acted.append(state.id)
@@ -499,8 +568,9 @@ class FluxEngine:
         for state in self.storage.stale_runs(now - timedelta(seconds=threshold), limit=limit):
             if older_than is None and not self._overdue(state, now):
                 continue
-            step = state.steps[state.current_step] if state.current_step < len(state.steps) \
-                else None
+            step = (
+                state.steps[state.current_step] if state.current_step < len(state.steps) else None
+            )
             if step is not None and step.task_id and step.task_id in live:
                 continue
             try:
@@ -541,4 +611,3 @@ def _status_values(status: Any) -> Any:
     if isinstance(status, (str, RunStatus, StepStatus)):
         return str(status.value if isinstance(status, (RunStatus, StepStatus)) else status)
     return [str(s.value if isinstance(s, (RunStatus, StepStatus)) else s) for s in status]
-

@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from .errors import StepTimeout
 
 
@@ -38,12 +40,20 @@ class Invoker:
         self._lock = threading.Lock()
 
     # -- public ---------------------------------------------------------------------------
-    def call(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None,
-             what: str = "step") -> Any:
+    def call(
+        self, fn: Callable[..., Any], *args: Any, timeout: float | None = None, what: str = "step"
+    ) -> Any:
         """Call ``fn(*args)``; raise ``StepTimeout`` if it runs past ``timeout`` seconds."""
-        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)
-        ):
+        try:
+            return self._call(fn, args, timeout, what)
+        except SoftTimeLimitExceeded:
+            # Celery's soft time limit on prefork: the backstop for code our timer missed.
+            raise StepTimeout(f"{what} exceeded the worker's soft time limit") from None
+
+    def _call(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float | None, what: str
+    ) -> Any:
+        if _is_coroutine_function(fn):
             return self._call_async(fn, args, timeout, what)
         if timeout is None:
             out = fn(*args)
@@ -63,8 +73,9 @@ class Invoker:
             self._pool = None
 
     # -- implementations ------------------------------------------------------------------
-    def _call_with_alarm(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float,
-                         what: str) -> Any:
+    def _call_with_alarm(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float, what: str
+    ) -> Any:
         previous = signal.signal(signal.SIGALRM, _on_alarm)
         try:
             signal.setitimer(signal.ITIMER_REAL, timeout)
@@ -80,8 +91,9 @@ class Invoker:
             return self._await(out, timeout, what)
         return out
 
-    def _call_in_thread(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float,
-                        what: str) -> Any:
+    def _call_in_thread(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float, what: str
+    ) -> Any:
         future = self._executor().submit(fn, *args)
         try:
             out = future.result(timeout=timeout)
@@ -92,8 +104,9 @@ class Invoker:
             return self._await(out, timeout, what)
         return out
 
-    def _call_async(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float | None,
-                    what: str) -> Any:
+    def _call_async(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float | None, what: str
+    ) -> Any:
         return self._await(fn(*args), timeout, what)
 
     def _await(self, awaitable: Any, timeout: float | None, what: str) -> Any:
@@ -103,7 +116,7 @@ class Invoker:
         future = asyncio.run_coroutine_threadsafe(runner(), self._event_loop())
         try:
             return future.result()
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             raise StepTimeout(f"{what} timed out after {timeout:g}s (cancelled)") from None
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
@@ -127,3 +140,10 @@ def _alarm_usable() -> bool:
     """Only take SIGALRM when nobody else uses it."""
     current = signal.getsignal(signal.SIGALRM)
     return current in (signal.SIG_DFL, signal.SIG_IGN, None, _on_alarm)
+
+
+def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
+    """``async def`` functions, and objects whose ``__call__`` is ``async def``."""
+    return inspect.iscoroutinefunction(fn) or (
+        not inspect.isroutine(fn) and inspect.iscoroutinefunction(type(fn).__call__)
+    )

@@ -18,7 +18,9 @@ def _find_bad_value(value: Any, path: str = "") -> str | None:
     if value is None or isinstance(value, (str, bool, int)):
         return None
     if isinstance(value, float):
-        return None if value == value and value not in (float("inf"), float("-inf")) else path or "$"
+        return (
+            None if value == value and value not in (float("inf"), float("-inf")) else path or "$"
+        )
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
@@ -37,7 +39,7 @@ def _find_bad_value(value: Any, path: str = "") -> str | None:
 
 
 def dumps(value: Any, *, what: str = "value", max_bytes: int | None = None) -> str:
-    """Encode to compact JSON or raise ``SerializationError``/``PayloadTooLarge`` naming ``what``."""
+    """Compact JSON, or ``SerializationError``/``PayloadTooLarge`` naming ``what``."""
     try:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:

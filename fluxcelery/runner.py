@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from .builder import DEFAULT, StepDef, WaitFor, Workflow
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fluxcelery.runner")
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     CONTINUE = "continue"  # run step ``index`` next
     RETRY = "retry"  # run the same step (or compensation) again after ``delay``
     COMPENSATE = "compensate"  # run the compensation of step ``index`` next
@@ -72,8 +72,9 @@ class Change:
             TraceEvent(type=type, run_id=self.state.id, workflow=self.state.workflow, **fields)
         )
 
-    def step_event(self, type: str, step: StepState, sdef: StepDef | None = None,
-                   **fields: Any) -> None:
+    def step_event(
+        self, type: str, step: StepState, sdef: StepDef | None = None, **fields: Any
+    ) -> None:
         if sdef is not None and "max_attempts" not in fields:
             fields["max_attempts"] = self.runner.max_attempts(sdef)
         self.event(type, step=step.name, step_index=step.index, kind=step.kind, **fields)
@@ -103,8 +104,9 @@ class StepRunner:
         self.engine.publish(events)
 
     # -- helpers --------------------------------------------------------------------------
-    def _context(self, wf: Workflow, state: RunState, sdef: StepDef, attempt: int,
-                 session: Any = None) -> StepContext:
+    def _context(
+        self, wf: Workflow, state: RunState, sdef: StepDef, attempt: int, session: Any = None
+    ) -> StepContext:
         spec = wf.input_spec
         return StepContext(
             run_id=state.id,
@@ -124,13 +126,17 @@ class StepRunner:
         if fn is None:
             return
         try:
-            self.engine.invoker.call(fn, *args, timeout=self.engine.hook_timeout,
-                                     what=f"hook {name}")
+            self.engine.invoker.call(
+                fn, *args, timeout=self.engine.hook_timeout, what=f"hook {name}"
+            )
         except Exception as exc:
             log.warning("hook %s raised for run %s: %s", name, state.id, describe_error(exc))
             event = TraceEvent(
-                type="hook:error", run_id=state.id, workflow=state.workflow,
-                error=describe_error(exc), meta={"hook": name},
+                type="hook:error",
+                run_id=state.id,
+                workflow=state.workflow,
+                error=describe_error(exc),
+                meta={"hook": name},
                 step=args[0] if args and isinstance(args[0], str) else None,
             )
             self.engine.record([event])
@@ -146,12 +152,14 @@ class StepRunner:
             state.error = None
             change.event("workflow:complete", status=status.value, duration_ms=duration)
         else:
-            change.event("workflow:error", status=status.value, duration_ms=duration,
-                         error=state.error)
+            change.event(
+                "workflow:error", status=status.value, duration_ms=duration, error=state.error
+            )
 
     # -- forward steps --------------------------------------------------------------------
-    def run_step(self, run_id: str, index: int, *, task_id: str | None = None,
-                 worker: str | None = None) -> Next:
+    def run_step(
+        self, run_id: str, index: int, *, task_id: str | None = None, worker: str | None = None
+    ) -> Next:
         state = self.storage.load_run(run_id)
         if state is None:
             log.warning("step task for unknown run %s ignored", run_id)
@@ -171,16 +179,22 @@ class StepRunner:
         change = Change(self, state)
         if state.status == RunStatus.PENDING:
             state.status = RunStatus.RUNNING
-            change.event("workflow:start", status="running", task_id=task_id, worker=worker,
-                         meta={"input": self.engine.redact(state.input)})
+            change.event(
+                "workflow:start",
+                status="running",
+                task_id=task_id,
+                worker=worker,
+                meta={"input": self.engine.redact(state.input)},
+            )
         max_attempts = self.max_attempts(sdef)
         attempt = step.attempts + 1
 
         if step.attempts == 0 and sdef.when is not None:
             ctx = self._context(wf, state, sdef, 0)
             try:
-                go = self.engine.invoker.call(sdef.when, ctx, timeout=self.timeout(sdef),
-                                              what=f"when() of step {sdef.name!r}")
+                go = self.engine.invoker.call(
+                    sdef.when, ctx, timeout=self.timeout(sdef), what=f"when() of step {sdef.name!r}"
+                )
             except Exception as exc:
                 err = f"when() raised {describe_error(exc)}"
                 return self._fail_step(change, wf, sdef, 0, err, exc, task_id, worker)
@@ -189,8 +203,9 @@ class StepRunner:
                 s.status = StepStatus.SKIPPED
                 s.finished_at = utcnow()
                 state.current_step = index + 1
-                change.step_event("step:skipped", s, status="skipped", task_id=task_id,
-                                  worker=worker)
+                change.step_event(
+                    "step:skipped", s, status="skipped", task_id=task_id, worker=worker
+                )
                 finished = state.current_step >= len(wf.steps)
                 if finished:
                     self._finish_run(change, RunStatus.COMPLETED)
@@ -204,8 +219,10 @@ class StepRunner:
 
         if attempt > max_attempts:
             # Redelivered after worker deaths until the attempts ran out: stop the loop.
-            err = (f"WorkerLost: step {sdef.name!r} was interrupted {step.attempts} times "
-                   f"(max {max_attempts} attempts)")
+            err = (
+                f"WorkerLost: step {sdef.name!r} was interrupted {step.attempts} times "
+                f"(max {max_attempts} attempts)"
+            )
             return self._fail_step(change, wf, sdef, step.attempts, err, None, task_id, worker)
 
         s = change.step(index)
@@ -217,8 +234,16 @@ class StepRunner:
         s.finished_at = None
         state.current_step = index
         meta = {"redelivered": True} if redelivered else None
-        change.step_event("step:start", s, sdef, status="running", attempt=attempt,
-                          task_id=task_id, worker=worker, meta=meta)
+        change.step_event(
+            "step:start",
+            s,
+            sdef,
+            status="running",
+            attempt=attempt,
+            task_id=task_id,
+            worker=worker,
+            meta=meta,
+        )
         if not change.save():
             return STOP
         if "step_start" in self.engine.hooks:
@@ -237,9 +262,13 @@ class StepRunner:
             # A redelivered task whose step finished before the worker died: make sure the
             # run moves on (the next task may never have been sent).
             nxt = state.steps[cursor] if cursor < n else None
-            if (index == cursor - 1 and state.steps[index].status in DONE_STEP
-                    and nxt is not None and nxt.status == StepStatus.PENDING
-                    and nxt.attempts == 0):
+            if (
+                index == cursor - 1
+                and state.steps[index].status in DONE_STEP
+                and nxt is not None
+                and nxt.status == StepStatus.PENDING
+                and nxt.attempts == 0
+            ):
                 return Next(Action.CONTINUE, cursor)
             return STOP
         if index > cursor:
@@ -256,8 +285,12 @@ class StepRunner:
             state.status = RunStatus.RUNNING
         s = state.steps[index]
         state.current_step = index + 1
-        change.step_event("step:skipped", s, status=s.status.value,
-                          meta={"reason": "already completed", "not_rerun": True})
+        change.step_event(
+            "step:skipped",
+            s,
+            status=s.status.value,
+            meta={"reason": "already completed", "not_rerun": True},
+        )
         finished = state.current_step >= len(wf.steps)
         if finished:
             self._finish_run(change, RunStatus.COMPLETED)
@@ -265,17 +298,24 @@ class StepRunner:
             return STOP
         return DONE if finished else Next(Action.CONTINUE, index + 1)
 
-    def _attempt(self, wf: Workflow, state: RunState, sdef: StepDef, attempt: int,
-                 task_id: str | None, worker: str | None) -> Next:
+    def _attempt(
+        self,
+        wf: Workflow,
+        state: RunState,
+        sdef: StepDef,
+        attempt: int,
+        task_id: str | None,
+        worker: str | None,
+    ) -> Next:
         timeout = self.timeout(sdef)
         started = utcnow()
         if sdef.is_commit:
-            return self._commit_attempt(wf, state, sdef, attempt, timeout, started, task_id,
-                                        worker)
+            return self._commit_attempt(wf, state, sdef, attempt, timeout, started, task_id, worker)
         ctx = self._context(wf, state, sdef, attempt)
         try:
-            value = self.engine.invoker.call(sdef.handler, ctx, timeout=timeout,
-                                             what=f"step {sdef.name!r}")
+            value = self.engine.invoker.call(
+                sdef.handler, ctx, timeout=timeout, what=f"step {sdef.name!r}"
+            )
             change = self._succeeded(wf, state, sdef, ctx, value, started, task_id, worker)
         except Exception as exc:
             return self._attempt_failed(wf, state, sdef, attempt, exc, started, task_id, worker)
@@ -283,9 +323,17 @@ class StepRunner:
             return STOP
         return self._after_success(wf, change, sdef, ctx, value)
 
-    def _commit_attempt(self, wf: Workflow, state: RunState, sdef: StepDef, attempt: int,
-                        timeout: float | None, started: Any, task_id: str | None,
-                        worker: str | None) -> Next:
+    def _commit_attempt(
+        self,
+        wf: Workflow,
+        state: RunState,
+        sdef: StepDef,
+        attempt: int,
+        timeout: float | None,
+        started: Any,
+        task_id: str | None,
+        worker: str | None,
+    ) -> Next:
         """A commit step: its ``ctx.session`` writes and its completion commit together.
 
         A failure is recorded only after the transaction has rolled back, so the failure
@@ -296,31 +344,42 @@ class StepRunner:
         with self.storage.transaction() as tx:
             ctx = self._context(wf, state, sdef, attempt, session=tx.session)
             try:
-                value = self.engine.invoker.call(sdef.handler, ctx, timeout=timeout,
-                                                 what=f"step {sdef.name!r}")
+                value = self.engine.invoker.call(
+                    sdef.handler, ctx, timeout=timeout, what=f"step {sdef.name!r}"
+                )
                 change = self._succeeded(wf, state, sdef, ctx, value, started, task_id, worker)
                 landed = change.save(tx)
             except Exception as exc:
                 failure = exc
         if failure is not None:
-            return self._attempt_failed(wf, state, sdef, attempt, failure, started, task_id,
-                                        worker)
+            return self._attempt_failed(wf, state, sdef, attempt, failure, started, task_id, worker)
         if not landed:
             return STOP
         self.publish(change.events)
         return self._after_success(wf, change, sdef, ctx, value)
 
-    def _succeeded(self, wf: Workflow, state: RunState, sdef: StepDef, ctx: StepContext,
-                   value: Any, started: Any, task_id: str | None, worker: str | None) -> Change:
+    def _succeeded(
+        self,
+        wf: Workflow,
+        state: RunState,
+        sdef: StepDef,
+        ctx: StepContext,
+        value: Any,
+        started: Any,
+        task_id: str | None,
+        worker: str | None,
+    ) -> Change:
         """The change for a handler that returned; raises ``FluxError`` for data that cannot
         be stored (the attempt then fails, and the stored state stays as it was)."""
         max_bytes = self.engine.max_payload_bytes
-        data = roundtrip(ctx.data, what=f"ctx.data after step {sdef.name!r}",
-                         max_bytes=max_bytes)
+        data = roundtrip(ctx.data, what=f"ctx.data after step {sdef.name!r}", max_bytes=max_bytes)
         if not isinstance(data, dict):
             raise SerializationError(f"ctx.data must stay a dict, got {type(data).__name__}")
-        output = None if isinstance(value, WaitFor) else roundtrip(
-            value, what=f"output of step {sdef.name!r}", max_bytes=max_bytes)
+        output = (
+            None
+            if isinstance(value, WaitFor)
+            else roundtrip(value, what=f"output of step {sdef.name!r}", max_bytes=max_bytes)
+        )
         change = Change(self, state)
         s = change.step(sdef.index)
         now = utcnow()
@@ -331,9 +390,15 @@ class StepRunner:
             s.duration_ms = ms_between(started, now)
             s.wait_deadline = (now + timedelta(seconds=value.timeout)) if value.timeout else None
             state.status = RunStatus.SUSPENDED
-            change.step_event("step:suspend", s, status="suspended", attempt=ctx.attempt,
-                              task_id=task_id, worker=worker,
-                              meta={"signal": value.signal, "timeout": value.timeout})
+            change.step_event(
+                "step:suspend",
+                s,
+                status="suspended",
+                attempt=ctx.attempt,
+                task_id=task_id,
+                worker=worker,
+                meta={"signal": value.signal, "timeout": value.timeout},
+            )
             return change
         s.status = StepStatus.COMPLETED
         s.output = output
@@ -341,14 +406,23 @@ class StepRunner:
         s.finished_at = now
         s.duration_ms = ms_between(started, now)
         state.current_step = sdef.index + 1
-        change.step_event("step:complete", s, sdef, status="completed", attempt=ctx.attempt,
-                          duration_ms=s.duration_ms, task_id=task_id, worker=worker)
+        change.step_event(
+            "step:complete",
+            s,
+            sdef,
+            status="completed",
+            attempt=ctx.attempt,
+            duration_ms=s.duration_ms,
+            task_id=task_id,
+            worker=worker,
+        )
         if state.current_step >= len(wf.steps):
             self._finish_run(change, RunStatus.COMPLETED)
         return change
 
-    def _after_success(self, wf: Workflow, change: Change, sdef: StepDef, ctx: StepContext,
-                       value: Any) -> Next:
+    def _after_success(
+        self, wf: Workflow, change: Change, sdef: StepDef, ctx: StepContext, value: Any
+    ) -> Next:
         state = change.state
         if isinstance(value, WaitFor):
             return Next(Action.SUSPEND, sdef.index, wait_timeout=value.timeout)
@@ -358,9 +432,17 @@ class StepRunner:
             return DONE
         return Next(Action.CONTINUE, sdef.index + 1)
 
-    def _attempt_failed(self, wf: Workflow, state: RunState, sdef: StepDef, attempt: int,
-                        exc: BaseException, started: Any, task_id: str | None,
-                        worker: str | None) -> Next:
+    def _attempt_failed(
+        self,
+        wf: Workflow,
+        state: RunState,
+        sdef: StepDef,
+        attempt: int,
+        exc: BaseException,
+        started: Any,
+        task_id: str | None,
+        worker: str | None,
+    ) -> Next:
         change = Change(self, state)
         max_attempts = self.max_attempts(sdef)
         err = describe_error(exc)
@@ -371,17 +453,35 @@ class StepRunner:
             s.status = StepStatus.PENDING
             s.error = err
             s.duration_ms = ms_between(started, utcnow())
-            change.step_event("step:retry", s, sdef, status="pending", attempt=attempt,
-                              duration_ms=s.duration_ms, error=err, task_id=task_id,
-                              worker=worker, meta={"delay_s": delay, "next_attempt": attempt + 1})
+            change.step_event(
+                "step:retry",
+                s,
+                sdef,
+                status="pending",
+                attempt=attempt,
+                duration_ms=s.duration_ms,
+                error=err,
+                task_id=task_id,
+                worker=worker,
+                meta={"delay_s": delay, "next_attempt": attempt + 1},
+            )
             if not change.save():
                 return STOP
             return Next(Action.RETRY, sdef.index, delay=delay)
         return self._fail_step(change, wf, sdef, attempt, err, exc, task_id, worker, started)
 
-    def _fail_step(self, change: Change, wf: Workflow, sdef: StepDef, attempt: int, err: str,
-                   exc: BaseException | None, task_id: str | None, worker: str | None,
-                   started: Any = None) -> Next:
+    def _fail_step(
+        self,
+        change: Change,
+        wf: Workflow,
+        sdef: StepDef,
+        attempt: int,
+        err: str,
+        exc: BaseException | None,
+        task_id: str | None,
+        worker: str | None,
+        started: Any = None,
+    ) -> Next:
         """The step failed for good: compensate earlier steps, or fail the run."""
         state = change.state
         s = change.step(sdef.index)
@@ -395,13 +495,26 @@ class StepRunner:
             state.status = RunStatus.RUNNING
         state.current_step = sdef.index
         state.error = err
-        change.step_event("step:error", s, sdef, status="failed", attempt=attempt or None,
-                          duration_ms=s.duration_ms, error=err, task_id=task_id, worker=worker)
+        change.step_event(
+            "step:error",
+            s,
+            sdef,
+            status="failed",
+            attempt=attempt or None,
+            duration_ms=s.duration_ms,
+            error=err,
+            task_id=task_id,
+            worker=worker,
+        )
         plan = compensation_plan(wf.steps, [x.status for x in state.steps], sdef.index)
         if plan:
             state.status = RunStatus.ROLLING_BACK
-            change.event("workflow:rollback_start", status="rolling_back", error=err,
-                         meta={"plan": [state.steps[i].name for i in plan]})
+            change.event(
+                "workflow:rollback_start",
+                status="rolling_back",
+                error=err,
+                meta={"plan": [state.steps[i].name for i in plan]},
+            )
         else:
             self._finish_run(change, RunStatus.FAILED, err)
         if not change.save():
@@ -424,8 +537,9 @@ class StepRunner:
         return DONE
 
     # -- compensation ---------------------------------------------------------------------
-    def run_compensation(self, run_id: str, index: int, *, task_id: str | None = None,
-                         worker: str | None = None) -> Next:
+    def run_compensation(
+        self, run_id: str, index: int, *, task_id: str | None = None, worker: str | None = None
+    ) -> Next:
         state = self.storage.load_run(run_id)
         if state is None or state.status != RunStatus.ROLLING_BACK:
             return STOP
@@ -453,31 +567,51 @@ class StepRunner:
         change = Change(self, state)
         s = change.step(index)
         try:
-            self.engine.invoker.call(sdef.compensate, ctx, timeout=self.timeout(sdef),
-                                     what=f"compensation of step {sdef.name!r}")
+            self.engine.invoker.call(
+                sdef.compensate,
+                ctx,
+                timeout=self.timeout(sdef),
+                what=f"compensation of step {sdef.name!r}",
+            )
         except Exception as exc:
             err = describe_error(exc)
             max_attempts = self.max_attempts(sdef)
             retry = should_retry(exc, attempt, max_attempts)
             delay = (sdef.backoff or self.engine.backoff).delay(attempt) if retry else 0.0
             change.step_event(
-                "step:compensate_error", s, sdef, status="compensating" if retry
-                else "compensation_failed", attempt=attempt, error=err, task_id=task_id,
-                worker=worker, duration_ms=ms_between(started, utcnow()),
+                "step:compensate_error",
+                s,
+                sdef,
+                status="compensating" if retry else "compensation_failed",
+                attempt=attempt,
+                error=err,
+                task_id=task_id,
+                worker=worker,
+                duration_ms=ms_between(started, utcnow()),
                 meta={"will_retry": retry, "delay_s": delay},
             )
             if retry:
-                return (Next(Action.RETRY, index, delay=delay, phase="compensate")
-                        if change.save() else STOP)
+                return (
+                    Next(Action.RETRY, index, delay=delay, phase="compensate")
+                    if change.save()
+                    else STOP
+                )
             s.status = StepStatus.COMPENSATION_FAILED
             s.error = f"compensation failed: {err}"
             return self._next_compensation(change, wf, index)
         s.status = StepStatus.COMPENSATED
         s.error = None
         s.finished_at = utcnow()
-        change.step_event("step:compensate", s, sdef, status="compensated", attempt=attempt,
-                          duration_ms=ms_between(started, s.finished_at), task_id=task_id,
-                          worker=worker)
+        change.step_event(
+            "step:compensate",
+            s,
+            sdef,
+            status="compensated",
+            attempt=attempt,
+            duration_ms=ms_between(started, s.finished_at),
+            task_id=task_id,
+            worker=worker,
+        )
         return self._next_compensation(change, wf, index)
 
     def _next_compensation(self, change: Change, wf: Workflow, index: int) -> Next:
@@ -489,8 +623,10 @@ class StepRunner:
         original = state.error
         if failed:
             names = ", ".join(repr(n) for n in failed)
-            err = (f"CompensationError: compensation failed at step {names}; "
-                   f"original error: {original}")
+            err = (
+                f"CompensationError: compensation failed at step {names}; "
+                f"original error: {original}"
+            )
             self._finish_run(change, RunStatus.FAILED, err)
         else:
             change.event("workflow:rollback_complete", status="rolled_back")
@@ -508,4 +644,3 @@ def first_unfinished(state: RunState) -> int:
         if s.status not in DONE_STEP:
             return s.index
     return len(state.steps)
-

@@ -44,13 +44,17 @@ def load_settings(module: str | None = None) -> Settings:
         conf = {}
     env = os.environ
     celery_conf = {
-        k: v for k, v in conf.items()
-        if k.islower() and not k.startswith("flux_") and not callable(v)
+        k: v
+        for k, v in conf.items()
+        if k.islower()
+        and not k.startswith("flux_")
+        and not callable(v)
         and not hasattr(v, "__file__")
     }
     return Settings(
         broker_url=env.get("FLUX_BROKER_URL") or conf.get("broker_url") or EMBEDDED_BROKER,
-        database_url=env.get("FLUX_DATABASE_URL") or conf.get("flux_database_url")
+        database_url=env.get("FLUX_DATABASE_URL")
+        or conf.get("flux_database_url")
         or "sqlite:///.flux/flux.db",
         workflows=_split(env.get("FLUX_WORKFLOWS") or conf.get("flux_workflows")),
         trace_file=env.get("FLUX_TRACE_FILE") or conf.get("flux_trace_file"),

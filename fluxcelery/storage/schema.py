@@ -37,7 +37,9 @@ steps = sa.Table(
     "flux_steps",
     metadata,
     sa.Column(
-        "run_id", sa.String(64), sa.ForeignKey("flux_runs.id", ondelete="CASCADE"),
+        "run_id",
+        sa.String(64),
+        sa.ForeignKey("flux_runs.id", ondelete="CASCADE"),
         primary_key=True,
     ),
     sa.Column("idx", sa.Integer, primary_key=True),

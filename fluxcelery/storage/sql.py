@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ def normalize_url(url: str) -> str:
     """Accept ``postgresql://`` and ``postgres://`` and pick psycopg 3 as the driver."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 
@@ -48,8 +48,8 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def _engine_for(url: str) -> Engine:
@@ -235,10 +235,22 @@ class SqlStorage:
     @staticmethod
     def _trace_values(e: TraceEvent) -> dict[str, Any]:
         return {
-            "id": e.id, "ts": e.ts, "run_id": e.run_id, "workflow": e.workflow, "type": e.type,
-            "status": e.status, "step": e.step, "step_index": e.step_index, "kind": e.kind,
-            "attempt": e.attempt, "max_attempts": e.max_attempts, "duration_ms": e.duration_ms,
-            "error": e.error, "task_id": e.task_id, "worker": e.worker, "meta": e.meta,
+            "id": e.id,
+            "ts": e.ts,
+            "run_id": e.run_id,
+            "workflow": e.workflow,
+            "type": e.type,
+            "status": e.status,
+            "step": e.step,
+            "step_index": e.step_index,
+            "kind": e.kind,
+            "attempt": e.attempt,
+            "max_attempts": e.max_attempts,
+            "duration_ms": e.duration_ms,
+            "error": e.error,
+            "task_id": e.task_id,
+            "worker": e.worker,
+            "meta": e.meta,
         }
 
     # -- runs -----------------------------------------------------------------------------
@@ -253,8 +265,11 @@ class SqlStorage:
                     return False
                 conn.execute(
                     schema.runs.insert().values(
-                        id=state.id, version=state.version, created_at=state.created_at,
-                        updated_at=now, **self._run_values(state),
+                        id=state.id,
+                        version=state.version,
+                        created_at=state.created_at,
+                        updated_at=now,
+                        **self._run_values(state),
                     )
                 )
                 conn.execute(
@@ -451,10 +466,21 @@ class SqlStorage:
             rows = conn.execute(q).all()
         return [
             TraceEvent(
-                id=r.id, ts=_utc(r.ts) or utcnow(), run_id=r.run_id, workflow=r.workflow,
-                type=r.type, status=r.status, step=r.step, step_index=r.step_index,
-                kind=r.kind, attempt=r.attempt, max_attempts=r.max_attempts,
-                duration_ms=r.duration_ms, error=r.error, task_id=r.task_id, worker=r.worker,
+                id=r.id,
+                ts=_utc(r.ts) or utcnow(),
+                run_id=r.run_id,
+                workflow=r.workflow,
+                type=r.type,
+                status=r.status,
+                step=r.step,
+                step_index=r.step_index,
+                kind=r.kind,
+                attempt=r.attempt,
+                max_attempts=r.max_attempts,
+                duration_ms=r.duration_ms,
+                error=r.error,
+                task_id=r.task_id,
+                worker=r.worker,
                 meta=r.meta,
             )
             for r in rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 EVENT_TYPES = (
@@ -27,8 +27,22 @@ EVENT_TYPES = (
 )
 
 FIELDS = (
-    "id", "ts", "run_id", "workflow", "type", "status", "step", "step_index", "kind", "attempt",
-    "max_attempts", "duration_ms", "error", "task_id", "worker", "meta",
+    "id",
+    "ts",
+    "run_id",
+    "workflow",
+    "type",
+    "status",
+    "step",
+    "step_index",
+    "kind",
+    "attempt",
+    "max_attempts",
+    "duration_ms",
+    "error",
+    "task_id",
+    "worker",
+    "meta",
 )
 
 
@@ -37,7 +51,7 @@ def _new_id() -> str:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -75,10 +89,10 @@ class TraceEvent:
         if ts is None:
             ts = _now()
         if ts.tzinfo is None:
-            ts = ts.replace(tzinfo=timezone.utc)
+            ts = ts.replace(tzinfo=UTC)
         if not values.get("id"):
             values["id"] = _new_id()
-        return cls(ts=ts, **values)
+        return cls(ts=ts, **values)  # type: ignore[arg-type]
 
 
 @runtime_checkable

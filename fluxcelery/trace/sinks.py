@@ -41,7 +41,7 @@ class JsonFileTraceSink:
         return self._fd
 
     def emit(self, event: TraceEvent) -> None:
-        line = (json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False) + "\n")
+        line = json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False) + "\n"
         data = line.encode()
         with self._lock:
             fd = self._open()
@@ -84,14 +84,16 @@ class ConsoleLogger:
         self.prefix = prefix
 
     def format(self, e: TraceEvent) -> str:
-        parts = [self.prefix, e.ts.strftime("%H:%M:%S.%f")[:-3], f"{e.workflow}/{e.run_id[:8]}",
-                 e.type]
+        parts = [
+            self.prefix,
+            e.ts.strftime("%H:%M:%S.%f")[:-3],
+            f"{e.workflow}/{e.run_id[:8]}",
+            e.type,
+        ]
         if e.step is not None:
             parts.append(f"step={e.step}")
         if e.attempt is not None:
-            parts.append(
-                f"attempt={e.attempt}" + (f"/{e.max_attempts}" if e.max_attempts else "")
-            )
+            parts.append(f"attempt={e.attempt}" + (f"/{e.max_attempts}" if e.max_attempts else ""))
         if e.status:
             parts.append(f"status={e.status}")
         if e.duration_ms is not None:

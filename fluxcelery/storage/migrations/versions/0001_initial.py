@@ -42,7 +42,9 @@ def upgrade() -> None:
     op.create_table(
         "flux_steps",
         sa.Column(
-            "run_id", sa.String(64), sa.ForeignKey("flux_runs.id", ondelete="CASCADE"),
+            "run_id",
+            sa.String(64),
+            sa.ForeignKey("flux_runs.id", ondelete="CASCADE"),
             primary_key=True,
         ),
         sa.Column("idx", sa.Integer, primary_key=True),
@@ -64,7 +66,9 @@ def upgrade() -> None:
     op.create_table(
         "flux_traces",
         sa.Column(
-            "seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+            "seq",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
             autoincrement=True,
         ),
         sa.Column("id", sa.String(32), nullable=False),

@@ -1,0 +1,1 @@
+"""The Celery runtime: the app, one task per step, and chain dispatch."""

@@ -1,0 +1,114 @@
+"""The Celery app behind ``celery -A fluxcelery worker``.
+
+Settings come from ``celeryconfig.py`` or ``FLUX_*`` variables (see ``fluxcelery.settings``).
+Workers import the modules in ``FLUX_WORKFLOWS`` at start and register one task per step,
+named ``flux.<workflow>.<step>``. JSON is the only serializer accepted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+from typing import Any
+
+from celery import Celery, signals
+
+from ..settings import Settings, load_settings
+
+log = logging.getLogger("fluxcelery.celery")
+
+_app: Celery | None = None
+_lock = threading.Lock()
+
+#: Set in prefork pool children, where Celery's time limits are enforced.
+IN_PREFORK_CHILD = False
+
+
+def build_app(settings: Settings | None = None) -> Celery:
+    settings = settings or load_settings()
+    app = Celery("fluxcelery", set_as_current=False)
+    conf: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_track_started": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": os.environ.get("FLUX_QUEUE", "flux"),
+        "timezone": "UTC",
+        "enable_utc": True,
+        "worker_hijack_root_logger": False,
+    }
+    if settings.embedded:
+        # The in-process transport polls; the default of 1 s per poll makes a 4-step run
+        # take seconds.
+        conf["broker_transport_options"] = {"polling_interval": 0.005}
+    conf.update(settings.celery)
+    for key in ("task_serializer", "result_serializer", "event_serializer"):
+        if conf.get(key, "json") != "json":
+            log.warning("fluxcelery: %s=%r ignored; only JSON is used", key, conf[key])
+        conf[key] = "json"
+    conf["accept_content"] = ["json"]
+    conf["result_accept_content"] = ["json"]
+    app.conf.update(conf)
+    app.conf.flux_workflows = list(settings.workflows)
+
+    from .tasks import register_builtin_tasks
+
+    register_builtin_tasks(app)
+    return app
+
+
+def get_app() -> Celery:
+    """The process-wide app (built on first use)."""
+    global _app
+    with _lock:
+        if _app is None:
+            _app = build_app()
+            _connect_worker_signals(_app)
+        return _app
+
+
+def import_workflow_modules(app: Celery) -> list[str]:
+    """Import ``FLUX_WORKFLOWS`` modules and register a task for every step defined."""
+    from ..builder import registered_workflows
+    from .tasks import register_workflow
+
+    modules = list(app.conf.get("flux_workflows") or [])
+    for name in modules:
+        importlib.import_module(name)
+    for wf in registered_workflows().values():
+        try:
+            register_workflow(app, wf.freeze())
+        except Exception as exc:  # an incomplete definition must not stop the worker
+            log.error("workflow %r not registered: %s", wf.name, exc)
+    return modules
+
+
+def _connect_worker_signals(app: Celery) -> None:
+    def on_import_modules(sender: Any = None, **_: Any) -> None:
+        if sender is app:
+            import_workflow_modules(app)
+
+    def on_process_init(**_: Any) -> None:
+        global IN_PREFORK_CHILD
+        IN_PREFORK_CHILD = True
+
+    def on_worker_ready(sender: Any = None, **_: Any) -> None:
+        pool = getattr(getattr(sender, "pool", None), "__class__", type(None)).__name__
+        if "Prefork" not in pool and pool != "TaskPool":
+            log.warning(
+                "fluxcelery: the %s pool does not enforce Celery time limits; step timeouts "
+                "are enforced by fluxcelery's own timer (sync code is abandoned, not killed)",
+                pool,
+            )
+
+    signals.import_modules.connect(on_import_modules, weak=False)
+    signals.worker_process_init.connect(on_process_init, weak=False)
+    signals.worker_ready.connect(on_worker_ready, weak=False)

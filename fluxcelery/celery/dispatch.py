@@ -1,0 +1,111 @@
+"""Sends a run's next work to Celery: a chain of step tasks, or one compensation task."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, chain
+
+from ..runner import Action, Next
+from .tasks import compensate_task_name, register_workflow, step_task_name
+
+if TYPE_CHECKING:
+    from ..builder import Workflow
+    from ..engine import FluxEngine
+    from ..records import RunState
+
+log = logging.getLogger("fluxcelery.celery")
+
+
+class CeleryDispatcher:
+    def __init__(self, engine: FluxEngine, app: Celery | None = None) -> None:
+        from .app import get_app
+
+        self.engine = engine
+        self.app = app or get_app()
+        self._registered: set[str] = set()
+        self._embedded: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def embedded(self) -> bool:
+        return str(self.app.conf.broker_url or "").startswith("memory://")
+
+    def register(self, wf: Workflow) -> None:
+        key = f"{wf.name}:{wf.definition_hash}"
+        if key not in self._registered:
+            register_workflow(self.app, wf)
+            self._registered.add(key)
+            if self._embedded is not None:
+                self._embedded.refresh()
+
+    def _ensure_worker(self) -> None:
+        """With the embedded ``memory://`` broker, run a worker thread in this process."""
+        if not self.embedded:
+            return
+        with self._lock:
+            if self._embedded is None:
+                from .embedded import EmbeddedWorker
+
+                self._embedded = EmbeddedWorker(self.app, self.engine)
+                self._embedded.start()
+
+    def dispatch(self, state: RunState, nxt: Next, countdown: float | None = None) -> None:
+        wf = self.engine.workflow(state.workflow)
+        self.register(wf)
+        self._ensure_worker()
+        kwargs = {"run_id": state.id}
+        options: dict[str, Any] = {}
+        if countdown:
+            options["countdown"] = countdown
+        if nxt.action is Action.CONTINUE:
+            start = nxt.index or 0
+            sigs = [
+                self.app.signature(step_task_name(wf.name, s.name), kwargs=kwargs, immutable=True)
+                for s in wf.steps[start:]
+            ]
+            if not sigs:
+                return
+            canvas = sigs[0] if len(sigs) == 1 else chain(*sigs)
+            canvas.apply_async(**options)
+        elif nxt.action is Action.COMPENSATE:
+            sdef = wf.steps[nxt.index or 0]
+            if sdef.compensate is None:
+                # Nothing to run at this index: let the runner finalize the rollback inline.
+                follow = self.engine.runner.run_compensation(state.id, sdef.index)
+                if follow.action is Action.COMPENSATE:
+                    self.dispatch(state, follow)
+                return
+            self.app.signature(
+                compensate_task_name(wf.name, sdef.name), kwargs=kwargs, immutable=True
+            ).apply_async(**options)
+        elif nxt.action is Action.RETRY:
+            name = (compensate_task_name if nxt.phase == "compensate" else step_task_name)(
+                wf.name, wf.steps[nxt.index or 0].name
+            )
+            self.app.signature(name, kwargs=kwargs, immutable=True).apply_async(countdown=nxt.delay)
+
+    def schedule_wait_timeout(self, run_id: str, index: int, seconds: float) -> None:
+        self._ensure_worker()
+        self.app.signature(
+            "flux.wait_timeout", kwargs={"run_id": run_id, "index": index}, immutable=True
+        ).apply_async(countdown=seconds)
+
+    def live_task_ids(self) -> set[str]:
+        """Task ids active, reserved or scheduled on any worker (best effort, 1 s)."""
+        if self.embedded:
+            return set()
+        ids: set[str] = set()
+        try:
+            inspect = self.app.control.inspect(timeout=1.0)
+            for getter in (inspect.active, inspect.reserved, inspect.scheduled):
+                for tasks in (getter() or {}).values():
+                    for t in tasks:
+                        req = t.get("request", t)
+                        if req.get("id"):
+                            ids.add(req["id"])
+        except Exception as exc:
+            log.warning("could not ask workers for live tasks: %s", exc)
+        return ids

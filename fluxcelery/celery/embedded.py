@@ -1,0 +1,71 @@
+"""An in-process Celery worker for the ``memory://`` broker, so that ``wf.delay()`` works
+with no services at all (the first thing a new user tries)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from celery import Celery
+
+if TYPE_CHECKING:
+    from ..engine import FluxEngine
+
+log = logging.getLogger("fluxcelery.celery")
+
+
+class EmbeddedWorker:
+    def __init__(self, app: Celery, engine: FluxEngine, concurrency: int = 2) -> None:
+        self.app = app
+        self.engine = engine
+        self.concurrency = concurrency
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._worker: object | None = None
+
+    def start(self) -> None:
+        from .tasks import _worker_engine, set_worker_engine
+
+        if _worker_engine is None:
+            set_worker_engine(self.engine)
+        self._thread = threading.Thread(target=self._run, name="flux-embedded-worker", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout=30):
+            raise RuntimeError("the embedded Celery worker did not start within 30 s")
+
+    def refresh(self) -> None:
+        """Teach the running consumer about tasks registered after it started."""
+        consumer = getattr(self._worker, "consumer", None)
+        if consumer is not None and getattr(consumer, "strategies", None) is not None:
+            consumer.update_strategies()
+
+    def _run(self) -> None:
+        from celery.worker import WorkController
+
+        ready = self._ready
+
+        class _Worker(WorkController):
+            def on_consumer_ready(self, consumer: object) -> None:
+                ready.set()
+
+        self.app.finalize()
+        # Celery publishes chain continuations with the default app: make it ours, as
+        # `celery worker` does for the app it runs.
+        self.app.set_default()
+        worker = _Worker(
+            app=self.app,
+            pool="threads",
+            concurrency=self.concurrency,
+            loglevel="WARNING",
+            ready_callback=None,
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+            hostname="embedded@flux",
+        )
+        self._worker = worker
+        try:
+            worker.start()
+        except Exception:  # pragma: no cover - reported to the user through start()
+            log.exception("embedded worker stopped")

@@ -1,0 +1,179 @@
+"""One Celery task per step (``flux.<workflow>.<step>``) and per compensator
+(``flux.<workflow>.<step>.compensate``). The task body is a thin shell around
+``StepRunner``: it maps the runner's next action onto Celery (continue the chain, retry with a
+countdown, stop the chain, dispatch compensation)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, Task
+from celery.exceptions import Retry
+
+from ..builder import StepDef, Workflow, _Unset
+from ..errors import StorageError
+from ..runner import Action, Next
+
+if TYPE_CHECKING:
+    from ..engine import FluxEngine
+
+log = logging.getLogger("fluxcelery.celery")
+
+DEFAULT_TIMEOUT = 30.0
+#: Seconds past the soft limit before the pool kills a step stuck in C code.
+HARD_LIMIT_MARGIN = 10.0
+
+_worker_engine: FluxEngine | None = None
+
+
+def worker_engine() -> FluxEngine:
+    """The engine step tasks run with (the default engine unless one was set)."""
+    if _worker_engine is not None:
+        return _worker_engine
+    from ..defaults import default_engine
+
+    return default_engine()
+
+
+def set_worker_engine(engine: FluxEngine | None) -> None:
+    global _worker_engine
+    _worker_engine = engine
+
+
+def step_task_name(workflow: str, step: str) -> str:
+    return f"flux.{workflow}.{step}"
+
+
+def compensate_task_name(workflow: str, step: str) -> str:
+    return f"flux.{workflow}.{step}.compensate"
+
+
+def _limits(sdef: StepDef) -> dict[str, Any]:
+    timeout = DEFAULT_TIMEOUT if isinstance(sdef.timeout, _Unset) else sdef.timeout
+    if timeout is None:
+        return {"soft_time_limit": None, "time_limit": None}
+    return {"soft_time_limit": timeout, "time_limit": timeout + HARD_LIMIT_MARGIN}
+
+
+def _outage_retry(task: Task, exc: BaseException) -> Retry:
+    """The database (or broker) is unreachable: try the same step again later. The step's
+    stored state decides what that attempt does, so nothing runs twice by accident."""
+    countdown = min(2 ** min(task.request.retries, 5), 30)
+    log.warning(
+        "%s for run %s: %s; retrying in %ss",
+        task.name,
+        task.request.kwargs.get("run_id"),
+        exc,
+        countdown,
+    )
+    return task.retry(exc=exc, countdown=countdown, max_retries=None)
+
+
+def _apply(task: Task, engine: FluxEngine, run_id: str, nxt: Next) -> None:
+    """Map the runner's next action onto Celery."""
+    action = nxt.action
+    if action is Action.RETRY:
+        raise task.retry(countdown=nxt.delay, max_retries=None)
+    if action is Action.CONTINUE and task.request.chain:
+        return  # Celery sends the next task of the chain.
+    task.request.chain = None  # every other outcome ends this chain
+    if action in (Action.CONTINUE, Action.COMPENSATE):
+        state = engine.get(run_id)
+        if state is not None:
+            engine.dispatcher().dispatch(state, nxt)
+    elif action is Action.SUSPEND and nxt.wait_timeout:
+        engine.dispatcher().schedule_wait_timeout(run_id, nxt.index or 0, nxt.wait_timeout)
+
+
+def register_workflow(app: Celery, wf: Workflow) -> list[str]:
+    """Create (once) the tasks of every step of ``wf`` on ``app``."""
+    names = []
+    for sdef in wf.steps:
+        names.append(_register_step(app, wf.name, sdef))
+        if sdef.compensate is not None:
+            names.append(_register_compensation(app, wf.name, sdef))
+    return names
+
+
+def _register_step(app: Celery, workflow: str, sdef: StepDef) -> str:
+    name = step_task_name(workflow, sdef.name)
+    if name in app.tasks:
+        return name
+    index = sdef.index
+
+    def run_step(self: Task, run_id: str) -> None:
+        engine = worker_engine()
+        try:
+            nxt = engine.runner.run_step(
+                run_id, index, task_id=self.request.id, worker=self.request.hostname
+            )
+        except (StorageError, OSError) as exc:
+            raise _outage_retry(self, exc)
+        _apply(self, engine, run_id, nxt)
+
+    run_step.__name__ = f"step_{index}"
+    app.task(
+        name=name,
+        bind=True,
+        shared=False,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=None,
+        ignore_result=True,
+        **_limits(sdef),
+    )(run_step)
+    return name
+
+
+def _register_compensation(app: Celery, workflow: str, sdef: StepDef) -> str:
+    name = compensate_task_name(workflow, sdef.name)
+    if name in app.tasks:
+        return name
+    index = sdef.index
+
+    def compensate(self: Task, run_id: str) -> None:
+        engine = worker_engine()
+        try:
+            nxt = engine.runner.run_compensation(
+                run_id, index, task_id=self.request.id, worker=self.request.hostname
+            )
+        except (StorageError, OSError) as exc:
+            raise _outage_retry(self, exc)
+        _apply(self, engine, run_id, nxt)
+
+    compensate.__name__ = f"compensate_{index}"
+    app.task(
+        name=name,
+        bind=True,
+        shared=False,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=None,
+        ignore_result=True,
+        **_limits(sdef),
+    )(compensate)
+    return name
+
+
+def register_builtin_tasks(app: Celery) -> None:
+    @app.task(
+        name="flux.wait_timeout",
+        bind=True,
+        acks_late=True,
+        ignore_result=True,
+        shared=False,
+        max_retries=None,
+    )
+    def wait_timeout(self: Task, run_id: str, index: int) -> bool:
+        """Fail a suspended step whose wait passed with no signal."""
+        engine = worker_engine()
+        try:
+            return engine.expire_wait(run_id, index)
+        except (StorageError, OSError) as exc:
+            raise _outage_retry(self, exc)
+
+    @app.task(name="flux.recover", ignore_result=True, shared=False)
+    def recover(older_than: float | None = None) -> list[str]:
+        """Continue stuck runs and expire overdue waits (schedule it with celery beat)."""
+        return worker_engine().recover(older_than)

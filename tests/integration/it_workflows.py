@@ -1,0 +1,124 @@
+"""Workflows the integration tests run on real `celery -A fluxcelery worker` processes.
+
+Workers import this module through FLUX_WORKFLOWS=it_workflows (PYTHONPATH=tests/integration).
+Side effects of commit steps are rows in ``it_effects``, written through ``ctx.session`` so
+that they commit with the step's completion: counting rows proves exactly-once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from sqlalchemy import text
+
+from fluxcelery import Backoff, NonRetryableError, wait_for, workflow
+
+FAST = Backoff(base=0.2, factor=1.0, max=0.2, jitter=False)
+
+
+def effect(ctx, what: str) -> None:
+    ctx.session.execute(
+        text("INSERT INTO it_effects (run_id, step, what) VALUES (:r, :s, :w)"),
+        {"r": ctx.run_id, "s": ctx.step, "w": what},
+    )
+
+
+def noop(ctx):
+    return None
+
+
+def add(ctx):
+    ctx.data["n"] = ctx.data.get("n", 0) + ctx.input.get("add", 1)
+    return ctx.data["n"]
+
+
+def record(ctx):
+    effect(ctx, "record")
+    return {"recorded": True}
+
+
+four = (
+    workflow("it-four")
+    .step("a", add)
+    .commit("b", record)
+    .step("c", add)
+    .step("d", lambda ctx: {"total": ctx.data["n"]})
+)
+
+
+def flaky(ctx):
+    if ctx.attempt < 3:
+        raise RuntimeError(f"flaky attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
+retrying = workflow("it-retry").step("flaky", flaky, retries=3, backoff=FAST).step("after", noop)
+
+approval = (
+    workflow("it-approval")
+    .step("prepare", add)
+    .step("approve", lambda ctx: wait_for("approval"))
+    .step("finish", lambda ctx: {"approved_by": ctx.results["approve"]["by"]})
+)
+
+
+def needs_flag(ctx):
+    path = ctx.input["flag"]
+    if not os.path.exists(path):
+        raise NonRetryableError(f"flag file {path} missing")
+    return "flag found"
+
+
+fix_then_retry = (
+    workflow("it-fix")
+    .step("first", add)
+    .commit("charge", record)
+    .step("check", needs_flag)
+    .step("last", noop)
+)
+
+compensated: list[str] = []
+
+
+def undo(ctx):
+    effect(ctx, "undo") if ctx.session is not None else None
+    ctx.log.info("compensating %s", ctx.step)
+
+
+def undo_commit(ctx):
+    # Compensators get no session; record through a fresh connection is not needed:
+    # the trace (step:compensate) is the evidence.
+    return None
+
+
+def boom(ctx):
+    raise NonRetryableError("payment declined")
+
+
+saga = (
+    workflow("it-saga")
+    .step("reserve", add, compensate=undo_commit)
+    .commit("hold", record, compensate=undo_commit)
+    .step("pay", boom)
+)
+
+
+def slow(ctx):
+    time.sleep(float(ctx.input.get("sleep", 4)))
+    return "slept"
+
+
+crash = (
+    workflow("it-crash")
+    .commit("charge", record)
+    .step("slow", slow, timeout=60, retries=3)
+    .step("done", noop)
+)
+
+
+def hang(ctx):
+    time.sleep(30)
+
+
+timeouts = workflow("it-timeout").step("hang", hang, timeout=1, retries=1, backoff=FAST)
