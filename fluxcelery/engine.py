@@ -16,8 +16,11 @@ from .errors import (
     ConcurrentUpdate,
     DefinitionChanged,
     FluxError,
+    InvalidInput,
     InvalidTransition,
+    PayloadTooLarge,
     RunNotFound,
+    SerializationError,
     SignalMismatch,
     StepTimeout,
     WorkflowNotFound,
@@ -29,7 +32,7 @@ from .jsoncodec import DEFAULT_MAX_BYTES, DEFAULT_REDACT, Redactor, roundtrip
 from .policy import Backoff, compensation_plan
 from .records import FluxResult, RunState, StepState, ms_between, utcnow
 from .runner import Action, Change, Next, StepRunner, first_unfinished
-from .states import RunStatus, StepStatus
+from .states import DONE_STEP, RunStatus, StepStatus
 from .storage.base import Storage
 from .trace.event import TraceEvent
 from .trace.fanout import TraceFanout
@@ -173,9 +176,12 @@ class FluxEngine:
         self._workflows.setdefault(wf.name, wf)
         if self._workflows[wf.name] is not wf:
             self._workflows[wf.name] = wf
-        stored = roundtrip(
-            wf.validate_input(input), what="workflow input", max_bytes=self.max_payload_bytes
-        )
+        try:
+            stored = roundtrip(
+                wf.validate_input(input), what="workflow input", max_bytes=self.max_payload_bytes
+            )
+        except (SerializationError, PayloadTooLarge) as exc:
+            raise InvalidInput(f"Invalid input for workflow {wf.name!r}: {exc}") from None
         if run_id is not None and (not isinstance(run_id, str) or not run_id or len(run_id) > 64):
             raise ValueError(f"run_id must be a non-empty string of at most 64 chars: {run_id!r}")
         return RunState(
@@ -419,9 +425,13 @@ class FluxEngine:
         compensated = [s.index for s in state.steps if s.status == StepStatus.COMPENSATED]
         if compensated:
             start = min(start, compensated[0])  # undone effects are redone
+        landed = (StepStatus.COMPLETED, StepStatus.COMPENSATION_FAILED, StepStatus.COMPENSATING)
         for s in state.steps[start:]:
-            if s.kind == "commit" and s.status == StepStatus.COMPLETED:
-                continue  # a commit that landed is never re-run
+            if s.kind == "commit" and s.status in landed:
+                # A commit whose effect landed (and was not undone) is never re-run.
+                if s.status != StepStatus.COMPLETED:
+                    change.step(s.index).status = StepStatus.COMPLETED
+                continue
             if s.status != StepStatus.PENDING or s.attempts:
                 s.reset()
                 change.steps.add(s.index)
@@ -451,7 +461,15 @@ class FluxEngine:
             index = from_step
         else:
             index = wf.step_named(str(from_step)).index
-        unfinished = first_unfinished(state)
+        # Compensated steps are redone by the retry, so they do not block it.
+        unfinished = next(
+            (
+                s.index
+                for s in state.steps
+                if s.status not in DONE_STEP and s.status != StepStatus.COMPENSATED
+            ),
+            len(state.steps),
+        )
         if index > unfinished:
             blocker = state.steps[unfinished]
             raise InvalidTransition(

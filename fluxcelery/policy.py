@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import DefinitionError, NonRetryableError, SerializationError
+from .errors import DefinitionError, NonRetryableError, PayloadTooLarge, SerializationError
 from .states import StepStatus
 
 if TYPE_CHECKING:
@@ -63,12 +63,12 @@ def should_retry(
 ) -> bool:
     """Whether a failed attempt gets another try.
 
-    ``NonRetryableError`` and serialization errors are never retried: running the same code on
-    the same data would fail the same way.
+    ``NonRetryableError``, serialization errors and oversize data are never retried: running
+    the same code on the same data would fail the same way.
     """
     if attempt >= max_attempts:
         return False
-    if isinstance(exc, (NonRetryableError, SerializationError)):
+    if isinstance(exc, (NonRetryableError, SerializationError, PayloadTooLarge)):
         return False
     if no_retry_on and isinstance(exc, no_retry_on):
         return False

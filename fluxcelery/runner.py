@@ -21,7 +21,13 @@ from .errors import FluxError, SerializationError, describe_error
 from .jsoncodec import roundtrip
 from .policy import compensation_plan, should_retry
 from .records import RunState, StepState, ms_between, utcnow
-from .states import DONE_STEP, RunStatus, StepStatus
+from .states import (
+    DONE_STEP,
+    RunStatus,
+    StepStatus,
+    check_run_change,
+    check_step_transition,
+)
 from .trace.event import TraceEvent
 
 if TYPE_CHECKING:
@@ -62,6 +68,16 @@ class Change:
         self.version = state.version
         self.steps: set[int] = set()
         self.events: list[TraceEvent] = []
+        self._run_before = state.status
+        self._steps_before = [s.status for s in state.steps]
+
+    def validate(self) -> None:
+        """Every transition this change makes must be in the table (states.py)."""
+        check_run_change(self._run_before, self.state.status)
+        for i in self.steps:
+            before, after = self._steps_before[i], self.state.steps[i].status
+            if before != after:
+                check_step_transition(before, after, self.state.steps[i].name)
 
     def step(self, index: int) -> StepState:
         self.steps.add(index)
@@ -80,6 +96,7 @@ class Change:
         self.event(type, step=step.name, step_index=step.index, kind=step.kind, **fields)
 
     def save(self, tx: Any = None) -> bool:
+        self.validate()
         target = tx if tx is not None else self.runner.storage
         landed = bool(target.save_run(self.state, self.version, self.steps, self.events))
         if landed and tx is None:
@@ -620,7 +637,12 @@ class StepRunner:
         if plan:
             return Next(Action.COMPENSATE, plan[0]) if change.save() else STOP
         failed = [s.name for s in state.steps if s.status == StepStatus.COMPENSATION_FAILED]
-        original = state.error
+        # The failed step keeps the error that started the rollback (state.error may already
+        # describe an earlier, retried compensation failure).
+        original = next(
+            (s.error for s in state.steps if s.status == StepStatus.FAILED and s.error),
+            state.error,
+        )
         if failed:
             names = ", ".join(repr(n) for n in failed)
             err = (

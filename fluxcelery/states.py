@@ -54,8 +54,12 @@ STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
     S.RUNNING: frozenset({S.RUNNING, S.PENDING, S.COMPLETED, S.FAILED, S.SUSPENDED}),
     S.SUSPENDED: frozenset({S.COMPLETED, S.FAILED, S.PENDING}),
     S.COMPLETED: frozenset({S.COMPENSATING, S.PENDING}),
-    S.COMPENSATING: frozenset({S.COMPENSATING, S.COMPENSATED, S.COMPENSATION_FAILED}),
-    S.COMPENSATION_FAILED: frozenset({S.COMPENSATING}),
+    # A rollback retried from an earlier step resets undone steps; a commit whose undo failed
+    # stays done (its effect landed), so compensation_failed -> completed.
+    S.COMPENSATING: frozenset(
+        {S.COMPENSATING, S.COMPENSATED, S.COMPENSATION_FAILED, S.PENDING, S.COMPLETED}
+    ),
+    S.COMPENSATION_FAILED: frozenset({S.COMPENSATING, S.PENDING, S.COMPLETED}),
     S.COMPENSATED: frozenset({S.PENDING}),
     S.FAILED: frozenset({S.PENDING}),
     S.SKIPPED: frozenset({S.PENDING}),
@@ -69,6 +73,16 @@ DONE_STEP = frozenset({S.COMPLETED, S.SKIPPED})
 
 def can_transition_run(current: RunStatus, target: RunStatus) -> bool:
     return target in RUN_TRANSITIONS[current]
+
+
+def check_run_change(before: RunStatus, after: RunStatus) -> None:
+    """Validate what one persisted change did to a run. A change may pass through
+    ``running`` (a run that starts and skips its only step; a signal to a last step)."""
+    if after == before or after in RUN_TRANSITIONS[before]:
+        return
+    if R.RUNNING in RUN_TRANSITIONS[before] and after in RUN_TRANSITIONS[R.RUNNING]:
+        return
+    raise InvalidTransition(before.value, after.value, what="run")
 
 
 def check_run_transition(current: RunStatus, target: RunStatus) -> None:

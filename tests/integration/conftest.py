@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-
 from helpers import AMQP_URL, PG_BASE, REDIS_URL, require_service
+
 from fluxcelery import FluxEngine, SqlStorage
 from fluxcelery.celery.app import build_app
 from fluxcelery.settings import Settings
@@ -33,8 +33,14 @@ BROKERS = {"rabbitmq": AMQP_URL, "redis": REDIS_URL}
 class WorkerProcess:
     """One `celery worker` subprocess in its own process group."""
 
-    def __init__(self, env: dict[str, str], name: str, log_path: Path,
-                 concurrency: int = 2, pool: str = "prefork") -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        name: str,
+        log_path: Path,
+        concurrency: int = 2,
+        pool: str = "prefork",
+    ) -> None:
         self.env = env
         self.name = name
         self.log_path = log_path
@@ -46,10 +52,28 @@ class WorkerProcess:
         self.log_path.write_text("")
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [CELERY, "-A", "fluxcelery", "worker", "-P", self.pool, "-c",
-             str(self.concurrency), "-Q", self.env["FLUX_QUEUE"], "-n", f"{self.name}@%h",
-             "--without-mingle", "--without-gossip", "-l", "INFO"],
-            env=self.env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
+            [
+                CELERY,
+                "-A",
+                "fluxcelery",
+                "worker",
+                "-P",
+                self.pool,
+                "-c",
+                str(self.concurrency),
+                "-Q",
+                self.env["FLUX_QUEUE"],
+                "-n",
+                f"{self.name}@%h",
+                "--without-mingle",
+                "--without-gossip",
+                "-l",
+                "INFO",
+            ],
+            env=self.env,
+            cwd=str(ROOT),
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
@@ -96,9 +120,12 @@ def it_schema() -> Iterator[str]:
     admin = sa.create_engine(PG_BASE)
     with admin.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-        conn.execute(sa.text(
-            f'CREATE TABLE "{schema}".it_effects (id serial primary key, run_id text, '
-            "step text, what text)"))
+        conn.execute(
+            sa.text(
+                f'CREATE TABLE "{schema}".it_effects (id serial primary key, run_id text, '
+                "step text, what text)"
+            )
+        )
     yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
     with admin.begin() as conn:
         conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
@@ -122,21 +149,30 @@ class Cluster:
             "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
         }
         self.env.pop("FLUX_TRACE_FILE", None)
-        settings = Settings(broker_url=BROKERS[broker], database_url=db_url,
-                            workflows=("it_workflows",),
-                            celery={"task_default_queue": self.queue})
+        settings = Settings(
+            broker_url=BROKERS[broker],
+            database_url=db_url,
+            workflows=("it_workflows",),
+            celery={"task_default_queue": self.queue},
+        )
         self.app = build_app(settings)
         self.storage = SqlStorage(db_url)
         self.engine = FluxEngine(storage=self.storage, app=self.app)
         self.workers: list[WorkerProcess] = []
 
-    def worker(self, name: str, concurrency: int = 2, pool: str = "prefork",
-               queue: str | None = None) -> WorkerProcess:
+    def worker(
+        self, name: str, concurrency: int = 2, pool: str = "prefork", queue: str | None = None
+    ) -> WorkerProcess:
         env = dict(self.env)
         if queue:
             env["FLUX_QUEUE"] = queue
-        w = WorkerProcess(env, f"{name}-{uuid.uuid4().hex[:4]}",
-                          self.tmp / f"{name}-{len(self.workers)}.log", concurrency, pool)
+        w = WorkerProcess(
+            env,
+            f"{name}-{uuid.uuid4().hex[:4]}",
+            self.tmp / f"{name}-{len(self.workers)}.log",
+            concurrency,
+            pool,
+        )
         self.workers.append(w)
         return w.start()
 
@@ -166,8 +202,9 @@ class Cluster:
 
 
 @pytest.fixture(scope="module", params=["rabbitmq", "redis"])
-def cluster(request: pytest.FixtureRequest, it_schema: str,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(
+    request: pytest.FixtureRequest, it_schema: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
     """A producer engine and one prefork worker (-c 2) on the given broker."""
     require_service(request.param)
     c = Cluster(request.param, it_schema, tmp_path_factory.mktemp(request.param))
@@ -182,8 +219,7 @@ def cluster(request: pytest.FixtureRequest, it_schema: str,
 
 
 @pytest.fixture(scope="module")
-def rabbit_cluster(it_schema: str, tmp_path_factory: pytest.TempPathFactory
-                   ) -> Iterator[Cluster]:
+def rabbit_cluster(it_schema: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A producer engine on RabbitMQ with no worker started (tests start their own)."""
     require_service("rabbitmq")
     c = Cluster("rabbitmq", it_schema, tmp_path_factory.mktemp("crash"))

@@ -3,6 +3,7 @@ Redis, with PostgreSQL state. The same core cases run on both brokers."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -30,8 +31,7 @@ def test_four_step_workflow_via_delay(cluster) -> None:
     assert [s.status for s in result.steps] == [StepStatus.COMPLETED] * 4
     assert cluster.effects(result.id, "b") == 1
     types = [e.type for e in cluster.engine.traces(run_id=result.id)]
-    assert types == ["workflow:start"] + ["step:start", "step:complete"] * 4 + [
-        "workflow:complete"]
+    assert types == ["workflow:start"] + ["step:start", "step:complete"] * 4 + ["workflow:complete"]
     # Each step ran as its own Celery task, named flux.<workflow>.<step>, id stored.
     task_ids = [s.task_id for s in result.steps]
     assert all(task_ids) and len(set(task_ids)) == 4
@@ -54,7 +54,7 @@ def test_retries_use_celery_countdown(cluster) -> None:
     attempts = starts(cluster.engine, result.id, "flaky")
     assert [e.attempt for e in attempts] == [1, 2, 3]
     assert len({e.task_id for e in attempts}) == 1
-    gaps = [(b.ts - a.ts).total_seconds() for a, b in zip(attempts, attempts[1:])]
+    gaps = [(b.ts - a.ts).total_seconds() for a, b in itertools.pairwise(attempts)]
     assert all(g >= 0.15 for g in gaps), gaps
 
 
@@ -97,13 +97,21 @@ def test_saga_compensation_runs_as_tasks_in_reverse(cluster) -> None:
     result = cluster.engine.start(w.saga, {}).get(timeout=30)
     assert result.status == RunStatus.ROLLED_BACK
     assert [s.status for s in result.steps] == [
-        StepStatus.COMPENSATED, StepStatus.COMPENSATED, StepStatus.FAILED]
+        StepStatus.COMPENSATED,
+        StepStatus.COMPENSATED,
+        StepStatus.FAILED,
+    ]
     comps = cluster.engine.traces(run_id=result.id, type="step:compensate")
     assert [e.step for e in comps] == ["hold", "reserve"]
     assert all(e.task_id for e in comps)
     types = [e.type for e in cluster.engine.traces(run_id=result.id)]
-    assert types[-5:] == ["workflow:rollback_start", "step:compensate", "step:compensate",
-                          "workflow:rollback_complete", "workflow:error"]
+    assert types[-5:] == [
+        "workflow:rollback_start",
+        "step:compensate",
+        "step:compensate",
+        "workflow:rollback_complete",
+        "workflow:error",
+    ]
 
 
 def test_soft_time_limit_times_out_and_retries(cluster) -> None:
@@ -136,7 +144,7 @@ def test_task_kwargs_carry_run_id(cluster) -> None:
     handle = cluster.engine.start(w.four, {"add": 1})
     handle.get(timeout=30)
     log = cluster.workers[0].log()
-    assert f"flux.it-four.a[" in log
+    assert "flux.it-four.a[" in log
     assert handle.id not in (None, "")
 
 
@@ -149,12 +157,18 @@ def test_recover_redispatches_a_run_whose_message_was_lost(cluster) -> None:
     # were gone: step c pending, cursor at c, last update long ago.
     old = "2000-01-01 00:00:00+00"
     with cluster.storage.engine.begin() as conn:
-        conn.execute(sa.text(
-            "UPDATE flux_runs SET status='running', current_step=2, finished_at=NULL, "
-            "updated_at=:old, version=version+1 WHERE id=:id"), {"old": old, "id": result.id})
-        conn.execute(schema.steps.update().where(
-            schema.steps.c.run_id == result.id, schema.steps.c.idx >= 2
-        ).values(status="pending", attempts=0, output=None))
+        conn.execute(
+            sa.text(
+                "UPDATE flux_runs SET status='running', current_step=2, finished_at=NULL, "
+                "updated_at=:old, version=version+1 WHERE id=:id"
+            ),
+            {"old": old, "id": result.id},
+        )
+        conn.execute(
+            schema.steps.update()
+            .where(schema.steps.c.run_id == result.id, schema.steps.c.idx >= 2)
+            .values(status="pending", attempts=0, output=None)
+        )
     acted = cluster.engine.recover(older_than=60)
     assert result.id in acted
     deadline = time.monotonic() + 30

@@ -38,12 +38,13 @@ def test_sigkill_mid_step_loses_nothing(rabbit_cluster) -> None:
     assert result.status == RunStatus.COMPLETED
     slow = result.step("slow")
     assert slow.attempts == 2  # the redelivered task counted a new attempt
-    starts = [e for e in c.engine.traces(run_id=handle.id, type="step:start")
-              if e.step == "slow"]
+    starts = [e for e in c.engine.traces(run_id=handle.id, type="step:start") if e.step == "slow"]
     assert [e.attempt for e in starts] == [1, 2]
     assert starts[1].meta == {"redelivered": True}
     assert starts[0].worker != starts[1].worker
     # The commit step before the crash ran exactly once, and was not re-run.
     assert c.effects(handle.id, "charge") == 1
-    assert len([e for e in c.engine.traces(run_id=handle.id, type="step:start")
-                if e.step == "charge"]) == 1
+    assert (
+        len([e for e in c.engine.traces(run_id=handle.id, type="step:start") if e.step == "charge"])
+        == 1
+    )

@@ -1,0 +1,143 @@
+"""Trace sinks: NDJSON appends safely from several processes; redaction; failing sinks."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+from fluxcelery import ConsoleLogger, FluxEngine, JsonFileTraceSink, TraceEvent, workflow
+from fluxcelery.trace.sinks import read_ndjson
+
+
+def _writer(path: str, worker: int, n: int) -> None:
+    sink = JsonFileTraceSink(path)
+    for i in range(n):
+        sink.emit(
+            TraceEvent(
+                type="step:start", run_id=f"r{worker}", workflow="w", step="s" * 200, attempt=i
+            )
+        )
+
+
+def test_several_processes_append_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "trace.ndjson"
+    path.write_text('{"type": "workflow:start", "run_id": "old", "workflow": "w"}\n')
+    JsonFileTraceSink(path)  # opening never truncates
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(path), w, 300)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 + 4 * 300
+    parsed = [json.loads(line) for line in lines]  # every line is whole JSON
+    for w in range(4):
+        attempts = [e["attempt"] for e in parsed if e["run_id"] == f"r{w}"]
+        assert attempts == list(range(300))
+
+
+def test_reset_truncates_only_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "t.ndjson"
+    path.write_text("x\n")
+    JsonFileTraceSink(path, reset=True)
+    assert path.read_text() == ""
+
+
+def test_read_ndjson_skips_partial_lines(tmp_path: Path) -> None:
+    path = tmp_path / "t.ndjson"
+    good = TraceEvent(type="step:start", run_id="r", workflow="w").to_dict()
+    path.write_text(json.dumps(good) + "\n\n{broken\n")
+    events = read_ndjson(path)
+    assert [e.type for e in events] == ["step:start"]
+    assert read_ndjson(tmp_path / "missing.ndjson") == []
+
+
+def test_event_fields_match_spec(engine: FluxEngine) -> None:
+    run = engine.execute(workflow("sink-fields").step("a", lambda c: 1))
+    event = engine.traces(run_id=run.id, type="step:complete")[0].to_dict()
+    assert list(event) == [
+        "id",
+        "ts",
+        "run_id",
+        "workflow",
+        "type",
+        "status",
+        "step",
+        "step_index",
+        "kind",
+        "attempt",
+        "max_attempts",
+        "duration_ms",
+        "error",
+        "task_id",
+        "worker",
+        "meta",
+    ]
+    assert event["ts"].endswith("Z")
+
+
+def test_secrets_are_redacted_in_traces(make_engine, tmp_path: Path) -> None:
+    path = tmp_path / "trace.ndjson"
+    eng = make_engine(trace=[JsonFileTraceSink(path)])
+    wf = workflow("sink-secrets").step("a", lambda c: None)
+    eng.execute(
+        wf,
+        {
+            "user": "ann",
+            "password": "hunter2",
+            "card_number": "4111",
+            "nested": {"api_token": "t0k"},
+        },
+    )
+    text = path.read_text()
+    assert "hunter2" not in text and "4111" not in text and "t0k" not in text
+    start = next(e for e in read_ndjson(path) if e.type == "workflow:start")
+    assert start.meta == {
+        "input": {
+            "user": "ann",
+            "password": "***",
+            "card_number": "***",
+            "nested": {"api_token": "***"},
+        }
+    }
+
+
+class Broken:
+    def emit(self, event: TraceEvent) -> None:
+        raise OSError("disk full")
+
+
+class AsyncSink:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def emit(self, event: TraceEvent) -> None:
+        self.seen.append(event.type)
+
+
+def test_failing_and_async_sinks_never_fail_a_run(make_engine) -> None:
+    asink = AsyncSink()
+    eng = make_engine(trace=[Broken(), asink])
+    result = eng.execute(workflow("sink-broken").step("a", lambda c: 1))
+    assert result.ok
+    assert eng.sinks.errors == 4  # one per event, counted and logged
+    import time
+
+    for _ in range(100):
+        if len(asink.seen) == 4:
+            break
+        time.sleep(0.01)
+    assert asink.seen == ["workflow:start", "step:start", "step:complete", "workflow:complete"]
+
+
+def test_console_logger_lines(make_engine) -> None:
+    import io
+
+    out = io.StringIO()
+    eng = make_engine(trace=[ConsoleLogger(stream=out)])
+    eng.execute(workflow("sink-console").step("a", lambda c: 1))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4
+    assert "sink-console/" in lines[1] and "step:start step=a attempt=1/4" in lines[1]
