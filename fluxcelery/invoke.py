@@ -23,6 +23,15 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from .errors import StepTimeout
 
+_native_time_limits = False
+
+
+def use_native_time_limits(enabled: bool = True) -> None:
+    """In a prefork pool child Celery's soft time limit interrupts the main thread, so sync
+    handlers run there directly and are really stopped (not abandoned) at the timeout."""
+    global _native_time_limits
+    _native_time_limits = enabled
+
 
 class _AlarmTimeout(BaseException):
     """Raised inside a handler by the timer. A ``BaseException`` so that a handler's
@@ -55,12 +64,13 @@ class Invoker:
     ) -> Any:
         if _is_coroutine_function(fn):
             return self._call_async(fn, args, timeout, what)
-        if timeout is None:
+        on_main = threading.current_thread() is threading.main_thread()
+        if timeout is None or (_native_time_limits and on_main):
             out = fn(*args)
             if inspect.isawaitable(out):
                 return self._await(out, None, what)
             return out
-        if threading.current_thread() is threading.main_thread() and _alarm_usable():
+        if on_main and _alarm_usable():
             return self._call_with_alarm(fn, args, timeout, what)
         return self._call_in_thread(fn, args, timeout, what)
 

@@ -22,9 +22,6 @@ log = logging.getLogger("fluxcelery.celery")
 _app: Celery | None = None
 _lock = threading.Lock()
 
-#: Set in prefork pool children, where Celery's time limits are enforced.
-IN_PREFORK_CHILD = False
-
 
 def build_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
@@ -97,16 +94,18 @@ def _connect_worker_signals(app: Celery) -> None:
             import_workflow_modules(app)
 
     def on_process_init(**_: Any) -> None:
-        global IN_PREFORK_CHILD
-        IN_PREFORK_CHILD = True
+        from ..invoke import use_native_time_limits
+
+        use_native_time_limits()
 
     def on_worker_ready(sender: Any = None, **_: Any) -> None:
-        pool = getattr(getattr(sender, "pool", None), "__class__", type(None)).__name__
-        if "Prefork" not in pool and pool != "TaskPool":
+        pool = getattr(sender, "pool", None)
+        module = type(pool).__module__ if pool is not None else ""
+        if pool is not None and not module.endswith(".prefork"):
             log.warning(
                 "fluxcelery: the %s pool does not enforce Celery time limits; step timeouts "
                 "are enforced by fluxcelery's own timer (sync code is abandoned, not killed)",
-                pool,
+                module.rsplit(".", 1)[-1],
             )
 
     signals.import_modules.connect(on_import_modules, weak=False)
