@@ -137,15 +137,44 @@ def test_many_concurrent_runs_complete(cluster) -> None:
     print(f"\n{n} runs of 4 steps on {cluster.broker}: {elapsed:.1f}s ({n / elapsed:.0f} runs/s)")
 
 
-def test_task_kwargs_carry_run_id(cluster) -> None:
-    """Flower's search (kwargs:run_id=...) finds every task of a run."""
+def test_task_events_carry_run_id_for_flower(cluster) -> None:
+    """Flower builds its task list from worker events; each step task's kwargs carry the run
+    id, so Flower's search `kwargs:run_id=<id>` finds every task of a run."""
+    import ast
+    import threading
+
     import it_workflows as w
 
-    handle = cluster.engine.start(w.four, {"add": 1})
-    handle.get(timeout=30)
-    log = cluster.workers[0].log()
-    assert "flux.it-four.a[" in log
-    assert handle.id not in (None, "")
+    seen: dict[str, str] = {}
+    ready = threading.Event()
+    done = threading.Event()
+
+    def on_received(event: dict) -> None:
+        seen[event["uuid"]] = event["name"] + " " + event.get("kwargs", "")
+
+    def capture() -> None:
+        with cluster.app.connection() as conn:
+            recv = cluster.app.events.Receiver(conn, handlers={"task-received": on_received})
+            ready.set()
+            for _ in recv.itercapture(limit=None, timeout=1.0, wakeup=False):
+                if done.is_set():
+                    break
+
+    thread = threading.Thread(target=capture, daemon=True)
+    thread.start()
+    ready.wait(10)
+    time.sleep(0.5)  # let the event queue bind before the run starts
+    result = cluster.engine.start(w.four, {"add": 1}).get(timeout=30)
+    deadline = time.monotonic() + 10
+    ids = {s.task_id for s in result.steps}
+    while time.monotonic() < deadline and not ids <= set(seen):
+        time.sleep(0.1)
+    done.set()
+    assert ids <= set(seen), (ids, seen)
+    for step in result.steps:
+        name, _, kwargs = seen[step.task_id].partition(" ")
+        assert name == f"flux.it-four.{step.name}"
+        assert ast.literal_eval(kwargs) == {"run_id": result.id}
 
 
 def test_recover_redispatches_a_run_whose_message_was_lost(cluster) -> None:
