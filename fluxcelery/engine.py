@@ -205,9 +205,10 @@ class FluxEngine:
         raises ``InvalidInput`` before anything is stored.
         """
         state = self._new_run(workflow, input, "local", run_id)
-        if self.storage.create_run(state, []):
-            self._drive_local(state.id, Next(Action.CONTINUE, 0))
-        return self._result(state.id)
+        if not self.storage.create_run(state, []):
+            return self._result(state.id)  # this run id exists: its current result
+        final = self._drive_local(state.id, Next(Action.CONTINUE, 0), state)
+        return FluxResult.from_state(final) if final is not None else self._result(state.id)
 
     def start(
         self,
@@ -245,29 +246,36 @@ class FluxEngine:
         else:
             self._drive_local(state.id, nxt)
 
-    def _drive_local(self, run_id: str, nxt: Next) -> None:
+    def _drive_local(
+        self, run_id: str, nxt: Next, state: RunState | None = None
+    ) -> RunState | None:
+        """Run in this process until the run waits or ends. Returns the run as stored, or
+        None when another process moved it (then read it again)."""
         runner = self.runner
         while True:
             action = nxt.action
             if action is Action.CONTINUE:
-                nxt = runner.run_step(run_id, nxt.index or 0)
+                nxt = runner.run_step(run_id, nxt.index or 0, fuse=True, state=state)
             elif action is Action.COMPENSATE:
-                nxt = runner.run_compensation(run_id, nxt.index or 0)
+                nxt = runner.run_compensation(run_id, nxt.index or 0, state=state)
             elif action is Action.RETRY:
                 if nxt.delay > 0:
                     self.sleep(nxt.delay)
+                    state = None  # someone may have cancelled it meanwhile: read again
                 index = nxt.index or 0
                 nxt = (
-                    runner.run_compensation(run_id, index)
+                    runner.run_compensation(run_id, index, state=state)
                     if nxt.phase == "compensate"
-                    else runner.run_step(run_id, index)
+                    else runner.run_step(run_id, index, fuse=True, state=state)
                 )
             elif action is Action.SUSPEND:
                 if nxt.wait_timeout:
                     self._local_wait_timer(run_id, nxt.index or 0, nxt.wait_timeout)
-                return
+                return state
+            elif action is Action.DONE:
+                return state
             else:
-                return
+                return None
 
     def _local_wait_timer(self, run_id: str, index: int, seconds: float) -> None:
         """In-process wait deadline; ``recover`` is the durable path if this process exits."""
@@ -562,9 +570,7 @@ class FluxEngine:
                 f"no signal {step.waiting_for!r} within the wait timeout of step {sdef.name!r}"
             )
         )
-        nxt = self.runner._fail_step(
-            Change(self.runner, state), wf, sdef, step.attempts, err, None, None, None
-        )
+        nxt = self.runner.fail_step(Change(self.runner, state), wf, sdef, step.attempts, err)
         if nxt.action is Action.STOP:
             return False
         self._continue(state, nxt)

@@ -86,7 +86,8 @@ class Invoker:
     def _call_with_alarm(
         self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float, what: str
     ) -> Any:
-        previous = signal.signal(signal.SIGALRM, _on_alarm)
+        if signal.getsignal(signal.SIGALRM) is not _on_alarm:
+            signal.signal(signal.SIGALRM, _on_alarm)  # installed once, kept
         try:
             signal.setitimer(signal.ITIMER_REAL, timeout)
             try:
@@ -95,8 +96,6 @@ class Invoker:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         except _AlarmTimeout:
             raise StepTimeout(f"{what} timed out after {timeout:g}s") from None
-        finally:
-            signal.signal(signal.SIGALRM, previous)
         if inspect.isawaitable(out):
             return self._await(out, timeout, what)
         return out

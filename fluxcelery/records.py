@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,7 +46,12 @@ class StepState:
     wait_deadline: datetime | None = None
 
     def copy(self) -> StepState:
-        return replace(self, output=copy.deepcopy(self.output))
+        # A plain __dict__ copy: dataclasses.replace costs ~10x more on the hot path.
+        new = object.__new__(StepState)
+        new.__dict__.update(self.__dict__)
+        if isinstance(self.output, (dict, list)):
+            new.output = copy.deepcopy(self.output)
+        return new
 
     def reset(self) -> None:
         """Back to ``pending`` for a retry from this step, with nothing stale left behind."""
@@ -101,12 +106,12 @@ class RunState:
     finished_at: datetime | None = None
 
     def copy(self) -> RunState:
-        return replace(
-            self,
-            input=copy.deepcopy(self.input),
-            data=copy.deepcopy(self.data),
-            steps=[s.copy() for s in self.steps],
-        )
+        new = object.__new__(RunState)
+        new.__dict__.update(self.__dict__)
+        new.input = copy.deepcopy(self.input)
+        new.data = copy.deepcopy(self.data)
+        new.steps = [s.copy() for s in self.steps]
+        return new
 
     @property
     def results(self) -> dict[str, Any]:

@@ -5,13 +5,19 @@ so a workflow behaves the same in-process and on workers.
 Every state change is a guarded write (``save_run`` with the version read). A write that does
 not land means another process moved the run first: the attempt's result is discarded and the
 caller stops (``Action.STOP``). That is a normal, tested outcome.
+
+The ``_apply_*`` methods only mutate a ``Change``; ``run_step`` decides when to save. On
+Celery each attempt is two writes (its start, its outcome). In-process (``fuse=True``) the
+outcome of step *i* and the start of step *i + 1* are one write, so a run costs one
+transaction per step.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +66,8 @@ DONE = Next(Action.DONE)
 
 
 class Change:
-    """Collects the step rows touched and the events emitted by one state change."""
+    """One guarded write: the step rows touched, the events, and the hooks to call once the
+    write has landed."""
 
     def __init__(self, runner: StepRunner, state: RunState) -> None:
         self.runner = runner
@@ -68,16 +75,9 @@ class Change:
         self.version = state.version
         self.steps: set[int] = set()
         self.events: list[TraceEvent] = []
+        self.hooks: list[tuple[str, tuple[Any, ...]]] = []
         self._run_before = state.status
         self._steps_before = [s.status for s in state.steps]
-
-    def validate(self) -> None:
-        """Every transition this change makes must be in the table (states.py)."""
-        check_run_change(self._run_before, self.state.status)
-        for i in self.steps:
-            before, after = self._steps_before[i], self.state.steps[i].status
-            if before != after:
-                check_step_transition(before, after, self.state.steps[i].name)
 
     def step(self, index: int) -> StepState:
         self.steps.add(index)
@@ -95,13 +95,43 @@ class Change:
             fields["max_attempts"] = self.runner.max_attempts(sdef)
         self.event(type, step=step.name, step_index=step.index, kind=step.kind, **fields)
 
+    def hook(self, name: str, *args: Any) -> None:
+        """Call hook ``name`` after this change has landed (never for a lost race)."""
+        if name in self.runner.engine.hooks:
+            self.hooks.append((name, args))
+
+    def validate(self) -> None:
+        """Every transition this change makes must be in the table (states.py)."""
+        check_run_change(self._run_before, self.state.status)
+        for i in self.steps:
+            before, after = self._steps_before[i], self.state.steps[i].status
+            if before != after:
+                check_step_transition(before, after, self.state.steps[i].name)
+
     def save(self, tx: Any = None) -> bool:
+        """Write this change (inside ``tx`` when given). Outside a transaction, publish the
+        events and call the hooks at once; with ``tx`` the caller does after commit."""
         self.validate()
         target = tx if tx is not None else self.runner.storage
         landed = bool(target.save_run(self.state, self.version, self.steps, self.events))
         if landed and tx is None:
-            self.runner.publish(self.events)
+            self.landed()
         return landed
+
+    def landed(self) -> None:
+        self.runner.publish(self.events)
+        for name, args in self.hooks:
+            self.runner.call_hook(name, self.state, *args)
+        self.rebase()
+
+    def rebase(self) -> None:
+        """Start a new change on the same (now stored) state."""
+        self.version = self.state.version
+        self.steps = set()
+        self.events = []
+        self.hooks = []
+        self._run_before = self.state.status
+        self._steps_before = [s.status for s in self.state.steps]
 
 
 class StepRunner:
@@ -115,7 +145,9 @@ class StepRunner:
         return retries + 1
 
     def timeout(self, sdef: StepDef) -> float | None:
-        return self.engine.default_timeout if sdef.timeout is DEFAULT else sdef.timeout  # type: ignore[return-value]
+        if sdef.timeout is DEFAULT:
+            return self.engine.default_timeout
+        return sdef.timeout  # type: ignore[return-value]
 
     def publish(self, events: list[TraceEvent]) -> None:
         self.engine.publish(events)
@@ -132,12 +164,12 @@ class StepRunner:
             step_index=sdef.index,
             attempt=attempt,
             input=spec.load(state.input) if spec else state.input,
-            data=roundtrip(state.data),
+            data=roundtrip(state.data) if state.data else {},
             results=state.results,
             session=session,
         )
 
-    def _hook(self, name: str, state: RunState, *args: Any) -> None:
+    def call_hook(self, name: str, state: RunState, *args: Any) -> None:
         """Call a hook; a raising hook is logged and traced, never changes the outcome."""
         fn = self.engine.hooks.get(name)
         if fn is None:
@@ -175,9 +207,23 @@ class StepRunner:
 
     # -- forward steps --------------------------------------------------------------------
     def run_step(
-        self, run_id: str, index: int, *, task_id: str | None = None, worker: str | None = None
+        self,
+        run_id: str,
+        index: int,
+        *,
+        task_id: str | None = None,
+        worker: str | None = None,
+        fuse: bool = False,
+        state: RunState | None = None,
     ) -> Next:
-        state = self.storage.load_run(run_id)
+        """Run step ``index`` of a run: one attempt (on Celery), or with ``fuse`` every
+        following step too until the run needs to wait, retry, compensate or is done.
+
+        ``state``: the run as last written by this process (saves a read). Safe because
+        every write is guarded by its version: a stale state only loses its race.
+        """
+        if state is None:
+            state = self.storage.load_run(run_id)
         if state is None:
             log.warning("step task for unknown run %s ignored", run_id)
             return STOP
@@ -188,84 +234,29 @@ class StepRunner:
             wf = self.engine.workflow_for(state)
         except FluxError as exc:
             return self._fail_unrunnable(state, exc)
-        sdef = wf.steps[index]
-        step = state.steps[index]
-        if step.status in DONE_STEP:
-            return self._advance_past_done(state, wf, index)
 
         change = Change(self, state)
-        if state.status == RunStatus.PENDING:
-            state.status = RunStatus.RUNNING
-            change.event(
-                "workflow:start",
-                status="running",
-                task_id=task_id,
-                worker=worker,
-                meta={"input": self.engine.redact(state.input)},
-            )
-        max_attempts = self.max_attempts(sdef)
-        attempt = step.attempts + 1
-
-        if step.attempts == 0 and sdef.when is not None:
-            ctx = self._context(wf, state, sdef, 0)
-            try:
-                go = self.engine.invoker.call(
-                    sdef.when, ctx, timeout=self.timeout(sdef), what=f"when() of step {sdef.name!r}"
-                )
-            except Exception as exc:
-                err = f"when() raised {describe_error(exc)}"
-                return self._fail_step(change, wf, sdef, 0, err, exc, task_id, worker)
-            if not go:
-                s = change.step(index)
-                s.status = StepStatus.SKIPPED
-                s.finished_at = utcnow()
-                state.current_step = index + 1
-                change.step_event(
-                    "step:skipped", s, status="skipped", task_id=task_id, worker=worker
-                )
-                finished = state.current_step >= len(wf.steps)
-                if finished:
-                    self._finish_run(change, RunStatus.COMPLETED)
-                if not change.save():
-                    return STOP
-                self._hook("step_complete", state, sdef.name, ctx, None)
-                if finished:
-                    self._hook("workflow_complete", state, ctx)
-                    return DONE
-                return Next(Action.CONTINUE, index + 1)
-
-        if attempt > max_attempts:
-            # Redelivered after worker deaths until the attempts ran out: stop the loop.
-            err = (
-                f"WorkerLost: step {sdef.name!r} was interrupted {step.attempts} times "
-                f"(max {max_attempts} attempts)"
-            )
-            return self._fail_step(change, wf, sdef, step.attempts, err, None, task_id, worker)
-
-        s = change.step(index)
-        redelivered = s.status == StepStatus.RUNNING
-        s.status = StepStatus.RUNNING
-        s.attempts = attempt
-        s.task_id = task_id
-        s.started_at = utcnow()
-        s.finished_at = None
-        state.current_step = index
-        meta = {"redelivered": True} if redelivered else None
-        change.step_event(
-            "step:start",
-            s,
-            sdef,
-            status="running",
-            attempt=attempt,
-            task_id=task_id,
-            worker=worker,
-            meta=meta,
-        )
-        if not change.save():
-            return STOP
-        if "step_start" in self.engine.hooks:
-            self._hook("step_start", state, sdef.name, self._context(wf, state, sdef, attempt))
-        return self._attempt(wf, state, sdef, attempt, task_id, worker)
+        while True:
+            nxt = self._prepare(change, wf, index, task_id, worker)
+            if nxt is not None:
+                if nxt.action is Action.CONTINUE and fuse:
+                    index = nxt.index or 0
+                    continue
+                return nxt if change.save() else STOP
+            if not change.save():
+                return STOP
+            sdef = wf.steps[index]
+            attempt = state.steps[index].attempts
+            if "step_start" in self.engine.hooks:
+                ctx = self._context(wf, state, sdef, attempt)
+                self.call_hook("step_start", state, sdef.name, ctx)
+            nxt, pending = self._attempt(wf, change, sdef, attempt, task_id, worker, fuse)
+            if pending is None:
+                return nxt
+            if nxt.action is Action.CONTINUE:
+                index = nxt.index or 0
+                continue  # the next step's start joins this write
+            return nxt if change.save() else STOP
 
     def _decide(self, state: RunState, index: int) -> Next | None:
         """Whether a task for step ``index`` may run now; None means go ahead."""
@@ -295,59 +286,134 @@ class StepRunner:
             return None
         return STOP
 
-    def _advance_past_done(self, state: RunState, wf: Workflow, index: int) -> Next:
-        """A step kept ``completed`` across a retry (a commit step): never run it again."""
-        change = Change(self, state)
+    def _prepare(
+        self, change: Change, wf: Workflow, index: int, task_id: str | None, worker: str | None
+    ) -> Next | None:
+        """Mutate ``change`` to start step ``index``. None: an attempt is ready to run;
+        otherwise what happens next (the step was skipped, kept, or failed at once)."""
+        state = change.state
+        sdef = wf.steps[index]
+        step = state.steps[index]
         if state.status == RunStatus.PENDING:
             state.status = RunStatus.RUNNING
-        s = state.steps[index]
-        state.current_step = index + 1
+            change.event(
+                "workflow:start",
+                status="running",
+                task_id=task_id,
+                worker=worker,
+                meta={"input": self.engine.redact(state.input)},
+            )
+        if step.status in DONE_STEP:
+            # Kept ``completed`` across a retry (a commit step): never run it again.
+            change.steps.add(index)
+            state.current_step = index + 1
+            change.step_event(
+                "step:skipped",
+                step,
+                status=step.status.value,
+                meta={"reason": "already completed", "not_rerun": True},
+            )
+            return self._advance(change, wf, index)
+
+        if step.attempts == 0 and sdef.when is not None:
+            ctx = self._context(wf, state, sdef, 0)
+            try:
+                go = self.engine.invoker.call(
+                    sdef.when, ctx, timeout=self.timeout(sdef), what=f"when() of step {sdef.name!r}"
+                )
+            except Exception as exc:
+                err = f"when() raised {describe_error(exc)}"
+                return self._apply_fail(change, wf, sdef, 0, err, exc, task_id, worker)
+            if not go:
+                s = change.step(index)
+                s.status = StepStatus.SKIPPED
+                s.finished_at = utcnow()
+                state.current_step = index + 1
+                change.step_event(
+                    "step:skipped", s, status="skipped", task_id=task_id, worker=worker
+                )
+                change.hook("step_complete", sdef.name, ctx, None)
+                return self._advance(change, wf, index, ctx)
+
+        max_attempts = self.max_attempts(sdef)
+        attempt = step.attempts + 1
+        if attempt > max_attempts:
+            # Redelivered after worker deaths until the attempts ran out: stop the loop.
+            err = (
+                f"WorkerLost: step {sdef.name!r} was interrupted {step.attempts} times "
+                f"(max {max_attempts} attempts)"
+            )
+            return self._apply_fail(change, wf, sdef, step.attempts, err, None, task_id, worker)
+
+        s = change.step(index)
+        redelivered = s.status == StepStatus.RUNNING
+        s.status = StepStatus.RUNNING
+        s.attempts = attempt
+        s.task_id = task_id
+        s.started_at = utcnow()
+        s.finished_at = None
+        state.current_step = index
         change.step_event(
-            "step:skipped",
+            "step:start",
             s,
-            status=s.status.value,
-            meta={"reason": "already completed", "not_rerun": True},
+            sdef,
+            status="running",
+            attempt=attempt,
+            task_id=task_id,
+            worker=worker,
+            meta={"redelivered": True} if redelivered else None,
         )
-        finished = state.current_step >= len(wf.steps)
-        if finished:
+        return None
+
+    def _advance(
+        self, change: Change, wf: Workflow, index: int, ctx: StepContext | None = None
+    ) -> Next:
+        """After step ``index`` is done: finish the run, or go on with the next step."""
+        if change.state.current_step >= len(wf.steps):
             self._finish_run(change, RunStatus.COMPLETED)
-        if not change.save():
-            return STOP
-        return DONE if finished else Next(Action.CONTINUE, index + 1)
+            change.hook(
+                "workflow_complete", ctx or self._context(wf, change.state, wf.steps[index], 0)
+            )
+            return DONE
+        return Next(Action.CONTINUE, index + 1)
 
     def _attempt(
         self,
         wf: Workflow,
-        state: RunState,
+        change: Change,
         sdef: StepDef,
         attempt: int,
         task_id: str | None,
         worker: str | None,
-    ) -> Next:
-        timeout = self.timeout(sdef)
-        started = utcnow()
+        fuse: bool,
+    ) -> tuple[Next, Change | None]:
+        """Run the handler. Returns the next action and, when its success is not yet
+        written (``fuse``), the change holding it; otherwise the outcome is stored."""
+        state = change.state
         if sdef.is_commit:
-            return self._commit_attempt(wf, state, sdef, attempt, timeout, started, task_id, worker)
+            return self._commit_attempt(wf, change, sdef, attempt, task_id, worker), None
+        started = utcnow()
         ctx = self._context(wf, state, sdef, attempt)
         try:
             value = self.engine.invoker.call(
-                sdef.handler, ctx, timeout=timeout, what=f"step {sdef.name!r}"
+                sdef.handler, ctx, timeout=self.timeout(sdef), what=f"step {sdef.name!r}"
             )
-            change = self._succeeded(wf, state, sdef, ctx, value, started, task_id, worker)
+            nxt = self._apply_success(change, wf, sdef, ctx, value, started, task_id, worker)
         except Exception as exc:
-            return self._attempt_failed(wf, state, sdef, attempt, exc, started, task_id, worker)
-        if not change.save():
-            return STOP
-        return self._after_success(wf, change, sdef, ctx, value)
+            change.rebase()
+            return self._attempt_failed(
+                wf, change, sdef, attempt, exc, started, task_id, worker
+            ), None
+        if fuse and nxt.action is Action.CONTINUE:
+            return nxt, change
+        return (nxt if change.save() else STOP), None
 
     def _commit_attempt(
         self,
         wf: Workflow,
-        state: RunState,
+        change: Change,
         sdef: StepDef,
         attempt: int,
-        timeout: float | None,
-        started: Any,
         task_id: str | None,
         worker: str | None,
     ) -> Next:
@@ -358,46 +424,52 @@ class StepRunner:
         """
         failure: BaseException | None = None
         landed = False
+        started = utcnow()
+        nxt = STOP
         with self.storage.transaction() as tx:
-            ctx = self._context(wf, state, sdef, attempt, session=tx.session)
+            ctx = self._context(wf, change.state, sdef, attempt, session=tx.session)
             try:
                 value = self.engine.invoker.call(
-                    sdef.handler, ctx, timeout=timeout, what=f"step {sdef.name!r}"
+                    sdef.handler, ctx, timeout=self.timeout(sdef), what=f"step {sdef.name!r}"
                 )
-                change = self._succeeded(wf, state, sdef, ctx, value, started, task_id, worker)
+                nxt = self._apply_success(change, wf, sdef, ctx, value, started, task_id, worker)
                 landed = change.save(tx)
             except Exception as exc:
                 failure = exc
         if failure is not None:
-            return self._attempt_failed(wf, state, sdef, attempt, failure, started, task_id, worker)
+            change.rebase()
+            return self._attempt_failed(
+                wf, change, sdef, attempt, failure, started, task_id, worker
+            )
         if not landed:
             return STOP
-        self.publish(change.events)
-        return self._after_success(wf, change, sdef, ctx, value)
+        change.landed()
+        return nxt
 
-    def _succeeded(
+    def _apply_success(
         self,
+        change: Change,
         wf: Workflow,
-        state: RunState,
         sdef: StepDef,
         ctx: StepContext,
         value: Any,
-        started: Any,
+        started: datetime,
         task_id: str | None,
         worker: str | None,
-    ) -> Change:
-        """The change for a handler that returned; raises ``FluxError`` for data that cannot
-        be stored (the attempt then fails, and the stored state stays as it was)."""
+    ) -> Next:
+        """Record a handler that returned; raises ``FluxError`` for data that cannot be
+        stored (the attempt then fails, and the stored state stays as it was)."""
+        state = change.state
         max_bytes = self.engine.max_payload_bytes
         data = roundtrip(ctx.data, what=f"ctx.data after step {sdef.name!r}", max_bytes=max_bytes)
         if not isinstance(data, dict):
             raise SerializationError(f"ctx.data must stay a dict, got {type(data).__name__}")
+        waiting = isinstance(value, WaitFor)
         output = (
             None
-            if isinstance(value, WaitFor)
+            if waiting
             else roundtrip(value, what=f"output of step {sdef.name!r}", max_bytes=max_bytes)
         )
-        change = Change(self, state)
         s = change.step(sdef.index)
         now = utcnow()
         state.data = data
@@ -416,7 +488,7 @@ class StepRunner:
                 worker=worker,
                 meta={"signal": value.signal, "timeout": value.timeout},
             )
-            return change
+            return Next(Action.SUSPEND, sdef.index, wait_timeout=value.timeout)
         s.status = StepStatus.COMPLETED
         s.output = output
         s.error = None
@@ -433,39 +505,25 @@ class StepRunner:
             task_id=task_id,
             worker=worker,
         )
-        if state.current_step >= len(wf.steps):
-            self._finish_run(change, RunStatus.COMPLETED)
-        return change
-
-    def _after_success(
-        self, wf: Workflow, change: Change, sdef: StepDef, ctx: StepContext, value: Any
-    ) -> Next:
-        state = change.state
-        if isinstance(value, WaitFor):
-            return Next(Action.SUSPEND, sdef.index, wait_timeout=value.timeout)
-        self._hook("step_complete", state, sdef.name, ctx, state.steps[sdef.index].output)
-        if state.status == RunStatus.COMPLETED:
-            self._hook("workflow_complete", state, ctx)
-            return DONE
-        return Next(Action.CONTINUE, sdef.index + 1)
+        change.hook("step_complete", sdef.name, ctx, output)
+        return self._advance(change, wf, sdef.index, ctx)
 
     def _attempt_failed(
         self,
         wf: Workflow,
-        state: RunState,
+        change: Change,
         sdef: StepDef,
         attempt: int,
         exc: BaseException,
-        started: Any,
+        started: datetime,
         task_id: str | None,
         worker: str | None,
     ) -> Next:
-        change = Change(self, state)
+        """Store a failed attempt: a retry, or the step's failure."""
         max_attempts = self.max_attempts(sdef)
         err = describe_error(exc)
         if should_retry(exc, attempt, max_attempts, sdef.retry_on, sdef.no_retry_on):
-            backoff = sdef.backoff or self.engine.backoff
-            delay = backoff.delay(attempt)
+            delay = (sdef.backoff or self.engine.backoff).delay(attempt)
             s = change.step(sdef.index)
             s.status = StepStatus.PENDING
             s.error = err
@@ -482,12 +540,18 @@ class StepRunner:
                 worker=worker,
                 meta={"delay_s": delay, "next_attempt": attempt + 1},
             )
-            if not change.save():
-                return STOP
-            return Next(Action.RETRY, sdef.index, delay=delay)
-        return self._fail_step(change, wf, sdef, attempt, err, exc, task_id, worker, started)
+            return Next(Action.RETRY, sdef.index, delay=delay) if change.save() else STOP
+        nxt = self._apply_fail(change, wf, sdef, attempt, err, exc, task_id, worker, started)
+        return nxt if change.save() else STOP
 
-    def _fail_step(
+    def fail_step(
+        self, change: Change, wf: Workflow, sdef: StepDef, attempt: int, err: str
+    ) -> Next:
+        """Fail a step for good from outside an attempt (an expired wait) and store it."""
+        nxt = self._apply_fail(change, wf, sdef, attempt, err, None, None, None)
+        return nxt if change.save() else STOP
+
+    def _apply_fail(
         self,
         change: Change,
         wf: Workflow,
@@ -497,7 +561,7 @@ class StepRunner:
         exc: BaseException | None,
         task_id: str | None,
         worker: str | None,
-        started: Any = None,
+        started: datetime | None = None,
     ) -> Next:
         """The step failed for good: compensate earlier steps, or fail the run."""
         state = change.state
@@ -506,9 +570,10 @@ class StepRunner:
         s.status = StepStatus.FAILED
         s.error = err
         s.finished_at = now
+        s.wait_deadline = None
         if started is not None:
             s.duration_ms = ms_between(started, now)
-        if state.status == RunStatus.PENDING:
+        if state.status in (RunStatus.PENDING, RunStatus.SUSPENDED):
             state.status = RunStatus.RUNNING
         state.current_step = sdef.index
         state.error = err
@@ -524,6 +589,9 @@ class StepRunner:
             worker=worker,
         )
         plan = compensation_plan(wf.steps, [x.status for x in state.steps], sdef.index)
+        error = exc or RuntimeError(err)
+        ctx = self._context(wf, state, sdef, attempt) if self.engine.hooks else None
+        change.hook("step_error", sdef.name, ctx, error)
         if plan:
             state.status = RunStatus.ROLLING_BACK
             change.event(
@@ -532,22 +600,14 @@ class StepRunner:
                 error=err,
                 meta={"plan": [state.steps[i].name for i in plan]},
             )
-        else:
-            self._finish_run(change, RunStatus.FAILED, err)
-        if not change.save():
-            return STOP
-        ctx = self._context(wf, state, sdef, attempt)
-        self._hook("step_error", state, sdef.name, ctx, exc or RuntimeError(err))
-        if plan:
             return Next(Action.COMPENSATE, plan[0])
-        self._hook("workflow_error", state, ctx, exc or RuntimeError(err))
+        self._finish_run(change, RunStatus.FAILED, err)
+        change.hook("workflow_error", ctx, error)
         return DONE
 
     def _fail_unrunnable(self, state: RunState, exc: FluxError) -> Next:
         """The worker cannot run this run (unknown workflow, changed definition)."""
         change = Change(self, state)
-        if state.status == RunStatus.PENDING:
-            state.status = RunStatus.RUNNING
         self._finish_run(change, RunStatus.FAILED, describe_error(exc))
         log.error("run %s cannot continue here: %s", state.id, exc)
         change.save()
@@ -555,9 +615,16 @@ class StepRunner:
 
     # -- compensation ---------------------------------------------------------------------
     def run_compensation(
-        self, run_id: str, index: int, *, task_id: str | None = None, worker: str | None = None
+        self,
+        run_id: str,
+        index: int,
+        *,
+        task_id: str | None = None,
+        worker: str | None = None,
+        state: RunState | None = None,
     ) -> Next:
-        state = self.storage.load_run(run_id)
+        if state is None:
+            state = self.storage.load_run(run_id)
         if state is None or state.status != RunStatus.ROLLING_BACK:
             return STOP
         try:
@@ -569,10 +636,10 @@ class StepRunner:
         sdef = wf.steps[index]
         step = state.steps[index]
         eligible = (StepStatus.COMPLETED, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED)
-        if sdef.compensate is None or step.status not in eligible:
-            return self._next_compensation(Change(self, state), wf, index)
-
         change = Change(self, state)
+        if sdef.compensate is None or step.status not in eligible:
+            return self._next_compensation(change, wf, index)
+
         s = change.step(index)
         s.status = StepStatus.COMPENSATING
         s.compensation_attempts += 1
@@ -581,7 +648,6 @@ class StepRunner:
             return STOP
         started = utcnow()
         ctx = self._context(wf, state, sdef, attempt)
-        change = Change(self, state)
         s = change.step(index)
         try:
             self.engine.invoker.call(
@@ -592,8 +658,7 @@ class StepRunner:
             )
         except Exception as exc:
             err = describe_error(exc)
-            max_attempts = self.max_attempts(sdef)
-            retry = should_retry(exc, attempt, max_attempts)
+            retry = should_retry(exc, attempt, self.max_attempts(sdef))
             delay = (sdef.backoff or self.engine.backoff).delay(attempt) if retry else 0.0
             change.step_event(
                 "step:compensate_error",
@@ -608,11 +673,8 @@ class StepRunner:
                 meta={"will_retry": retry, "delay_s": delay},
             )
             if retry:
-                return (
-                    Next(Action.RETRY, index, delay=delay, phase="compensate")
-                    if change.save()
-                    else STOP
-                )
+                nxt = Next(Action.RETRY, index, delay=delay, phase="compensate")
+                return nxt if change.save() else STOP
             s.status = StepStatus.COMPENSATION_FAILED
             s.error = f"compensation failed: {err}"
             return self._next_compensation(change, wf, index)
@@ -653,12 +715,10 @@ class StepRunner:
         else:
             change.event("workflow:rollback_complete", status="rolled_back")
             self._finish_run(change, RunStatus.ROLLED_BACK, original)
-        if not change.save():
-            return STOP
-        sdef = wf.steps[index]
-        ctx = self._context(wf, state, sdef, 0)
-        self._hook("workflow_error", state, ctx, RuntimeError(state.error or "rolled back"))
-        return DONE
+        if self.engine.hooks:
+            ctx = self._context(wf, state, wf.steps[index], 0)
+            change.hook("workflow_error", ctx, RuntimeError(state.error or "rolled back"))
+        return DONE if change.save() else STOP
 
 
 def first_unfinished(state: RunState) -> int:
@@ -666,3 +726,6 @@ def first_unfinished(state: RunState) -> int:
         if s.status not in DONE_STEP:
             return s.index
     return len(state.steps)
+
+
+HookCall = Callable[..., Any]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
 from celery.exceptions import Retry
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..builder import StepDef, Workflow, _Unset
 from ..errors import StorageError
@@ -108,7 +109,7 @@ def _register_step(app: Celery, workflow: str, sdef: StepDef) -> str:
             nxt = engine.runner.run_step(
                 run_id, index, task_id=self.request.id, worker=self.request.hostname
             )
-        except (StorageError, OSError) as exc:
+        except (StorageError, SQLAlchemyError, OSError) as exc:
             raise _outage_retry(self, exc)
         _apply(self, engine, run_id, nxt)
 
@@ -138,7 +139,7 @@ def _register_compensation(app: Celery, workflow: str, sdef: StepDef) -> str:
             nxt = engine.runner.run_compensation(
                 run_id, index, task_id=self.request.id, worker=self.request.hostname
             )
-        except (StorageError, OSError) as exc:
+        except (StorageError, SQLAlchemyError, OSError) as exc:
             raise _outage_retry(self, exc)
         _apply(self, engine, run_id, nxt)
 
@@ -170,7 +171,7 @@ def register_builtin_tasks(app: Celery) -> None:
         engine = worker_engine()
         try:
             return engine.expire_wait(run_id, index)
-        except (StorageError, OSError) as exc:
+        except (StorageError, SQLAlchemyError, OSError) as exc:
             raise _outage_retry(self, exc)
 
     @app.task(name="flux.recover", ignore_result=True, shared=False)

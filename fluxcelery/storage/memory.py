@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -74,16 +75,16 @@ class MemoryStorage:
             current = self._runs.get(state.id)
             if current is None or current.version != expected_version:
                 return False
-            stored = state.copy()
+            # Only the listed steps are written, as in SQL; unlisted ones stay as stored.
+            stored = copy.copy(state)
+            stored.input = current.input  # written once, never changes
+            stored.data = copy.deepcopy(state.data)
+            stored.steps = list(current.steps)
+            for i in steps:
+                stored.steps[i] = state.steps[i].copy()
             stored.version = expected_version + 1
             stored.created_at = current.created_at  # written once
             stored.updated_at = utcnow()
-            # Only the listed steps are written, as in SQL.
-            wanted = set(steps)
-            stored.steps = [
-                stored.steps[i] if i in wanted else current.steps[i].copy()
-                for i in range(len(current.steps))
-            ]
             self._runs[state.id] = stored
             state.version = stored.version
             state.updated_at = stored.updated_at

@@ -78,6 +78,86 @@ def _engine_for(url: str) -> Engine:
     return sa.create_engine(url, **kwargs)
 
 
+_RUN_COLS = (
+    "workflow",
+    "workflow_version",
+    "definition_hash",
+    "status",
+    "input",
+    "data",
+    "current_step",
+    "error",
+    "executor",
+    "finished_at",
+)
+_STEP_COLS = (
+    "name",
+    "kind",
+    "status",
+    "attempts",
+    "compensation_attempts",
+    "output",
+    "error",
+    "waiting_for",
+    "task_id",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "wait_deadline",
+)
+_TRACE_COLS = (
+    "id",
+    "ts",
+    "run_id",
+    "workflow",
+    "type",
+    "status",
+    "step",
+    "step_index",
+    "kind",
+    "attempt",
+    "max_attempts",
+    "duration_ms",
+    "error",
+    "task_id",
+    "worker",
+    "meta",
+)
+
+# Statements are built once: building them per call cost more than running them.
+_LOAD_RUN = sa.select(schema.runs).where(schema.runs.c.id == sa.bindparam("b_id"))
+_LOAD_STEPS = (
+    sa.select(schema.steps)
+    .where(schema.steps.c.run_id == sa.bindparam("b_id"))
+    .order_by(schema.steps.c.idx)
+)
+_SAVE_RUN = (
+    schema.runs.update()
+    .where(
+        schema.runs.c.id == sa.bindparam("b_id"),
+        schema.runs.c.version == sa.bindparam("b_expected"),
+    )
+    .values(
+        {schema.runs.c[c]: sa.bindparam(c) for c in _RUN_COLS}
+        | {
+            schema.runs.c.version: sa.bindparam("b_new_version"),
+            schema.runs.c.updated_at: sa.bindparam("b_updated_at"),
+        }
+    )
+)
+_SAVE_STEP = (
+    schema.steps.update()
+    .where(
+        schema.steps.c.run_id == sa.bindparam("b_run_id"),
+        schema.steps.c.idx == sa.bindparam("b_idx"),
+    )
+    .values({schema.steps.c[c]: sa.bindparam(c) for c in _STEP_COLS})
+)
+_INSERT_RUN = schema.runs.insert()
+_INSERT_STEPS = schema.steps.insert()
+_INSERT_TRACES = schema.traces.insert()
+
+
 class _SqlTransaction:
     """A commit step's transaction: the handler's ``ctx.session`` writes and the step's
     ``completed`` record commit together, or not at all."""
@@ -150,9 +230,20 @@ class SqlStorage:
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
+        """A write transaction, committed when the block ends."""
         self.init()
         try:
             with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise StorageError(f"database error ({redact_url(self.url)}): {exc.orig}") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read: no commit to pay for (the connection's transaction is rolled back)."""
+        self.init()
+        try:
+            with self.engine.connect() as conn:
                 yield conn
         except sa.exc.OperationalError as exc:
             raise StorageError(f"database error ({redact_url(self.url)}): {exc.orig}") from exc
@@ -258,40 +349,33 @@ class SqlStorage:
         now = utcnow()
         try:
             with self._begin() as conn:
-                exists = conn.execute(
-                    sa.select(schema.runs.c.id).where(schema.runs.c.id == state.id)
-                ).first()
-                if exists:
-                    return False
                 conn.execute(
-                    schema.runs.insert().values(
-                        id=state.id,
-                        version=state.version,
-                        created_at=state.created_at,
-                        updated_at=now,
+                    _INSERT_RUN,
+                    {
+                        "id": state.id,
+                        "version": state.version,
+                        "created_at": state.created_at,
+                        "updated_at": now,
                         **self._run_values(state),
+                    },
+                )
+                if state.steps:
+                    conn.execute(
+                        _INSERT_STEPS, [self._step_values(state.id, s) for s in state.steps]
                     )
-                )
-                conn.execute(
-                    schema.steps.insert(), [self._step_values(state.id, s) for s in state.steps]
-                )
                 if events:
-                    conn.execute(schema.traces.insert(), [self._trace_values(e) for e in events])
+                    conn.execute(_INSERT_TRACES, [self._trace_values(e) for e in events])
         except sa.exc.IntegrityError:
-            return False  # a concurrent create with the same id won
+            return False  # a run with this id exists (the primary key says so)
         state.updated_at = now
         return True
 
     def load_run(self, run_id: str) -> RunState | None:
-        with self._begin() as conn:
-            row = conn.execute(sa.select(schema.runs).where(schema.runs.c.id == run_id)).first()
+        with self._read() as conn:
+            row = conn.execute(_LOAD_RUN, {"b_id": run_id}).first()
             if row is None:
                 return None
-            step_rows = conn.execute(
-                sa.select(schema.steps)
-                .where(schema.steps.c.run_id == run_id)
-                .order_by(schema.steps.c.idx)
-            ).all()
+            step_rows = conn.execute(_LOAD_STEPS, {"b_id": run_id}).all()
         return self._to_run(row, [self._to_step(r) for r in step_rows])
 
     def _save(
@@ -303,23 +387,26 @@ class SqlStorage:
         events: Sequence[TraceEvent],
     ) -> bool:
         now = utcnow()
-        result = conn.execute(
-            schema.runs.update()
-            .where(schema.runs.c.id == state.id, schema.runs.c.version == expected_version)
-            .values(version=expected_version + 1, updated_at=now, **self._run_values(state))
+        params = self._run_values(state)
+        params.update(
+            b_id=state.id,
+            b_expected=expected_version,
+            b_new_version=expected_version + 1,
+            b_updated_at=now,
         )
+        result = conn.execute(_SAVE_RUN, params)
         if result.rowcount != 1:
             return False
+        rows = []
         for i in sorted(set(steps)):
             values = self._step_values(state.id, state.steps[i])
-            del values["run_id"], values["idx"]
-            conn.execute(
-                schema.steps.update()
-                .where(schema.steps.c.run_id == state.id, schema.steps.c.idx == i)
-                .values(**values)
-            )
+            values["b_run_id"] = values.pop("run_id")
+            values["b_idx"] = values.pop("idx")
+            rows.append(values)
+        if rows:
+            conn.execute(_SAVE_STEP, rows)
         if events:
-            conn.execute(schema.traces.insert(), [self._trace_values(e) for e in events])
+            conn.execute(_INSERT_TRACES, [self._trace_values(e) for e in events])
         state.version = expected_version + 1
         state.updated_at = now
         return True
@@ -387,14 +474,14 @@ class SqlStorage:
             q = q.limit(limit)
         if offset:
             q = q.offset(offset)
-        with self._begin() as conn:
+        with self._read() as conn:
             return self._with_steps(conn, conn.execute(q).all())
 
     def count_runs(self, workflow: str | None = None) -> dict[str, int]:
         q = sa.select(schema.runs.c.status, sa.func.count()).group_by(schema.runs.c.status)
         if workflow is not None:
             q = q.where(schema.runs.c.workflow == workflow)
-        with self._begin() as conn:
+        with self._read() as conn:
             return {status: n for status, n in conn.execute(q).all()}
 
     def stale_runs(self, updated_before: datetime, limit: int = 100) -> list[RunState]:
@@ -407,7 +494,7 @@ class SqlStorage:
             .order_by(schema.runs.c.updated_at)
             .limit(limit)
         )
-        with self._begin() as conn:
+        with self._read() as conn:
             return self._with_steps(conn, conn.execute(q).all())
 
     def expired_waits(self, now: datetime, limit: int = 100) -> list[RunState]:
@@ -419,7 +506,7 @@ class SqlStorage:
         q = sa.select(schema.runs).where(
             schema.runs.c.id.in_(ids), schema.runs.c.status == "suspended"
         )
-        with self._begin() as conn:
+        with self._read() as conn:
             return self._with_steps(conn, conn.execute(q).all())
 
     def delete_run(self, run_id: str) -> bool:
@@ -434,7 +521,7 @@ class SqlStorage:
         if not events:
             return
         with self._begin() as conn:
-            conn.execute(schema.traces.insert(), [self._trace_values(e) for e in events])
+            conn.execute(_INSERT_TRACES, [self._trace_values(e) for e in events])
 
     def list_traces(
         self,
@@ -462,7 +549,7 @@ class SqlStorage:
             q = q.limit(limit)
         if offset:
             q = q.offset(offset)
-        with self._begin() as conn:
+        with self._read() as conn:
             rows = conn.execute(q).all()
         return [
             TraceEvent(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -47,7 +47,7 @@ FIELDS = (
 
 
 def _new_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as unique as uuid4().hex, a fifth of the cost
 
 
 def _now() -> datetime:
@@ -76,9 +76,24 @@ class TraceEvent:
     id: str = field(default_factory=_new_id)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["ts"] = self.ts.isoformat().replace("+00:00", "Z")
-        return {k: out[k] for k in FIELDS}
+        return {
+            "id": self.id,
+            "ts": self.ts.isoformat().replace("+00:00", "Z"),
+            "run_id": self.run_id,
+            "workflow": self.workflow,
+            "type": self.type,
+            "status": self.status,
+            "step": self.step,
+            "step_index": self.step_index,
+            "kind": self.kind,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "duration_ms": self.duration_ms,
+            "error": self.error,
+            "task_id": self.task_id,
+            "worker": self.worker,
+            "meta": dict(self.meta) if self.meta is not None else None,
+        }
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TraceEvent:

@@ -28,13 +28,20 @@ class TraceFanout:
         return bool(self.sinks)
 
     def emit_all(self, events: Sequence[TraceEvent]) -> None:
-        for event in events:
-            for sink in self.sinks:
+        for sink in self.sinks:
+            many = getattr(sink, "emit_many", None)
+            if many is not None:  # a batch per state change (one write for a file sink)
+                try:
+                    many(events)
+                except Exception as exc:  # a sink must never fail a run
+                    self._count(sink, exc)
+                continue
+            for event in events:
                 try:
                     out = sink.emit(event)
                     if inspect.isawaitable(out):
                         self._schedule(out)
-                except Exception as exc:  # a sink must never fail a run
+                except Exception as exc:
                     self._count(sink, exc)
 
     def _count(self, sink: Any, exc: BaseException) -> None:

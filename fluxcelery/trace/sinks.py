@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,8 +42,14 @@ class JsonFileTraceSink:
         return self._fd
 
     def emit(self, event: TraceEvent) -> None:
-        line = json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False) + "\n"
-        data = line.encode()
+        self.emit_many((event,))
+
+    def emit_many(self, events: Sequence[TraceEvent]) -> None:
+        """Write a change's events with one locked ``write``."""
+        data = "".join(
+            json.dumps(e.to_dict(), separators=(",", ":"), ensure_ascii=False) + "\n"
+            for e in events
+        ).encode()
         with self._lock:
             fd = self._open()
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -126,3 +133,6 @@ class SqlTraceSink:
 
     def emit(self, event: TraceEvent) -> None:
         self.storage.append_traces([event])
+
+    def emit_many(self, events: Sequence[TraceEvent]) -> None:
+        self.storage.append_traces(list(events))
