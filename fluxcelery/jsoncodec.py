@@ -38,6 +38,16 @@ def _find_bad_value(value: Any, path: str = "") -> str | None:
     return f"{path or '$'} ({type(value).__name__})"
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def dumps(value: Any, *, what: str = "value", max_bytes: int | None = None) -> str:
     """Compact JSON, or ``SerializationError``/``PayloadTooLarge`` naming ``what``."""
     try:
@@ -47,6 +57,10 @@ def dumps(value: Any, *, what: str = "value", max_bytes: int | None = None) -> s
         raise SerializationError(
             f"{what} is not JSON-serializable" + (f" at {where}" if where else f": {exc}")
         ) from None
+    if "\\u0000" in text and _has_nul(value):
+        raise SerializationError(
+            f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store"
+        )
     if max_bytes is not None and len(text) > max_bytes and len(text.encode()) > max_bytes:
         raise PayloadTooLarge(
             f"{what} is {len(text.encode())} bytes, over the limit of {max_bytes} bytes"

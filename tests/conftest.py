@@ -9,9 +9,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-
-from fluxcelery import Backoff, FluxEngine, MemoryStorage, SqlStorage
-
 from helpers import (  # noqa: F401  (re-exported for tests)
     AMQP_URL,
     IN_CI,
@@ -24,6 +21,8 @@ from helpers import (  # noqa: F401  (re-exported for tests)
     service_up,
 )
 
+from fluxcelery import FluxEngine, MemoryStorage, SqlStorage
+
 
 @pytest.fixture
 def make_engine() -> Iterator[Callable[..., FluxEngine]]:
@@ -33,8 +32,7 @@ def make_engine() -> Iterator[Callable[..., FluxEngine]]:
     def factory(storage: Any = None, **kwargs: Any) -> FluxEngine:
         kwargs.setdefault("backoff", ZERO_BACKOFF)
         kwargs.setdefault("sleep", no_sleep)
-        engine = FluxEngine(storage=storage if storage is not None else MemoryStorage(),
-                            **kwargs)
+        engine = FluxEngine(storage=storage if storage is not None else MemoryStorage(), **kwargs)
         made.append(engine)
         return engine
 
@@ -110,4 +108,4 @@ def any_storage(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Any]:
 @pytest.fixture(params=["sqlite", "postgres"])
 def sql_storage(request: pytest.FixtureRequest) -> Any:
     """Each SQL backend in turn."""
-    return request.getfixturevalue(f"{request.param}_storage")
+    return request.getfixturevalue({"sqlite": "sqlite_storage", "postgres": "pg_storage"}[request.param])

@@ -67,7 +67,8 @@ class Storage(Protocol):
     def count_runs(self, workflow: str | None = None) -> dict[str, int]: ...
 
     def stale_runs(self, updated_before: datetime, limit: int = 100) -> list[RunState]:
-        """Runs ``running``/``rolling_back`` not updated since, or with an expired wait."""
+        """Runs ``pending``/``running``/``rolling_back`` not updated since ``updated_before``
+        (``recover`` resumes them; expired waits come from ``expired_waits``)."""
         ...
 
     def expired_waits(self, now: datetime, limit: int = 100) -> list[RunState]: ...

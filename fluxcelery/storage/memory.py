@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -98,7 +99,7 @@ class MemoryStorage:
     def _add_traces(self, events: Sequence[TraceEvent]) -> None:
         if not events:
             return
-        self._traces.extend(events)
+        self._traces.extend(_private(e) for e in events)
         if self._max_traces is not None and len(self._traces) > self._max_traces:
             del self._traces[: len(self._traces) - self._max_traces]
 
@@ -130,7 +131,7 @@ class MemoryStorage:
         return counts
 
     def stale_runs(self, updated_before: datetime, limit: int = 100) -> list[RunState]:
-        active = {RunStatus.RUNNING, RunStatus.ROLLING_BACK}
+        active = {RunStatus.PENDING, RunStatus.RUNNING, RunStatus.ROLLING_BACK}
         with self._lock:
             runs = [
                 r.copy()
@@ -185,4 +186,11 @@ class MemoryStorage:
                 and (statuses is None or e.status in statuses)
             ]
         end = None if limit is None else offset + limit
-        return found[offset:end]
+        return [_private(e) for e in found[offset:end]]
+
+
+def _private(event: TraceEvent) -> TraceEvent:
+    """Events are frozen, but ``meta`` is a dict: the store keeps and hands out copies."""
+    if event.meta is None:
+        return event
+    return dataclasses.replace(event, meta=copy.deepcopy(event.meta))

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from ..errors import StorageError
+from ..errors import FluxError, StorageError
 from ..jsoncodec import dumps
 from ..records import RunState, StepState, utcnow
 from ..states import RunStatus, StepStatus
@@ -52,6 +52,32 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC)
 
 
+def _storage_error(exc: sa.exc.StatementError, url: str) -> Exception:
+    """Our own errors raised while encoding a value come out as themselves; a database that
+    cannot be reached is a ``StorageError`` naming it (without its password)."""
+    if isinstance(exc.orig, FluxError):
+        return exc.orig
+    if isinstance(exc, sa.exc.OperationalError):
+        return StorageError(f"database error ({redact_url(url)}): {exc.orig}")
+    return exc
+
+
+def _enable_wal(cur: Any) -> None:
+    """Switch a new database file to WAL. The switch needs a moment with no writer and does
+    not wait on the busy timeout, so two processes starting together retry it."""
+    import sqlite3
+    import time
+
+    for attempt in range(50):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 49:
+                raise
+            time.sleep(0.05)
+
+
 def _engine_for(url: str) -> Engine:
     kwargs: dict[str, Any] = {"json_serializer": dumps, "future": True}
     if url.startswith("sqlite"):
@@ -66,11 +92,11 @@ def _engine_for(url: str) -> Engine:
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA busy_timeout=30000")
             if db and db != ":memory:":
-                cur.execute("PRAGMA journal_mode=WAL")
+                _enable_wal(cur)
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
         return engine
@@ -235,8 +261,11 @@ class SqlStorage:
         try:
             with self.engine.begin() as conn:
                 yield conn
-        except sa.exc.OperationalError as exc:
-            raise StorageError(f"database error ({redact_url(self.url)}): {exc.orig}") from exc
+        except sa.exc.StatementError as exc:
+            mapped = _storage_error(exc, self.url)
+            if mapped is exc:
+                raise
+            raise mapped from exc
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -245,12 +274,16 @@ class SqlStorage:
         try:
             with self.engine.connect() as conn:
                 yield conn
-        except sa.exc.OperationalError as exc:
-            raise StorageError(f"database error ({redact_url(self.url)}): {exc.orig}") from exc
+        except sa.exc.StatementError as exc:
+            mapped = _storage_error(exc, self.url)
+            if mapped is exc:
+                raise
+            raise mapped from exc
 
     # -- rows <-> records -----------------------------------------------------------------
     @staticmethod
     def _run_values(state: RunState) -> dict[str, Any]:
+        # Every datetime is written in UTC: SQLite keeps wall-clock text, not the offset.
         return {
             "workflow": state.workflow,
             "workflow_version": state.workflow_version,
@@ -261,7 +294,7 @@ class SqlStorage:
             "current_step": state.current_step,
             "error": state.error,
             "executor": state.executor,
-            "finished_at": state.finished_at,
+            "finished_at": _utc(state.finished_at),
         }
 
     @staticmethod
@@ -278,10 +311,10 @@ class SqlStorage:
             "error": s.error,
             "waiting_for": s.waiting_for,
             "task_id": s.task_id,
-            "started_at": s.started_at,
-            "finished_at": s.finished_at,
+            "started_at": _utc(s.started_at),
+            "finished_at": _utc(s.finished_at),
             "duration_ms": s.duration_ms,
-            "wait_deadline": s.wait_deadline,
+            "wait_deadline": _utc(s.wait_deadline),
         }
 
     @staticmethod
@@ -327,7 +360,7 @@ class SqlStorage:
     def _trace_values(e: TraceEvent) -> dict[str, Any]:
         return {
             "id": e.id,
-            "ts": e.ts,
+            "ts": _utc(e.ts),
             "run_id": e.run_id,
             "workflow": e.workflow,
             "type": e.type,
@@ -354,7 +387,7 @@ class SqlStorage:
                     {
                         "id": state.id,
                         "version": state.version,
-                        "created_at": state.created_at,
+                        "created_at": _utc(state.created_at),
                         "updated_at": now,
                         **self._run_values(state),
                     },
@@ -488,8 +521,8 @@ class SqlStorage:
         q = (
             sa.select(schema.runs)
             .where(
-                schema.runs.c.status.in_(("running", "rolling_back")),
-                schema.runs.c.updated_at < updated_before,
+                schema.runs.c.status.in_(("pending", "running", "rolling_back")),
+                schema.runs.c.updated_at < _utc(updated_before),
             )
             .order_by(schema.runs.c.updated_at)
             .limit(limit)
@@ -500,7 +533,9 @@ class SqlStorage:
     def expired_waits(self, now: datetime, limit: int = 100) -> list[RunState]:
         ids = (
             sa.select(schema.steps.c.run_id)
-            .where(schema.steps.c.status == "suspended", schema.steps.c.wait_deadline <= now)
+            .where(
+                schema.steps.c.status == "suspended", schema.steps.c.wait_deadline <= _utc(now)
+            )
             .limit(limit)
         )
         q = sa.select(schema.runs).where(

@@ -1,0 +1,334 @@
+"""Alembic migrations: ``SqlStorage(url).init()`` builds the schema on an empty database.
+
+PostgreSQL tests get a fresh, empty schema of their own (not the session schema the storage
+fixtures share), so that ``init`` really starts from nothing.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from concurrency_workflows import collect_results, upgrade_from_process
+from helpers import PG_BASE, require_service
+
+from fluxcelery import RunState, RunStatus, SqlStorage, StepState
+from fluxcelery.storage import schema
+from fluxcelery.storage.migrate import VERSION_TABLE, current_revision, head_revision, upgrade
+
+FLUX_TABLES = {"flux_runs", "flux_steps", "flux_traces"}
+ALL_TABLES = FLUX_TABLES | {"flux_alembic_version"}
+
+
+class FreshDb:
+    """An empty database (SQLite file or PostgreSQL schema) and the storages made on it."""
+
+    def __init__(self, kind: str, url: str, schema_name: str | None) -> None:
+        self.kind = kind
+        self.url = url
+        self.schema = schema_name
+        self._storages: list[SqlStorage] = []
+
+    def storage(self, **kwargs: Any) -> SqlStorage:
+        storage = SqlStorage(self.url, **kwargs)
+        self._storages.append(storage)
+        return storage
+
+    def tables(self) -> set[str]:
+        probe = self.storage(auto_migrate=False)
+        with probe.engine.connect() as conn:
+            return set(sa.inspect(conn).get_table_names())
+
+    def close(self) -> None:
+        for storage in self._storages:
+            storage.close()
+
+
+@contextmanager
+def fresh_pg_schema() -> Iterator[tuple[str, str]]:
+    """A new, empty PostgreSQL schema and a URL whose search_path is that schema."""
+    require_service("postgres")
+    name = f"flux_mig_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_BASE)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
+    try:
+        yield name, f"{PG_BASE}?options=-csearch_path%3D{name}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh_db(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[FreshDb]:
+    if request.param == "sqlite":
+        db = FreshDb("sqlite", f"sqlite:///{tmp_path}/fresh.db", None)
+        yield db
+        db.close()
+        return
+    with fresh_pg_schema() as (name, url):
+        db = FreshDb("postgres", url, name)
+        try:
+            yield db
+        finally:
+            db.close()
+
+
+@pytest.fixture
+def fresh_pg() -> Iterator[FreshDb]:
+    with fresh_pg_schema() as (name, url):
+        db = FreshDb("postgres", url, name)
+        try:
+            yield db
+        finally:
+            db.close()
+
+
+def a_run(run_id: str) -> RunState:
+    return RunState(
+        id=run_id,
+        workflow="wf",
+        status=RunStatus.PENDING,
+        input={"x": "ü"},
+        data={},
+        steps=[StepState(name="a", index=0)],
+    )
+
+
+# -- init -----------------------------------------------------------------------------------------
+def test_head_revision_is_the_initial_migration(fresh_db: FreshDb) -> None:
+    assert head_revision(fresh_db.storage()) == "0001"
+
+
+def test_init_creates_the_schema_at_head(fresh_db: FreshDb) -> None:
+    storage = fresh_db.storage()
+    assert fresh_db.tables() == set()
+    assert current_revision(storage) is None
+
+    storage.init()
+
+    assert fresh_db.tables() == ALL_TABLES
+    assert current_revision(storage) == head_revision(storage) == "0001"
+    with storage.engine.connect() as conn:
+        versions = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+    assert [tuple(v) for v in versions] == [("0001",)]
+    # The schema works.
+    assert storage.create_run(a_run("m-1"), []) is True
+    assert storage.load_run("m-1") is not None
+
+
+def test_migrated_columns_match_the_table_definitions(fresh_db: FreshDb) -> None:
+    storage = fresh_db.storage()
+    storage.init()
+    with storage.engine.connect() as conn:
+        insp = sa.inspect(conn)
+        for table in (schema.runs, schema.steps, schema.traces):
+            migrated = {c["name"]: c for c in insp.get_columns(table.name)}
+            assert set(migrated) == {c.name for c in table.columns}, table.name
+            for column in table.columns:
+                assert migrated[column.name]["nullable"] == column.nullable, (
+                    f"{table.name}.{column.name}"
+                )
+            pk = insp.get_pk_constraint(table.name)["constrained_columns"]
+            assert pk == [c.name for c in table.primary_key.columns], table.name
+            indexes = {ix["name"] for ix in insp.get_indexes(table.name)}
+            assert indexes == {ix.name for ix in table.indexes}, table.name
+
+
+def test_init_twice_is_a_no_op(fresh_db: FreshDb) -> None:
+    first = fresh_db.storage()
+    first.init()
+    assert first.create_run(a_run("keep-me"), []) is True
+    first.init()  # same object
+
+    second = fresh_db.storage()  # another process starting up on the same database
+    second.init()
+    assert upgrade(second) == ("0001", "0001")
+
+    assert fresh_db.tables() == ALL_TABLES
+    assert current_revision(second) == "0001"
+    with second.engine.connect() as conn:
+        assert conn.execute(sa.text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar() == 1
+    kept = second.load_run("keep-me")
+    assert kept is not None
+    assert kept.input == {"x": "ü"}
+
+
+def test_upgrade_reports_before_and_after(fresh_db: FreshDb) -> None:
+    storage = fresh_db.storage(auto_migrate=False)
+    assert upgrade(storage) == (None, "0001")
+    assert upgrade(storage) == ("0001", "0001")
+
+
+def test_auto_migrate_false_does_not_create_tables(fresh_db: FreshDb) -> None:
+    storage = fresh_db.storage(auto_migrate=False)
+    storage.init()
+    assert fresh_db.tables() == set()
+    assert current_revision(storage) is None
+
+
+# -- concurrent upgrades ---------------------------------------------------------------------
+def test_concurrent_upgrades_in_threads_both_succeed(fresh_db: FreshDb) -> None:
+    storages = [fresh_db.storage(auto_migrate=False) for _ in range(2)]
+    for storage in storages:
+        # Connect first, one after the other: on SQLite the first connection switches the
+        # file to WAL (test_init_of_a_fresh_sqlite_file_waits_for_a_concurrent_writer).
+        with storage.engine.connect():
+            pass
+    assert fresh_db.tables() == set()
+    barrier = threading.Barrier(len(storages))
+    outcomes: list[Any] = [None] * len(storages)
+
+    def migrate(i: int) -> None:
+        barrier.wait(timeout=30)
+        try:
+            outcomes[i] = upgrade(storages[i])
+        except BaseException as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=migrate, args=(i,)) for i in range(len(storages))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+
+    for outcome in outcomes:
+        assert isinstance(outcome, tuple), f"upgrade failed: {outcome!r}"
+        assert outcome[1] == "0001"
+        assert outcome[0] in (None, "0001")
+    assert fresh_db.tables() == ALL_TABLES
+    with storages[0].engine.connect() as conn:
+        assert conn.execute(sa.text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar() == 1
+    assert storages[0].create_run(a_run("after-race"), []) is True
+    assert storages[1].load_run("after-race") is not None
+
+
+def test_init_of_a_fresh_sqlite_file_waits_for_a_concurrent_writer(tmp_path: Any) -> None:
+    """Another process is in the middle of writing to (e.g. migrating) the new file: init must
+    wait for it (busy_timeout is 30 s), not fail."""
+    path = tmp_path / "busy.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE other_process (x INTEGER)")
+    release = threading.Timer(0.5, lambda: other.execute("COMMIT"))
+    release.start()
+    storage = SqlStorage(f"sqlite:///{path}")
+    try:
+        storage.init()
+        assert current_revision(storage) == "0001"
+        assert storage.load_run("nothing") is None
+    finally:
+        release.join()
+        other.close()
+        storage.close()
+
+
+def test_concurrent_upgrades_in_processes_all_succeed(fresh_pg: FreshDb) -> None:
+    """Separate processes do not share the in-process lock: the advisory lock serializes them."""
+    n = 3
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(n)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=upgrade_from_process, args=(fresh_pg.url, barrier, results))
+        for _ in range(n)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        outcomes = dict(collect_results(results, procs, timeout=90))
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():  # only our own children
+                p.kill()
+    assert [p.exitcode for p in procs] == [0] * n
+    assert sorted(outcomes) == sorted(p.pid for p in procs)
+    for outcome in outcomes.values():
+        assert isinstance(outcome, tuple), f"upgrade failed: {outcome!r}"
+        assert outcome[1] == "0001"
+    assert fresh_pg.tables() == ALL_TABLES
+    assert current_revision(fresh_pg.storage()) == "0001"
+
+
+# -- column types and indexes ----------------------------------------------------------------
+def test_json_columns_are_jsonb_on_postgresql(fresh_pg: FreshDb) -> None:
+    fresh_pg.storage().init()
+    admin = sa.create_engine(PG_BASE)
+    try:
+        with admin.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT table_name, column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = :schema AND table_name LIKE 'flux_%'"
+                ),
+                {"schema": fresh_pg.schema},
+            ).all()
+    finally:
+        admin.dispose()
+    types = {(r.table_name, r.column_name): r.data_type for r in rows}
+    json_columns = {
+        ("flux_runs", "input"),
+        ("flux_runs", "data"),
+        ("flux_steps", "output"),
+        ("flux_traces", "meta"),
+    }
+    assert {k: types[k] for k in json_columns} == dict.fromkeys(json_columns, "jsonb")
+    assert {k for k, v in types.items() if v in ("jsonb", "json")} == json_columns
+    timestamps = {
+        ("flux_runs", "created_at"),
+        ("flux_runs", "updated_at"),
+        ("flux_runs", "finished_at"),
+        ("flux_steps", "started_at"),
+        ("flux_steps", "finished_at"),
+        ("flux_steps", "wait_deadline"),
+        ("flux_traces", "ts"),
+    }
+    assert {k: types[k] for k in timestamps} == dict.fromkeys(
+        timestamps, "timestamp with time zone"
+    )
+    assert types[("flux_traces", "seq")] == "bigint"
+
+
+def test_json_columns_are_json_on_sqlite(tmp_path: Any) -> None:
+    storage = SqlStorage(f"sqlite:///{tmp_path}/types.db")
+    try:
+        storage.init()
+        with storage.engine.connect() as conn:
+            declared = {
+                (table, row[1]): row[2]
+                for table in FLUX_TABLES
+                for row in conn.execute(sa.text(f"PRAGMA table_info({table})"))
+            }
+    finally:
+        storage.close()
+    assert {k for k, v in declared.items() if v == "JSON"} == {
+        ("flux_runs", "input"),
+        ("flux_runs", "data"),
+        ("flux_steps", "output"),
+        ("flux_traces", "meta"),
+    }
+
+
+def test_indexes_for_the_storage_queries(fresh_db: FreshDb) -> None:
+    storage = fresh_db.storage()
+    storage.init()
+    with storage.engine.connect() as conn:
+        insp = sa.inspect(conn)
+        columns = {
+            table: [ix["column_names"] for ix in insp.get_indexes(table)] for table in FLUX_TABLES
+        }
+    assert ["workflow", "created_at"] in columns["flux_runs"]  # list_runs(workflow=...)
+    assert ["status", "updated_at"] in columns["flux_runs"]  # stale_runs / list by status
+    assert ["created_at"] in columns["flux_runs"]  # list_runs() newest first
+    assert ["run_id", "seq"] in columns["flux_traces"]  # list_traces(run_id=...)
+    assert ["wait_deadline"] in columns["flux_steps"]  # expired_waits
