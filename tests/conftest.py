@@ -108,4 +108,5 @@ def any_storage(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Any]:
 @pytest.fixture(params=["sqlite", "postgres"])
 def sql_storage(request: pytest.FixtureRequest) -> Any:
     """Each SQL backend in turn."""
-    return request.getfixturevalue({"sqlite": "sqlite_storage", "postgres": "pg_storage"}[request.param])
+    fixture = {"sqlite": "sqlite_storage", "postgres": "pg_storage"}[request.param]
+    return request.getfixturevalue(fixture)
