@@ -23,6 +23,13 @@ _app: Celery | None = None
 _lock = threading.Lock()
 
 
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
 def build_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
     app = Celery("fluxcelery", set_as_current=False)
@@ -34,8 +41,10 @@ def build_app(settings: Settings | None = None) -> Celery:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_track_started": True,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events feed Flower's task pages; they cost broker messages per task, so they
+        # can be turned off (FLUX_TASK_EVENTS=0) where nobody watches.
+        "worker_send_task_events": _flag("FLUX_TASK_EVENTS", True),
+        "task_send_sent_event": _flag("FLUX_TASK_EVENTS", True),
         "broker_connection_retry_on_startup": True,
         "task_default_queue": os.environ.get("FLUX_QUEUE", "flux"),
         "timezone": "UTC",

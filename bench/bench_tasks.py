@@ -1,0 +1,63 @@
+"""What bench/celery_overhead.py runs on workers: a 4-step fluxcelery workflow and a plain
+Celery chain of 4 tasks. Both end by incrementing a Redis counter, so completion is seen
+the same way for both (no result backend involved)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import redis
+from celery import Celery
+
+from fluxcelery import workflow
+
+REDIS_URL = os.environ.get("FLUX_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+_redis: redis.Redis | None = None
+
+
+def counter() -> redis.Redis:
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(REDIS_URL)
+    return _redis
+
+
+def done(key: str) -> None:
+    counter().incr(key)
+
+
+def noop(ctx: Any) -> None:
+    return None
+
+
+def finish(ctx: Any) -> None:
+    done(ctx.input["key"])
+
+
+flux_chain = (
+    workflow("bench-overhead").step("a", noop).step("b", noop).step("c", noop).step("d", finish)
+)
+
+plain = Celery("bench_plain", broker=os.environ.get("FLUX_BROKER_URL", "memory://"))
+plain.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_default_queue=os.environ.get("BENCH_PLAIN_QUEUE", "bench_plain"),
+    broker_connection_retry_on_startup=True,
+)
+app = plain
+
+
+@plain.task(name="bench.plain.noop")
+def plain_noop(key: str) -> None:
+    return None
+
+
+@plain.task(name="bench.plain.finish")
+def plain_finish(key: str) -> None:
+    done(key)
