@@ -79,15 +79,23 @@ def main() -> int:
         print(f"  {name} ...", end="", flush=True, file=sys.stderr)
         steps_s = measure(engine, runs)
         cost_us = (1 / steps_s - base) * 1e6
-        rows.append({"backend": name, "steps_per_s": round(steps_s), "runs": runs,
-                     "engine_cost_us_per_step": round(cost_us, 1)})
+        rows.append(
+            {
+                "backend": name,
+                "steps_per_s": round(steps_s),
+                "runs": runs,
+                "engine_cost_us_per_step": round(cost_us, 1),
+            }
+        )
         print(f" {steps_s:,.0f} steps/s", file=sys.stderr)
         engine.close()
 
     record("memory", FluxEngine(MemoryStorage()), args.runs)
-    record("memory + NDJSON trace",
-           FluxEngine(MemoryStorage(), trace=[JsonFileTraceSink(tmp / "trace.ndjson")]),
-           args.runs)
+    record(
+        "memory + NDJSON trace",
+        FluxEngine(MemoryStorage(), trace=[JsonFileTraceSink(tmp / "trace.ndjson")]),
+        args.runs,
+    )
     record("sqlite (WAL)", FluxEngine(SqlStorage(f"sqlite:///{tmp}/bench.db")), args.sql_runs)
     if pg_available():
         import sqlalchemy as sa
@@ -110,12 +118,22 @@ def main() -> int:
     print(f"plain loop: {1 / base:,.0f} steps/s ({base * 1e6:.2f} us per step)")
     print(f"{'backend':<24}{'steps/s':>12}{'engine cost/step':>20}")
     for row in rows:
-        print(f"{row['backend']:<24}{row['steps_per_s']:>12,}"
-              f"{row['engine_cost_us_per_step']:>17.1f} us")
+        print(
+            f"{row['backend']:<24}{row['steps_per_s']:>12,}"
+            f"{row['engine_cost_us_per_step']:>17.1f} us"
+        )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"plain_loop_us_per_step": round(base * 1e6, 3), "rows": rows,
-                               "python": sys.version.split()[0]}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "plain_loop_us_per_step": round(base * 1e6, 3),
+                "rows": rows,
+                "python": sys.version.split()[0],
+            },
+            indent=2,
+        )
+    )
     print(f"\nwritten {out}")
     return 0
 
