@@ -680,14 +680,14 @@ class StepRunner:
             return self._next_compensation(change, wf, index)
         s.status = StepStatus.COMPENSATED
         s.error = None
-        s.finished_at = utcnow()
+        # finished_at/duration_ms keep describing the forward run; the undo is in the trace.
         change.step_event(
             "step:compensate",
             s,
             sdef,
             status="compensated",
             attempt=attempt,
-            duration_ms=ms_between(started, s.finished_at),
+            duration_ms=ms_between(started, utcnow()),
             task_id=task_id,
             worker=worker,
         )

@@ -48,7 +48,12 @@ def test_reset_truncates_only_when_asked(tmp_path: Path) -> None:
 def test_read_ndjson_skips_partial_lines(tmp_path: Path) -> None:
     path = tmp_path / "t.ndjson"
     good = TraceEvent(type="step:start", run_id="r", workflow="w").to_dict()
-    path.write_text(json.dumps(good) + "\n\n{broken\n")
+    path.write_text(
+        json.dumps(good)
+        + "\n\n{broken\n[1,2]\n"
+        + '{"ts":5,"run_id":"r","workflow":"w","type":"step:start"}\n'
+        + '{"run_id":"r","workflow":"w","type":"step:start","attempt":"one"}\n'
+    )
     events = read_ndjson(path)
     assert [e.type for e in events] == ["step:start"]
     assert read_ndjson(tmp_path / "missing.ndjson") == []

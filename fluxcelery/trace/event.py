@@ -97,6 +97,19 @@ class TraceEvent:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TraceEvent:
+        """Parse an NDJSON line's object; raises ``ValueError`` for anything not an event."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"a trace event is a JSON object, got {type(raw).__name__}")
+        for key in ("run_id", "workflow", "type"):
+            if not isinstance(raw.get(key), str):
+                raise ValueError(f"trace event field {key!r} must be a string")
+        for key in ("step_index", "attempt", "max_attempts", "duration_ms"):
+            if raw.get(key) is not None and not isinstance(raw[key], int):
+                raise ValueError(f"trace event field {key!r} must be an integer")
+        if raw.get("meta") is not None and not isinstance(raw["meta"], dict):
+            raise ValueError("trace event field 'meta' must be an object")
+        if raw.get("ts") is not None and not isinstance(raw["ts"], str):
+            raise ValueError("trace event field 'ts' must be an ISO 8601 string")
         values = {k: raw.get(k) for k in FIELDS}
         ts = values.pop("ts")
         if isinstance(ts, str):

@@ -78,8 +78,8 @@ def read_ndjson(path: str | os.PathLike[str]) -> list[TraceEvent]:
             continue
         try:
             events.append(TraceEvent.from_dict(json.loads(line)))
-        except (ValueError, TypeError):
-            continue
+        except (ValueError, TypeError, AttributeError, KeyError):
+            continue  # not an event (a cut line, another tool's output): skip it
     return events
 
 
