@@ -33,6 +33,10 @@ def use_native_time_limits(enabled: bool = True) -> None:
     _native_time_limits = enabled
 
 
+class _DeadlinePassed(Exception):
+    """Our deadline for an ``async def`` handler passed (not the handler's own timeout)."""
+
+
 class _AlarmTimeout(BaseException):
     """Raised inside a handler by the timer. A ``BaseException`` so that a handler's
     ``except Exception`` cannot swallow it."""
@@ -107,6 +111,8 @@ class Invoker:
         try:
             out = future.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
+            if future.done():
+                raise  # the handler's own TimeoutError (a socket timeout, say): not ours
             future.cancel()
             raise StepTimeout(f"{what} timed out after {timeout:g}s (attempt abandoned)") from None
         if inspect.isawaitable(out):
@@ -120,12 +126,19 @@ class Invoker:
 
     def _await(self, awaitable: Any, timeout: float | None, what: str) -> Any:
         async def runner() -> Any:
-            return await asyncio.wait_for(awaitable, timeout)
+            scope = asyncio.timeout(timeout)
+            try:
+                async with scope:
+                    return await awaitable
+            except TimeoutError:
+                if scope.expired():
+                    raise _DeadlinePassed() from None
+                raise  # the handler's own TimeoutError: not ours
 
         future = asyncio.run_coroutine_threadsafe(runner(), self._event_loop())
         try:
             return future.result()
-        except TimeoutError:
+        except _DeadlinePassed:
             raise StepTimeout(f"{what} timed out after {timeout:g}s (cancelled)") from None
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:

@@ -849,3 +849,25 @@ def test_hook_that_hangs_times_out_without_changing_outcome(
     assert [(e.step, e.meta) for e in errors] == [("a", {"hook": "step_complete"})]
     assert errors[0].error is not None
     assert errors[0].error.startswith("StepTimeout: hook step_complete timed out after 0.05s")
+
+
+def test_a_handlers_own_timeout_error_is_not_a_step_timeout(make_engine) -> None:
+    """A socket timeout inside a step is the step's error, not fluxcelery's deadline."""
+    import threading
+
+    def upload(ctx):
+        raise TimeoutError("S3 upload timed out")
+
+    async def aupload(ctx):
+        raise TimeoutError("async upload timed out")
+
+    eng = make_engine()
+    wf = workflow("own-timeout-sync").step("upload", upload, retries=0, timeout=5)
+    awf = workflow("own-timeout-async").step("upload", aupload, retries=0, timeout=5)
+    out: list = []
+    # Off the main thread the sync handler runs on a helper thread (the path that was wrong).
+    t = threading.Thread(target=lambda: out.append(eng.execute(wf)))
+    t.start()
+    t.join(10)
+    assert out[0].error == "TimeoutError: S3 upload timed out"
+    assert eng.execute(awf).error == "TimeoutError: async upload timed out"

@@ -1,0 +1,570 @@
+"""``fluxcelery flower``: Flower 2.2 with a **Workflows** tab.
+
+Flower has no plugin hook, so ``main`` does what ``celery flower`` does (``FLOWER_*``
+variables, the ``--conf`` file, command-line options), builds Flower's application on the
+fluxcelery Celery app, then adds these routes ahead of Flower's catch-all:
+
+- ``/workflows``: runs with counts per status, a status and a workflow filter, paging;
+- ``/workflows/run/<run_id>``: a run's steps, each linked to Flower's ``/task/<task_id>``
+  page, and its trace events;
+- ``/api/flux/runs``, ``/api/flux/runs/<run_id>``, ``/api/flux/runs/<run_id>/traces`` and
+  ``/api/flux/counts``: the same data as JSON (``fluxcelery.ops`` shapes).
+
+Pages obey Flower's ``--basic_auth``/``--auth`` options and ``--url_prefix``. Like Flower's
+own API, the JSON routes answer 401 unless authentication is configured or
+``FLOWER_UNAUTHENTICATED_API=true`` is set. SQL reads run on Flower's executor, never on the
+IOLoop. Importing ``fluxcelery`` never imports this module (it needs the ``flower`` extra).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import math
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import urlencode
+
+import flower
+import flower.options  # defines Flower's command-line options
+import tornado.web
+from flower.api import BaseApiHandler
+from flower.app import Flower, rewrite_handler
+from flower.urls import settings as flower_settings
+from flower.utils import prepend_url
+from flower.views import BaseHandler
+from tornado import template
+from tornado.ioloop import IOLoop
+from tornado.options import Error as OptionsError
+from tornado.options import options as tornado_options
+from tornado.web import HTTPError, url
+
+from ..engine import FluxEngine
+from ..errors import RunNotFound
+from ..ops import RUN_STATUSES, list_runs, run_detail, status_counts, trace_rows
+
+__all__ = [
+    "ChainLoader",
+    "build",
+    "flux_handlers",
+    "flower_options",
+    "main",
+    "make_app",
+    "navbar_with_workflows",
+]
+
+log = logging.getLogger("fluxcelery.flower")
+
+TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+FLOWER_TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(flower.__file__)), "templates")
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+TRACE_LIMIT = 1000
+MAX_TRACE_LIMIT = 5000
+MAX_RUN_ID = 64
+
+#: Statuses of runs that have not settled for good (the "Active" card).
+ACTIVE = ("pending", "running", "suspended", "rolling_back")
+#: Bootstrap badge class per run or step status (Flower's own palette).
+BADGES = {
+    "pending": "text-bg-secondary",
+    "running": "task-state-started",
+    "suspended": "text-bg-info",
+    "completed": "text-bg-success",
+    "rolling_back": "text-bg-warning",
+    "rolled_back": "text-bg-warning",
+    "failed": "text-bg-danger",
+    "cancelled": "text-bg-dark",
+    "skipped": "text-bg-light border",
+    "compensating": "text-bg-warning",
+    "compensated": "text-bg-warning",
+    "compensation_failed": "text-bg-danger",
+}
+
+
+# -- templates ----------------------------------------------------------------------------
+NAV_ANCHOR = '<ul class="app-nav navbar-nav">'
+NAV_ITEM = """  <li class="nav-item">
+          <a class="nav-link{% if active_tab == 'workflows' %} active{% end %}"
+            href="{{ reverse_url('flux-workflows') }}"
+            {% if active_tab == 'workflows' %}aria-current="page"{% end %}>Workflows</a>
+        </li>
+      """
+
+
+def navbar_with_workflows(source: str) -> str:
+    """Flower's ``navbar.html`` source with a Workflows tab after its own tabs.
+
+    When Flower's markup no longer has the expected list, the source is returned unchanged
+    (Flower's pages then lack the tab; ``/workflows`` still works) and a warning is logged.
+    """
+    start = source.find(NAV_ANCHOR)
+    end = source.find("</ul>", start) if start >= 0 else -1
+    if end < 0:
+        log.warning(
+            "fluxcelery: Flower's navbar.html has an unknown layout; Flower's own pages "
+            "show no Workflows tab (open /workflows directly)"
+        )
+        return source
+    return source[:end] + NAV_ITEM + source[end:]
+
+
+class ChainLoader(template.BaseLoader):
+    """Loads each template from the first directory that has it, so fluxcelery's pages can
+    extend Flower's ``base.html``. ``navbar.html`` gets a Workflows tab (on every page)."""
+
+    def __init__(self, directories: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # autoescape stays on (xhtml_escape)
+        self.directories = [os.path.abspath(d) for d in directories]
+
+    def resolve_path(self, name: str, parent_path: str | None = None) -> str:
+        return name
+
+    def _create_template(self, name: str) -> template.Template:
+        source = self._source(name)
+        if name == "navbar.html":
+            source = navbar_with_workflows(source)
+        return template.Template(source, name=name, loader=self)
+
+    def _source(self, name: str) -> str:
+        for root in self.directories:
+            path = os.path.abspath(os.path.join(root, name))
+            if os.path.commonpath([root, path]) == root and os.path.isfile(path):
+                with open(path, encoding="utf-8") as fh:
+                    return fh.read()
+        raise FileNotFoundError(f"template {name!r} is in none of {self.directories}")
+
+
+def format_ms(ms: int | None) -> str:
+    """``850 ms``, ``1.25 s``, ``2m 03s``; an em dash when unknown."""
+    if ms is None:
+        return "\u2014"
+    if ms < 1000:
+        return f"{ms} ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def format_ts(value: str | None, precise: bool = False, time_only: bool = False) -> str:
+    """An ISO timestamp as ``2025-01-31 12:00:00 UTC`` (with milliseconds when ``precise``,
+    without the date when ``time_only``); an em dash when unknown."""
+    if not value:
+        return "\u2014"
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    text = dt.strftime("%H:%M:%S.%f")[:-3] if precise else f"{dt:%H:%M:%S}"
+    if not time_only:
+        text = f"{dt:%Y-%m-%d} {text}"
+    return text + (" UTC" if dt.utcoffset() == timedelta(0) else "")
+
+
+def short_id(value: str) -> str:
+    """A uuid-like id cut to 8 characters (its full value goes in the link's title)."""
+    return value if len(value) <= 13 else value[:8] + "\u2026"
+
+
+def event_class(event_type: str) -> str:
+    if event_type.endswith("error"):
+        return "flux-ev-error"
+    if event_type.endswith("complete"):
+        return "flux-ev-ok"
+    if event_type.endswith(("retry", "rollback_start", "compensate", "suspend", "cancel")):
+        return "flux-ev-warn"
+    return ""
+
+
+def to_json(value: Any, indent: int | None = 2) -> str:
+    return json.dumps(value, indent=indent, ensure_ascii=False, sort_keys=True, default=str)
+
+
+#: Functions every fluxcelery page can call (prefixed: Flower asserts no name clashes).
+HELPERS: dict[str, Callable[..., Any]] = {
+    "flux_badge": lambda status: BADGES.get(status or "", "text-bg-secondary"),
+    "flux_label": lambda status: (status or "").replace("_", " ").capitalize(),
+    "flux_ms": format_ms,
+    "flux_ts": format_ts,
+    "flux_event_class": event_class,
+    "flux_short": short_id,
+    "flux_json": to_json,
+}
+
+
+# -- reads (run on the executor) ------------------------------------------------------------
+def _runs_page(
+    engine: FluxEngine, workflow: str | None, statuses: list[str], limit: int, offset: int
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    runs = list_runs(engine, workflow=workflow, status=statuses or None, limit=limit, offset=offset)
+    return runs, status_counts(engine, workflow=workflow)
+
+
+def _detail(engine: FluxEngine, run_id: str) -> dict[str, Any] | None:
+    try:
+        return run_detail(engine, run_id, trace_limit=TRACE_LIMIT)
+    except RunNotFound:
+        return None
+
+
+def _traces(
+    engine: FluxEngine, run_id: str, limit: int, offset: int
+) -> list[dict[str, Any]] | None:
+    if engine.get(run_id) is None:
+        return None
+    return trace_rows(engine.traces(run_id=run_id, limit=limit, offset=offset), engine)
+
+
+def _total(counts: Mapping[str, int], statuses: Sequence[str]) -> int:
+    return sum(counts.get(s, 0) for s in statuses) if statuses else sum(counts.values())
+
+
+# -- handlers -------------------------------------------------------------------------------
+class FluxHandler(BaseHandler):
+    """Shared by the pages and the API: the engine, argument checks, reads off the IOLoop."""
+
+    engine: FluxEngine
+
+    def initialize(self, engine: FluxEngine) -> None:
+        self.engine = engine
+
+    async def read(self, what: str, func: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking database read on Flower's executor (at most 5 at a time)."""
+        return await self.application.blocking_runner.run(what, "fluxcelery database", func, *args)
+
+    def text_arg(self, name: str) -> str:
+        # Flower's get_argument HTML-escapes by default; pages escape on output instead.
+        return str(self.get_argument(name, "", escape=False) or "").strip()
+
+    def int_arg(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.text_arg(name)
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise HTTPError(400, f"{name} must be an integer, got {raw!r}")
+        if not low <= value <= high:
+            raise HTTPError(400, f"{name} must be between {low} and {high}, got {value}")
+        return value
+
+    def statuses_arg(self) -> list[str]:
+        """``?status=failed&status=rolled_back`` or ``?status=failed,rolled_back``."""
+        values = [v.strip() for raw in self.get_arguments("status") for v in raw.split(",")]
+        values = [v for v in values if v]
+        unknown = [v for v in values if v not in RUN_STATUSES]
+        if unknown:
+            raise HTTPError(
+                400, f"unknown status {unknown[0]!r}; statuses are {', '.join(RUN_STATUSES)}"
+            )
+        return list(dict.fromkeys(values))
+
+    def checked_run_id(self, run_id: str) -> str:
+        if not run_id or len(run_id) > MAX_RUN_ID:
+            raise HTTPError(404, f"Unknown run {run_id[:MAX_RUN_ID]!r}")
+        return run_id
+
+
+class WorkflowsView(FluxHandler):
+    """``/workflows``: the runs table."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        statuses = self.statuses_arg()
+        if len(statuses) > 1:
+            raise HTTPError(400, "the page filters on one status; the API takes several")
+        status = statuses[0] if statuses else ""
+        workflow = self.text_arg("workflow")
+        limit = self.int_arg("limit", PAGE_SIZE, 1, MAX_PAGE_SIZE)
+        page = self.int_arg("page", 1, 1, 10**9)
+        offset = (page - 1) * limit
+        runs, counts = await self.read(
+            "list runs", _runs_page, self.engine, workflow or None, statuses, limit, offset
+        )
+        total = _total(counts, statuses)
+        names = set(self.engine.workflows) | {r["workflow"] for r in runs}
+
+        def page_url(**change: Any) -> str:
+            query = {"status": status, "workflow": workflow, "limit": limit, "page": page}
+            query.update(change)
+            if query["limit"] == PAGE_SIZE:
+                query["limit"] = ""
+            if query["page"] == 1:
+                query["page"] = ""
+            pairs = [(k, v) for k, v in query.items() if v not in ("", None)]
+            base = self.reverse_url("flux-workflows")
+            return f"{base}?{urlencode(pairs)}" if pairs else base
+
+        self.render(
+            "flux_workflows.html",
+            runs=runs,
+            counts=counts,
+            statuses=RUN_STATUSES,
+            status=status,
+            workflow=workflow,
+            workflow_names=sorted(names | ({workflow} if workflow else set())),
+            total=total,
+            all_total=sum(counts.values()),
+            active_total=sum(counts[s] for s in ACTIVE),
+            failed_total=counts["failed"] + counts["rolled_back"],
+            page=page,
+            pages=max(1, math.ceil(total / limit)),
+            offset=offset,
+            page_url=page_url,
+            **HELPERS,
+        )
+
+
+class RunView(FluxHandler):
+    """``/workflows/run/<run_id>``: steps and trace of one run."""
+
+    @tornado.web.authenticated
+    async def get(self, run_id: str) -> None:
+        run_id = self.checked_run_id(run_id)
+        detail = await self.read("show run", _detail, self.engine, run_id)
+        if detail is None:
+            raise HTTPError(404, f"Unknown run {run_id!r}")
+        self.render(
+            "flux_run.html",
+            run=detail,
+            trace_limit=TRACE_LIMIT,
+            workflow_url=self.reverse_url("flux-workflows")
+            + "?"
+            + urlencode({"workflow": detail["workflow"]}),
+            **HELPERS,
+        )
+
+
+class FluxApiHandler(FluxHandler, BaseApiHandler):
+    """JSON routes: 401 without configured auth unless ``FLOWER_UNAUTHENTICATED_API``."""
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Cache-Control", "no-store")
+
+
+class RunsApi(FluxApiHandler):
+    """``GET /api/flux/runs?status=&workflow=&limit=&offset=``."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        statuses = self.statuses_arg()
+        workflow = self.text_arg("workflow") or None
+        limit = self.int_arg("limit", PAGE_SIZE, 1, MAX_PAGE_SIZE)
+        offset = self.int_arg("offset", 0, 0, 10**12)
+        runs, counts = await self.read(
+            "list runs", _runs_page, self.engine, workflow, statuses, limit, offset
+        )
+        self.write(
+            {
+                "runs": runs,
+                "total": _total(counts, statuses),
+                "limit": limit,
+                "offset": offset,
+                "status": statuses or None,
+                "workflow": workflow,
+            }
+        )
+
+
+class RunApi(FluxApiHandler):
+    """``GET /api/flux/runs/<run_id>``: ``ops.run_detail`` (steps, definition, traces)."""
+
+    @tornado.web.authenticated
+    async def get(self, run_id: str) -> None:
+        run_id = self.checked_run_id(run_id)
+        detail = await self.read("show run", _detail, self.engine, run_id)
+        if detail is None:
+            raise HTTPError(404, f"Unknown run {run_id!r}")
+        self.write(detail)
+
+
+class TracesApi(FluxApiHandler):
+    """``GET /api/flux/runs/<run_id>/traces?limit=&offset=``."""
+
+    @tornado.web.authenticated
+    async def get(self, run_id: str) -> None:
+        run_id = self.checked_run_id(run_id)
+        limit = self.int_arg("limit", TRACE_LIMIT, 1, MAX_TRACE_LIMIT)
+        offset = self.int_arg("offset", 0, 0, 10**12)
+        rows = await self.read("list traces", _traces, self.engine, run_id, limit, offset)
+        if rows is None:
+            raise HTTPError(404, f"Unknown run {run_id!r}")
+        self.write({"run_id": run_id, "traces": rows, "limit": limit, "offset": offset})
+
+
+class CountsApi(FluxApiHandler):
+    """``GET /api/flux/counts?workflow=``: runs per status."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        workflow = self.text_arg("workflow") or None
+        counts = await self.read("count runs", status_counts, self.engine, workflow)
+        self.write({"workflow": workflow, "counts": counts, "total": sum(counts.values())})
+
+
+# -- application ----------------------------------------------------------------------------
+def flux_handlers(engine: FluxEngine, url_prefix: str | None = None) -> list[Any]:
+    """The fluxcelery routes (named ``flux-*``), rewritten under ``url_prefix``."""
+    kw = {"engine": engine}
+    routes = [
+        url(r"/workflows", WorkflowsView, kw, name="flux-workflows"),
+        url(r"/workflows/run/([^/]+)", RunView, kw, name="flux-run"),
+        url(r"/api/flux/runs", RunsApi, kw, name="flux-api-runs"),
+        url(r"/api/flux/runs/([^/]+)/traces", TracesApi, kw, name="flux-api-traces"),
+        url(r"/api/flux/runs/([^/]+)", RunApi, kw, name="flux-api-run"),
+        url(r"/api/flux/counts", CountsApi, kw, name="flux-api-counts"),
+    ]
+    if url_prefix:
+        routes = [rewrite_handler(r, url_prefix) for r in routes]
+    return routes
+
+
+def build(
+    capp: Any,
+    options: Any,
+    settings: Mapping[str, Any],
+    engine: FluxEngine,
+    io_loop: IOLoop | None = None,
+) -> Any:
+    """Flower's application with the fluxcelery templates and routes added (not started)."""
+    settings = dict(settings)
+    # Tornado caches loaders per template_path: our own path keeps our loader apart from a
+    # stock Flower app's in the same process.
+    settings["template_path"] = TEMPLATE_DIR
+    settings["template_loader"] = ChainLoader([TEMPLATE_DIR, FLOWER_TEMPLATE_DIR])
+    app = Flower(capp=capp, options=options, io_loop=io_loop, **settings)
+    # Inserted ahead of Flower's own rule list, whose last entry is the 404 catch-all.
+    app.add_handlers(r".*", flux_handlers(engine, options.url_prefix))
+    return app
+
+
+def flower_options(overrides: Mapping[str, Any] | None = None) -> SimpleNamespace:
+    """A copy of Flower's options (current values) with ``overrides`` applied."""
+    values = tornado_options.as_dict()
+    for name, value in (overrides or {}).items():
+        if name not in values:
+            raise ValueError(f"unknown Flower option {name!r}")
+        if name == "basic_auth" and isinstance(value, str):
+            value = [value]
+        values[name] = value
+    return SimpleNamespace(**values)
+
+
+def _settings_for(options: Any) -> dict[str, Any]:
+    """What ``flower.command.extract_settings`` derives, without touching its globals."""
+    settings = {
+        "template_path": flower_settings["template_path"],
+        "static_path": flower_settings["static_path"],
+        "cookie_secret": options.cookie_secret or flower_settings["cookie_secret"],
+        "static_url_prefix": "/static/",
+        "login_url": "/login",
+        "xsrf_cookies": True,
+        "debug": bool(options.debug),
+    }
+    if options.url_prefix:
+        for name in ("login_url", "static_url_prefix"):
+            settings[name] = prepend_url(settings[name], options.url_prefix)
+    if options.auth:
+        settings["oauth"] = {
+            "key": options.oauth2_key or os.environ.get("FLOWER_OAUTH2_KEY"),
+            "secret": options.oauth2_secret or os.environ.get("FLOWER_OAUTH2_SECRET"),
+            "redirect_uri": options.oauth2_redirect_uri
+            or os.environ.get("FLOWER_OAUTH2_REDIRECT_URI"),
+        }
+    return settings
+
+
+def make_app(
+    capp: Any = None,
+    options_overrides: Mapping[str, Any] | None = None,
+    engine: FluxEngine | None = None,
+    *,
+    io_loop: IOLoop | None = None,
+) -> Any:
+    """The configured Flower application, not started (for tests and embedding).
+
+    ``capp`` defaults to ``fluxcelery.celery.app.get_app()``, ``engine`` to the default
+    engine, options to Flower's (e.g. ``{"basic_auth": ["user:pass"], "url_prefix": "f"}``).
+    Shut ``app.executor`` down when done.
+    """
+    if capp is None:
+        from ..celery.app import get_app
+
+        capp = get_app()
+    if engine is None:
+        from ..defaults import default_engine
+
+        engine = default_engine()
+    options = flower_options(options_overrides)
+    return build(capp, options, _settings_for(options), engine, io_loop=io_loop)
+
+
+def _normalize_argv(argv: Sequence[str]) -> list[str]:
+    """Accept ``--port 5555`` as well as tornado's ``--port=5555``."""
+    known = getattr(tornado_options, "_options", {})
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name = arg.lstrip("-").replace("_", "-")
+        option = known.get(name) if arg.startswith("--") and "=" not in arg else None
+        takes_value = option is not None and option.type is not bool
+        if takes_value and i + 1 < len(args) and not args[i + 1].startswith("-"):
+            out.append(f"{arg}={args[i + 1]}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fluxcelery flower [flower options]``: serve Flower plus the Workflows tab."""
+    from flower import command
+
+    from ..celery.app import get_app
+    from ..defaults import default_engine
+
+    args = _normalize_argv(sys.argv[1:] if argv is None else argv)
+    ignored = [a for a in args if not command.is_flower_option(a)]
+    if ignored:
+        print(f"fluxcelery flower: ignoring {' '.join(ignored)}", file=sys.stderr)
+    try:
+        command.apply_env_options()
+        command.apply_options("fluxcelery flower", args)
+        command.extract_settings()  # exits on an invalid --auth or --broker_api
+    except (OptionsError, ValueError) as exc:  # an unknown option, a value of the wrong type
+        print(f"fluxcelery flower: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help, or Flower refused an option
+        return exc.code if isinstance(exc.code, int) else 1
+    command.setup_logging()
+
+    capp = get_app()
+    app = build(capp, tornado_options, flower_settings, default_engine())
+    atexit.register(app.stop)
+    signal.signal(signal.SIGTERM, command.sigterm_handler)
+    port = app.start_http_server()
+    command.print_banner(capp, "ssl_options" in flower_settings, port)
+    prefix = f"/{tornado_options.url_prefix.strip('/')}" if tornado_options.url_prefix else ""
+    log.info("Workflows tab: %s/workflows", prefix)
+    try:
+        app.start()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
