@@ -7,6 +7,7 @@ also writes the screenshots docs/flower.md shows (docs/img/flower-*.png).
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +28,13 @@ from fluxcelery.settings import Settings
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
+# Screenshots go to docs/img/ only when asked (FLUX_UPDATE_SCREENSHOTS=1), so that a
+# test run does not rewrite tracked files; otherwise to a temporary directory.
+DOCS_IMG = (
+    Path(__file__).resolve().parent.parent / "docs" / "img"
+    if os.environ.get("FLUX_UPDATE_SCREENSHOTS")
+    else Path(tempfile.mkdtemp(prefix="flux-screens-"))
+)
 
 pytestmark = pytest.mark.browser
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import time
 import uuid
@@ -33,7 +34,13 @@ from fluxcelery.web import create_server
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-DOCS_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
+# Screenshots go to docs/img/ only when asked (FLUX_UPDATE_SCREENSHOTS=1), so that a
+# test run does not rewrite tracked files; otherwise to a temporary directory.
+DOCS_IMG = (
+    Path(__file__).resolve().parent.parent / "docs" / "img"
+    if os.environ.get("FLUX_UPDATE_SCREENSHOTS")
+    else Path(tempfile.mkdtemp(prefix="flux-screens-"))
+)
 XSS = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=alert(2)>"
 TAG = uuid.uuid4().hex[:6]  # workflow names are process-global
