@@ -15,6 +15,7 @@ from .builder import Workflow, registered_workflows
 from .errors import (
     ConcurrentUpdate,
     DefinitionChanged,
+    DispatchError,
     FluxError,
     InvalidInput,
     InvalidTransition,
@@ -224,7 +225,16 @@ class FluxEngine:
         dispatcher = self.dispatcher()
         dispatcher.register(self.workflow(state.workflow))
         if self.storage.create_run(state, []):
-            dispatcher.dispatch(state, Next(Action.CONTINUE, 0), countdown=countdown)
+            try:
+                dispatcher.dispatch(state, Next(Action.CONTINUE, 0), countdown=countdown)
+            except Exception as exc:
+                # Start either enqueues the run or leaves nothing behind, so that starting
+                # again (with the same run_id) works once the broker is back.
+                self.storage.delete_run(state.id)
+                raise DispatchError(
+                    f"could not send run {state.id} of {state.workflow!r} to the broker "
+                    f"({describe_error(exc)}); nothing was stored"
+                ) from exc
         return RunHandle(self, state.id)
 
     def dispatcher(self) -> CeleryDispatcher:

@@ -105,6 +105,12 @@ class PayloadTooLarge(FluxError):
     code = "payload_too_large"
 
 
+class DispatchError(FluxError):
+    """A run could not be sent to the broker; nothing was left stored for it."""
+
+    code = "dispatch_error"
+
+
 class StorageError(FluxError):
     """The store could not be read or written."""
 

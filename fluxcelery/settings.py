@@ -43,11 +43,14 @@ def load_settings(module: str | None = None) -> Settings:
     except ImportError:
         conf = {}
     env = os.environ
+    # broker_url/result_backend are Settings fields (where FLUX_* wins), not pass-through.
+    owned = {"broker_url", "result_backend"}
     celery_conf = {
         k: v
         for k, v in conf.items()
         if k.islower()
         and not k.startswith("flux_")
+        and k not in owned
         and not callable(v)
         and not hasattr(v, "__file__")
     }

@@ -56,6 +56,8 @@ def build_app(settings: Settings | None = None) -> Celery:
         # take seconds.
         conf["broker_transport_options"] = {"polling_interval": 0.005}
     conf.update(settings.celery)
+    conf["broker_url"] = settings.broker_url  # FLUX_BROKER_URL wins over celeryconfig
+    conf["result_backend"] = settings.result_backend
     for key in ("task_serializer", "result_serializer", "event_serializer"):
         if conf.get(key, "json") != "json":
             log.warning("fluxcelery: %s=%r ignored; only JSON is used", key, conf[key])

@@ -208,3 +208,24 @@ def test_recover_redispatches_a_run_whose_message_was_lost(cluster) -> None:
         time.sleep(0.1)
     assert state is not None and state.status == RunStatus.COMPLETED
     assert cluster.effects(result.id, "b") == 1  # the commit step was not re-run
+
+
+def test_start_with_the_broker_down_leaves_nothing(it_schema: str) -> None:
+    """A start that cannot reach the broker raises DispatchError and stores nothing, so the
+    same run id can be started again once the broker is back."""
+    import it_workflows as w
+
+    from fluxcelery import DispatchError, FluxEngine, SqlStorage
+    from fluxcelery.celery.app import build_app
+    from fluxcelery.settings import Settings
+
+    settings = Settings(broker_url="amqp://guest:guest@127.0.0.1:1//", database_url=it_schema,
+                        celery={"broker_connection_timeout": 1, "broker_connection_max_retries": 0,
+                                "broker_transport_options": {"max_retries": 0}})
+    engine = FluxEngine(storage=SqlStorage(it_schema), app=build_app(settings))
+    try:
+        with pytest.raises(DispatchError, match="nothing was stored"):
+            engine.start(w.four, {"add": 1}, run_id="broker-down-1")
+        assert engine.get("broker-down-1") is None
+    finally:
+        engine.close()

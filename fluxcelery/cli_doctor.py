@@ -1,0 +1,316 @@
+"""``fluxcelery doctor``: one check per thing a deployment needs, each with a fix.
+
+Checks never raise: each returns a ``Check`` whose status is ``ok``, ``fail``, ``warn`` or
+``skip``. Only ``fail`` makes the command exit 1; a warning is advice (a guest password on a
+remote broker). Nothing here writes to the database: migrations are reported, not applied.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .settings import Settings
+from .storage.sql import redact_url
+
+BROKER_TIMEOUT = 2.0
+PING_TIMEOUT = 1.0
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | fail | warn | skip
+    detail: str
+    fix: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "ok": self.status != "fail",
+            "detail": self.detail,
+            "fix": self.fix,
+            **({"data": self.data} if self.data else {}),
+        }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def config_module() -> tuple[str, str | None]:
+    """The settings module name and its file, when importable (``celeryconfig`` by default)."""
+    name = os.environ.get("FLUX_CONFIG_MODULE", "celeryconfig")
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    return name, (spec.origin if spec is not None else None)
+
+
+def check_settings(settings: Settings, sources: Mapping[str, str]) -> Check:
+    name, path = config_module()
+    origin = f"{name} ({path})" if path else f"environment and defaults (no {name} module)"
+    workflows = ", ".join(settings.workflows) or "none"
+    detail = (
+        f"config from {origin}; broker {redact_url(settings.broker_url)} "
+        f"[{sources['broker']}]; database {redact_url(settings.database_url)} "
+        f"[{sources['database']}]; workflows {workflows} [{sources['workflows']}]"
+    )
+    data = {
+        "config_module": name,
+        "config_file": path,
+        "broker_url": redact_url(settings.broker_url),
+        "database_url": redact_url(settings.database_url),
+        "workflows": list(settings.workflows),
+        "sources": dict(sources),
+    }
+    return Check("settings", "ok", detail, data=data)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except Exception:
+        return None
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser()
+
+
+def check_database(url: str) -> tuple[Check, Check]:
+    """Reachability and migration state, without creating or migrating anything."""
+    from .storage.migrate import current_revision, head_revision
+    from .storage.sql import SqlStorage
+
+    shown = redact_url(url)
+    sqlite_file = _sqlite_file(url)
+    storage = SqlStorage(url, auto_migrate=False)
+    head = head_revision(storage)
+    if sqlite_file is not None and not sqlite_file.exists():
+        return (
+            Check("database", "ok", f"{shown} (file not created yet; created on first use)"),
+            Check(
+                "migrations",
+                "warn",
+                f"none applied yet (head {head}); applied on first use",
+                fix="fluxcelery db upgrade",
+                data={"current": None, "head": head},
+            ),
+        )
+    try:
+        import sqlalchemy as sa
+
+        with storage.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+            server = (
+                f"{conn.dialect.name} {'.'.join(map(str, conn.dialect.server_version_info or ()))}"
+            )
+        current = current_revision(storage)
+    except Exception as exc:
+        storage.close()
+        return (
+            Check(
+                "database",
+                "fail",
+                f"cannot connect to {shown}: {_first_line(exc)}",
+                fix="start the database or point --db / FLUX_DATABASE_URL at it",
+            ),
+            Check("migrations", "skip", "skipped: database unreachable"),
+        )
+    storage.close()
+    db_check = Check("database", "ok", f"{shown} reachable ({server.strip()})")
+    data = {"current": current, "head": head}
+    if current == head:
+        return db_check, Check("migrations", "ok", f"at head {head}", data=data)
+    if current is None:
+        detail = f"no fluxcelery tables yet (head {head})"
+    elif _known_revision(storage, current):
+        detail = f"at {current}, head is {head}"
+    else:
+        return db_check, Check(
+            "migrations",
+            "fail",
+            f"database is at {current}, which this fluxcelery does not know (head {head})",
+            fix="upgrade fluxcelery to the version that migrated this database",
+            data=data,
+        )
+    return db_check, Check("migrations", "fail", detail, fix="fluxcelery db upgrade", data=data)
+
+
+def _known_revision(storage: Any, revision: str) -> bool:
+    from alembic.script import ScriptDirectory
+
+    from .storage.migrate import _config
+
+    try:
+        return ScriptDirectory.from_config(_config(storage)).get_revision(revision) is not None
+    except Exception:
+        return False
+
+
+def check_broker(settings: Settings, app: Any) -> Check:
+    shown = redact_url(settings.broker_url)
+    if settings.embedded:
+        return Check(
+            "broker",
+            "skip",
+            f"{shown}: embedded, runs execute in this process; nothing to reach",
+        )
+    try:
+        conn = app.connection_for_write(connect_timeout=BROKER_TIMEOUT)
+        try:
+            conn.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0.2, timeout=BROKER_TIMEOUT
+            )
+        finally:
+            conn.release()
+    except Exception as exc:
+        return Check(
+            "broker",
+            "fail",
+            f"cannot connect to broker {shown}: {_first_line(exc)}",
+            fix="start the broker or point --broker / FLUX_BROKER_URL at it",
+        )
+    return Check("broker", "ok", f"{shown} reachable")
+
+
+def check_guest_account(broker_url: str) -> Check | None:
+    """RabbitMQ's default guest/guest account on a remote host: insecure, and refused by
+    RabbitMQ itself unless someone turned off ``loopback_users``. A warning, not a failure."""
+    parts = urlsplit(broker_url)
+    if parts.scheme not in ("amqp", "amqps", "pyamqp"):
+        return None
+    user = parts.username or "guest"
+    password = parts.password or "guest"
+    host = parts.hostname or "localhost"
+    if user != "guest" or password != "guest" or _loopback(host):
+        return None
+    return Check(
+        "broker auth",
+        "warn",
+        f"the broker URL uses RabbitMQ's default guest/guest account on {host}",
+        fix="create a dedicated RabbitMQ user with its own password",
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_workers(settings: Settings, app: Any, broker_ok: bool) -> Check:
+    if settings.embedded:
+        return Check("workers", "skip", "embedded broker: an in-process worker runs on demand")
+    if not broker_ok:
+        return Check("workers", "skip", "skipped: broker unreachable")
+    try:
+        replies = app.control.ping(timeout=PING_TIMEOUT) or []
+    except Exception as exc:
+        return Check(
+            "workers",
+            "fail",
+            f"ping failed: {_first_line(exc)}",
+            fix="check the broker, then start a worker",
+        )
+    names = sorted(name for reply in replies for name in reply)
+    if not names:
+        mods = ",".join(settings.workflows) or "your.workflows"
+        return Check(
+            "workers",
+            "fail",
+            f"no worker answered a ping within {PING_TIMEOUT:g} s",
+            fix=f"start one: FLUX_WORKFLOWS={mods} celery -A fluxcelery worker -l INFO",
+        )
+    return Check(
+        "workers", "ok", f"{len(names)} alive: {', '.join(names)}", data={"workers": names}
+    )
+
+
+def check_workflows(
+    import_modules: Callable[[], Sequence[str]], registered: Callable[[], Mapping[str, Any]]
+) -> Check:
+    try:
+        import_modules()
+    except Exception as exc:
+        return Check(
+            "workflows",
+            "fail",
+            _first_line(exc),
+            fix="fix the module, or the --workflows / FLUX_WORKFLOWS list",
+        )
+    found: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for name, wf in sorted(registered().items()):
+        try:
+            desc = wf.describe()
+        except Exception as exc:
+            problems.append(f"{name}: {_first_line(exc)}")
+            continue
+        found.append(
+            {
+                "name": name,
+                "version": desc["version"],
+                "definition_hash": desc["definition_hash"],
+                "steps": len(desc["steps"]),
+            }
+        )
+    if not found and not problems:
+        return Check(
+            "workflows",
+            "warn",
+            "no workflows registered",
+            fix="list the modules that define them in --workflows or FLUX_WORKFLOWS",
+        )
+    listed = ", ".join(
+        w["name"] + (f" v{w['version']}" if w["version"] else "") + f" ({w['definition_hash']})"
+        for w in found
+    )
+    detail = f"{len(found)} registered: {listed}"
+    data: dict[str, Any] = {"workflows": found}
+    if problems:
+        # A builder abandoned half-way (its module caught the DefinitionError): it cannot
+        # run, but nothing that can run is affected, so this is a warning.
+        data["unusable"] = problems
+        return Check(
+            "workflows",
+            "warn",
+            f"{detail}; not usable: {'; '.join(problems)}",
+            fix="give those workflows steps, or stop defining them",
+            data=data,
+        )
+    return Check("workflows", "ok", detail, data=data)
+
+
+def run_checks(
+    settings: Settings,
+    sources: Mapping[str, str],
+    app: Any,
+    import_modules: Callable[[], Sequence[str]],
+    registered: Callable[[], Mapping[str, Any]],
+) -> list[Check]:
+    checks = [check_settings(settings, sources)]
+    checks.extend(check_database(settings.database_url))
+    broker = check_broker(settings, app)
+    checks.append(broker)
+    guest = check_guest_account(settings.broker_url)
+    if guest is not None:
+        checks.append(guest)
+    checks.append(check_workers(settings, app, broker.status == "ok"))
+    checks.append(check_workflows(import_modules, registered))
+    return checks
