@@ -590,4 +590,27 @@ def flower(cli_obj: Cli, flower_args: tuple[str, ...]) -> int:
     return int(code or 0)
 
 
+@cli.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    },
+)
+@click.argument("consume_args", nargs=-1, type=click.UNPROCESSED)
+@pass_cli
+def consume(cli_obj: Cli, consume_args: tuple[str, ...]) -> int:
+    """AMQP ingress: each message on --queue starts one run of --workflow; malformed
+    messages go to <queue>.dlq with the reason in their headers.
+
+    \b
+    Examples:
+      fluxcelery consume --queue orders.workflow --workflow order-fulfillment
+      fluxcelery consume --help
+    """
+    consume_main = load_extension("fluxcelery.ingress", "main", "the AMQP ingress")
+    cli_obj.export_env()  # the group's --db/--broker/--workflows apply
+    return int(consume_main(list(consume_args)) or 0)
+
+
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "cli", "main"]

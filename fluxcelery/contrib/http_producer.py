@@ -1,0 +1,255 @@
+"""A small HTTP front door for the AMQP ingress: ``POST /orders`` validates the order with the
+workflow's own input schema and publishes it to the ingress queue; ``GET /healthz``.
+
+A plain ASGI app (no framework), served with uvicorn (``pip install "fluxcelery[http]"``)::
+
+    uvicorn fluxcelery.contrib.http_producer:app --host 0.0.0.0 --port 8000
+
+Configured from the environment: ``FLUX_INGRESS_URL`` (else ``FLUX_BROKER_URL``),
+``FLUX_INGRESS_QUEUE`` (``orders.workflow``), ``FLUX_INGRESS_WORKFLOW``
+(``order-fulfillment``) and ``FLUX_WORKFLOWS`` (the modules defining it). It needs no database:
+the run is created by the consumer, whose run id is the message id returned here.
+
+Answers: 202 ``{"message_id", "run_id", "queue"}`` once the broker confirmed the message;
+400 with the reason for input the consumer would dead-letter; 413 over 1 MiB; 415 for a body
+that is not JSON; 503 when the broker is unreachable. The message id is the
+``Idempotency-Key`` header when given, else ``order-<order_id>``: posting the same order twice
+starts one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from ..builder import Workflow, registered_workflows
+from ..errors import InvalidInput, WorkflowNotFound
+from ..ingress import (
+    DEFAULT_QUEUE,
+    DEFAULT_WORKFLOW,
+    MAX_MESSAGE_BYTES,
+    Publisher,
+    derive_run_id,
+    is_json_content_type,
+)
+
+log = logging.getLogger("fluxcelery.http_producer")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": code, "message": message, **extra}
+
+
+class ProducerApp:
+    """The ASGI callable. Settings are read when first needed, so the module-level ``app``
+    picks up the environment uvicorn runs with."""
+
+    def __init__(
+        self,
+        *,
+        broker_url: str | None = None,
+        queue: str | None = None,
+        workflow: str | None = None,
+        publisher: Any = None,
+        max_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        self._broker_url = broker_url
+        self._queue = queue
+        self._workflow = workflow
+        self._publisher = publisher
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._imported = False
+
+    # -- configuration ------------------------------------------------------------------
+    @property
+    def queue(self) -> str:
+        return self._queue or os.environ.get("FLUX_INGRESS_QUEUE") or DEFAULT_QUEUE
+
+    @property
+    def workflow_name(self) -> str:
+        return self._workflow or os.environ.get("FLUX_INGRESS_WORKFLOW") or DEFAULT_WORKFLOW
+
+    def broker_url(self) -> str:
+        if self._broker_url:
+            return self._broker_url
+        from ..settings import load_settings
+
+        return os.environ.get("FLUX_INGRESS_URL") or load_settings().broker_url
+
+    def publisher(self) -> Any:
+        with self._lock:
+            if self._publisher is None:
+                url = self.broker_url()
+                if url.startswith("memory://"):
+                    raise HttpError(
+                        503, "no_broker", "set FLUX_INGRESS_URL or FLUX_BROKER_URL to amqp://..."
+                    )
+                self._publisher = Publisher(url, self.queue)
+            return self._publisher
+
+    def workflow(self) -> Workflow:
+        if not self._imported:
+            from ..settings import load_settings
+
+            for module in load_settings().workflows:
+                importlib.import_module(module)
+            self._imported = True
+        known = registered_workflows()
+        wf = known.get(self.workflow_name)
+        if wf is None:
+            raise WorkflowNotFound(self.workflow_name, list(known))
+        return wf
+
+    # -- ASGI ---------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            status, body = await self._route(scope, receive)
+        except HttpError as exc:
+            status, body = exc.status, exc.body
+        except Exception as exc:  # never leak a traceback to a client
+            log.exception("http producer: unexpected error")
+            status, body = 500, {"error": "internal", "message": type(exc).__name__}
+        await _respond(send, status, body)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            event = await receive()
+            if event["type"] == "lifespan.startup":
+                try:
+                    self.workflow()  # a typo in the configuration fails at start, not per request
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif event["type"] == "lifespan.shutdown":
+                if self._publisher is not None:
+                    self._publisher.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _route(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
+        method, path = scope["method"], scope["path"].rstrip("/") or "/"
+        if path == "/healthz":
+            if method not in ("GET", "HEAD"):
+                raise HttpError(405, "method_not_allowed", "use GET")
+            return await self._health()
+        if path == "/orders":
+            if method != "POST":
+                raise HttpError(405, "method_not_allowed", "use POST")
+            headers = {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+            }
+            return await self._post_order(headers, await self._read_body(receive))
+        raise HttpError(404, "not_found", f"no route {path}; try POST /orders or GET /healthz")
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = await receive()
+            if event["type"] == "http.disconnect":
+                raise HttpError(400, "disconnected", "client went away")
+            chunk = event.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise HttpError(413, "payload_too_large", f"body over {self.max_bytes} bytes")
+            chunks.append(chunk)
+            if not event.get("more_body"):
+                return b"".join(chunks)
+
+    async def _post_order(self, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any]]:
+        if not is_json_content_type(headers.get("content-type")):
+            raise HttpError(415, "unsupported_content_type", "send Content-Type: application/json")
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise HttpError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise HttpError(400, "not_an_object", "body must be a JSON object")
+        wf = self.workflow()
+        try:
+            wf.validate_input(body)
+        except InvalidInput as exc:
+            raise HttpError(400, InvalidInput.code, str(exc), field=exc.field) from None
+        message_id = headers.get("idempotency-key") or (
+            f"order-{body['order_id']}" if isinstance(body.get("order_id"), str) else None
+        )
+        message_id = message_id or str(uuid.uuid4())
+        publisher = self.publisher()
+        try:
+            await asyncio.to_thread(publisher.publish_json, body, message_id=message_id)
+        except Exception as exc:
+            log.warning("http producer: publish failed: %s", exc)
+            raise HttpError(503, "broker_unavailable", f"could not publish: {exc}") from None
+        return 202, {
+            "message_id": message_id,
+            "run_id": derive_run_id(message_id, body),
+            "queue": self.queue,
+            "workflow": wf.name,
+        }
+
+    async def _health(self) -> tuple[int, dict[str, Any]]:
+        info: dict[str, Any] = {"queue": self.queue, "workflow": self.workflow_name}
+        try:
+            self.workflow()
+            publisher = self.publisher()
+            await asyncio.wait_for(asyncio.to_thread(publisher.ping), 5.0)
+        except Exception as exc:
+            return 503, {"status": "unavailable", "reason": str(exc) or type(exc).__name__, **info}
+        return 200, {"status": "ok", **info}
+
+
+async def _respond(send: Send, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+app = ProducerApp()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fluxcelery.contrib.http_producer [--host H] [--port P]``."""
+    import argparse
+
+    import uvicorn
+
+    p = argparse.ArgumentParser(prog="python -m fluxcelery.contrib.http_producer")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    args = p.parse_args(argv)
+    uvicorn.run(app, host=args.host, port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

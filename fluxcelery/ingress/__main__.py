@@ -1,0 +1,5 @@
+"""``python -m fluxcelery.ingress``."""
+
+from .command import main
+
+raise SystemExit(main())
