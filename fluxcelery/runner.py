@@ -647,37 +647,68 @@ class StepRunner:
         if not change.save():
             return STOP
         started = utcnow()
+        if sdef.is_commit:
+            return self._commit_compensation(wf, change, sdef, attempt, started, task_id, worker)
         ctx = self._context(wf, state, sdef, attempt)
-        s = change.step(index)
         try:
-            self.engine.invoker.call(
-                sdef.compensate,
-                ctx,
-                timeout=self.timeout(sdef),
-                what=f"compensation of step {sdef.name!r}",
-            )
+            self._call_compensator(sdef, ctx)
         except Exception as exc:
-            err = describe_error(exc)
-            retry = should_retry(exc, attempt, self.max_attempts(sdef))
-            delay = (sdef.backoff or self.engine.backoff).delay(attempt) if retry else 0.0
-            change.step_event(
-                "step:compensate_error",
-                s,
-                sdef,
-                status="compensating" if retry else "compensation_failed",
-                attempt=attempt,
-                error=err,
-                task_id=task_id,
-                worker=worker,
-                duration_ms=ms_between(started, utcnow()),
-                meta={"will_retry": retry, "delay_s": delay},
+            return self._compensation_failed(
+                wf, change, sdef, attempt, exc, started, task_id, worker
             )
-            if retry:
-                nxt = Next(Action.RETRY, index, delay=delay, phase="compensate")
-                return nxt if change.save() else STOP
-            s.status = StepStatus.COMPENSATION_FAILED
-            s.error = f"compensation failed: {err}"
-            return self._next_compensation(change, wf, index)
+        self._apply_compensated(change, sdef, attempt, started, task_id, worker)
+        return self._next_compensation(change, wf, index)
+
+    def _call_compensator(self, sdef: StepDef, ctx: StepContext) -> None:
+        assert sdef.compensate is not None
+        self.engine.invoker.call(
+            sdef.compensate,
+            ctx,
+            timeout=self.timeout(sdef),
+            what=f"compensation of step {sdef.name!r}",
+        )
+
+    def _commit_compensation(
+        self,
+        wf: Workflow,
+        change: Change,
+        sdef: StepDef,
+        attempt: int,
+        started: datetime,
+        task_id: str | None,
+        worker: str | None,
+    ) -> Next:
+        """Undo a commit step: its ``ctx.session`` writes commit together with the
+        ``compensated`` record, exactly like the step's own writes did."""
+        failure: BaseException | None = None
+        nxt = STOP
+        with self.storage.transaction() as tx:
+            ctx = self._context(wf, change.state, sdef, attempt, session=tx.session)
+            try:
+                self._call_compensator(sdef, ctx)
+            except Exception as exc:
+                failure = exc
+            else:
+                self._apply_compensated(change, sdef, attempt, started, task_id, worker)
+                nxt = self._next_compensation(change, wf, sdef.index, tx=tx)
+        if failure is not None:
+            return self._compensation_failed(
+                wf, change, sdef, attempt, failure, started, task_id, worker
+            )
+        if nxt.action is not Action.STOP:
+            change.landed()
+        return nxt
+
+    def _apply_compensated(
+        self,
+        change: Change,
+        sdef: StepDef,
+        attempt: int,
+        started: datetime,
+        task_id: str | None,
+        worker: str | None,
+    ) -> None:
+        s = change.step(sdef.index)
         s.status = StepStatus.COMPENSATED
         s.error = None
         # finished_at/duration_ms keep describing the forward run; the undo is in the trace.
@@ -691,13 +722,46 @@ class StepRunner:
             task_id=task_id,
             worker=worker,
         )
-        return self._next_compensation(change, wf, index)
 
-    def _next_compensation(self, change: Change, wf: Workflow, index: int) -> Next:
+    def _compensation_failed(
+        self,
+        wf: Workflow,
+        change: Change,
+        sdef: StepDef,
+        attempt: int,
+        exc: BaseException,
+        started: datetime,
+        task_id: str | None,
+        worker: str | None,
+    ) -> Next:
+        s = change.step(sdef.index)
+        err = describe_error(exc)
+        retry = should_retry(exc, attempt, self.max_attempts(sdef))
+        delay = (sdef.backoff or self.engine.backoff).delay(attempt) if retry else 0.0
+        change.step_event(
+            "step:compensate_error",
+            s,
+            sdef,
+            status="compensating" if retry else "compensation_failed",
+            attempt=attempt,
+            error=err,
+            task_id=task_id,
+            worker=worker,
+            duration_ms=ms_between(started, utcnow()),
+            meta={"will_retry": retry, "delay_s": delay},
+        )
+        if retry:
+            nxt = Next(Action.RETRY, sdef.index, delay=delay, phase="compensate")
+            return nxt if change.save() else STOP
+        s.status = StepStatus.COMPENSATION_FAILED
+        s.error = f"compensation failed: {err}"
+        return self._next_compensation(change, wf, sdef.index)
+
+    def _next_compensation(self, change: Change, wf: Workflow, index: int, tx: Any = None) -> Next:
         state = change.state
         plan = compensation_plan(wf.steps, [x.status for x in state.steps], index)
         if plan:
-            return Next(Action.COMPENSATE, plan[0]) if change.save() else STOP
+            return Next(Action.COMPENSATE, plan[0]) if change.save(tx) else STOP
         failed = [s.name for s in state.steps if s.status == StepStatus.COMPENSATION_FAILED]
         # The failed step keeps the error that started the rollback (state.error may already
         # describe an earlier, retried compensation failure).
@@ -718,7 +782,7 @@ class StepRunner:
         if self.engine.hooks:
             ctx = self._context(wf, state, wf.steps[index], 0)
             change.hook("workflow_error", ctx, RuntimeError(state.error or "rolled back"))
-        return DONE if change.save() else STOP
+        return DONE if change.save(tx) else STOP
 
 
 def first_unfinished(state: RunState) -> int:
