@@ -52,10 +52,18 @@ def dumps(value: Any, *, what: str = "value", max_bytes: int | None = None) -> s
     """Compact JSON, or ``SerializationError``/``PayloadTooLarge`` naming ``what``."""
     try:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        raise SerializationError(f"{what} is nested too deeply to store as JSON") from None
     except (TypeError, ValueError) as exc:
         where = _find_bad_value(value)
         raise SerializationError(
             f"{what} is not JSON-serializable" + (f" at {where}" if where else f": {exc}")
+        ) from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: no database can store it
+        raise SerializationError(
+            f"{what} contains text that is not valid Unicode ({exc.reason} at {exc.start})"
         ) from None
     if "\\u0000" in text and _has_nul(value):
         raise SerializationError(

@@ -215,12 +215,16 @@ class StepRunner:
         worker: str | None = None,
         fuse: bool = False,
         state: RunState | None = None,
+        outage: bool = False,
     ) -> Next:
         """Run step ``index`` of a run: one attempt (on Celery), or with ``fuse`` every
         following step too until the run needs to wait, retry, compensate or is done.
 
         ``state``: the run as last written by this process (saves a read). Safe because
         every write is guarded by its version: a stale state only loses its race.
+        ``outage``: this task is retried because the database failed while it ran; an
+        attempt it left ``running`` never got its outcome stored, so it runs again under the
+        same attempt number instead of counting as a worker loss.
         """
         if state is None:
             state = self.storage.load_run(run_id)
@@ -237,7 +241,8 @@ class StepRunner:
 
         change = Change(self, state)
         while True:
-            nxt = self._prepare(change, wf, index, task_id, worker)
+            nxt = self._prepare(change, wf, index, task_id, worker, outage)
+            outage = False  # only the step this task was retried for
             if nxt is not None:
                 if nxt.action is Action.CONTINUE and fuse:
                     index = nxt.index or 0
@@ -287,7 +292,13 @@ class StepRunner:
         return STOP
 
     def _prepare(
-        self, change: Change, wf: Workflow, index: int, task_id: str | None, worker: str | None
+        self,
+        change: Change,
+        wf: Workflow,
+        index: int,
+        task_id: str | None,
+        worker: str | None,
+        outage: bool = False,
     ) -> Next | None:
         """Mutate ``change`` to start step ``index``. None: an attempt is ready to run;
         otherwise what happens next (the step was skipped, kept, or failed at once)."""
@@ -337,6 +348,15 @@ class StepRunner:
 
         max_attempts = self.max_attempts(sdef)
         attempt = step.attempts + 1
+        rerun = (
+            outage
+            and step.status == StepStatus.RUNNING
+            and step.attempts > 0
+            and task_id is not None
+            and step.task_id == task_id
+        )
+        if rerun:
+            attempt = step.attempts  # the same attempt: its outcome was never stored
         if attempt > max_attempts:
             # Redelivered after worker deaths until the attempts ran out: stop the loop.
             err = (
@@ -361,7 +381,9 @@ class StepRunner:
             attempt=attempt,
             task_id=task_id,
             worker=worker,
-            meta={"redelivered": True} if redelivered else None,
+            meta=({"redelivered": True, "outage": True} if rerun else {"redelivered": True})
+            if redelivered
+            else None,
         )
         return None
 
@@ -433,9 +455,15 @@ class StepRunner:
                     sdef.handler, ctx, timeout=self.timeout(sdef), what=f"step {sdef.name!r}"
                 )
                 nxt = self._apply_success(change, wf, sdef, ctx, value, started, task_id, worker)
-                landed = change.save(tx)
             except Exception as exc:
                 failure = exc
+            else:
+                # Outside the ``except``: a database error while saving the completion is not
+                # a step failure. It rolls the transaction back and propagates, so that the
+                # task retries the attempt (see celery/tasks.py) from the stored state,
+                # instead of recording a failure on top of the in-memory completed state
+                # (which left the run's cursor past the step and the run stuck).
+                landed = change.save(tx)
         if failure is not None:
             change.rebase()
             return self._attempt_failed(

@@ -57,9 +57,12 @@ def _limits(sdef: StepDef) -> dict[str, Any]:
     return {"soft_time_limit": timeout, "time_limit": timeout + HARD_LIMIT_MARGIN}
 
 
-def _outage_retry(task: Task, exc: BaseException) -> Retry:
+def _outage_retry(task: Task, exc: BaseException, *, mark: bool = False) -> Retry:
     """The database (or broker) is unreachable: try the same step again later. The step's
-    stored state decides what that attempt does, so nothing runs twice by accident."""
+    stored state decides what that attempt does, so nothing runs twice by accident.
+
+    ``mark``: pass ``outage=True`` to the retried step task, so that an attempt left
+    ``running`` by the outage is re-run rather than counted as a worker loss."""
     countdown = min(2 ** min(task.request.retries, 5), 30)
     log.warning(
         "%s for run %s: %s; retrying in %ss",
@@ -68,7 +71,8 @@ def _outage_retry(task: Task, exc: BaseException) -> Retry:
         exc,
         countdown,
     )
-    return task.retry(exc=exc, countdown=countdown, max_retries=None)
+    kwargs = {**(task.request.kwargs or {}), "outage": True} if mark else None
+    return task.retry(exc=exc, countdown=countdown, max_retries=None, kwargs=kwargs)
 
 
 def _apply(task: Task, engine: FluxEngine, run_id: str, nxt: Next) -> None:
@@ -103,15 +107,18 @@ def _register_step(app: Celery, workflow: str, sdef: StepDef) -> str:
         return name
     index = sdef.index
 
-    def run_step(self: Task, run_id: str) -> None:
-        engine = worker_engine()
+    def run_step(self: Task, run_id: str, outage: bool = False) -> None:
         try:
+            # Inside the try: a fresh pool process builds its engine (and checks migrations)
+            # here, and the database may be down right then. Failing the task would ack it
+            # and strand the run; retrying it later loses nothing.
+            engine = worker_engine()
             nxt = engine.runner.run_step(
-                run_id, index, task_id=self.request.id, worker=self.request.hostname
+                run_id, index, task_id=self.request.id, worker=self.request.hostname, outage=outage
             )
+            _apply(self, engine, run_id, nxt)
         except (StorageError, SQLAlchemyError, OSError) as exc:
-            raise _outage_retry(self, exc)
-        _apply(self, engine, run_id, nxt)
+            raise _outage_retry(self, exc, mark=True)
 
     run_step.__name__ = f"step_{index}"
     app.task(
@@ -134,14 +141,14 @@ def _register_compensation(app: Celery, workflow: str, sdef: StepDef) -> str:
     index = sdef.index
 
     def compensate(self: Task, run_id: str) -> None:
-        engine = worker_engine()
         try:
+            engine = worker_engine()  # inside the try: see run_step
             nxt = engine.runner.run_compensation(
                 run_id, index, task_id=self.request.id, worker=self.request.hostname
             )
+            _apply(self, engine, run_id, nxt)
         except (StorageError, SQLAlchemyError, OSError) as exc:
             raise _outage_retry(self, exc)
-        _apply(self, engine, run_id, nxt)
 
     compensate.__name__ = f"compensate_{index}"
     app.task(
@@ -168,9 +175,8 @@ def register_builtin_tasks(app: Celery) -> None:
     )
     def wait_timeout(self: Task, run_id: str, index: int) -> bool:
         """Fail a suspended step whose wait passed with no signal."""
-        engine = worker_engine()
         try:
-            return engine.expire_wait(run_id, index)
+            return worker_engine().expire_wait(run_id, index)
         except (StorageError, SQLAlchemyError, OSError) as exc:
             raise _outage_retry(self, exc)
 

@@ -219,9 +219,15 @@ def test_start_with_the_broker_down_leaves_nothing(it_schema: str) -> None:
     from fluxcelery.celery.app import build_app
     from fluxcelery.settings import Settings
 
-    settings = Settings(broker_url="amqp://guest:guest@127.0.0.1:1//", database_url=it_schema,
-                        celery={"broker_connection_timeout": 1, "broker_connection_max_retries": 0,
-                                "broker_transport_options": {"max_retries": 0}})
+    settings = Settings(
+        broker_url="amqp://guest:guest@127.0.0.1:1//",
+        database_url=it_schema,
+        celery={
+            "broker_connection_timeout": 1,
+            "broker_connection_max_retries": 0,
+            "broker_transport_options": {"max_retries": 0},
+        },
+    )
     engine = FluxEngine(storage=SqlStorage(it_schema), app=build_app(settings))
     try:
         with pytest.raises(DispatchError, match="nothing was stored"):
