@@ -288,6 +288,11 @@ def trace() -> None:
 @click.option("--type", "types", multiple=True, help="Only these event types (e.g. step:retry).")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=200, show_default=True)
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--oldest",
+    is_flag=True,
+    help="Page from the first event instead of the latest ones.",
+)
 @json_option
 @pass_cli
 def trace_list(
@@ -298,8 +303,10 @@ def trace_list(
     types: tuple[str, ...],
     limit: int,
     offset: int,
+    oldest: bool,
 ) -> int:
-    """List trace events, oldest first (page with --offset).
+    """List trace events: the latest --limit matches, shown in the order they happened
+    (--offset pages further back; --oldest pages from the first event instead).
 
     \b
     Examples:
@@ -320,9 +327,12 @@ def trace_list(
             status=statuses,
             limit=limit,
             offset=offset,
+            newest_first=not oldest,
         ),
         engine,
     )
+    if not oldest:
+        rows.reverse()  # the latest page, read top to bottom in time order
 
     def render(console: Console) -> None:
         from .cli_render import trace_table

@@ -337,6 +337,7 @@ class FluxEngine:
         status: str | Sequence[str] | None = None,
         limit: int | None = 1000,
         offset: int = 0,
+        newest_first: bool = False,
     ) -> builtins.list[TraceEvent]:
         return self.storage.list_traces(
             run_id=run_id,
@@ -345,6 +346,7 @@ class FluxEngine:
             status=_status_values(status),
             limit=limit,
             offset=offset,
+            newest_first=newest_first,
         )
 
     def signal(

@@ -141,6 +141,10 @@ def test_run_local_then_runs_show_and_trace(run: Invoke, store: FluxEngine) -> N
     assert [e["type"] for e in events] == ORDER_EVENTS
     completes = ok_json(run("trace", "list", "--type", "step:complete", "--json"))
     assert [e["step"] for e in completes] == ["add", "record", "gated", "total"]
+    latest = ok_json(run("trace", "list", "--run", run_id, "--limit", "3", "--json"))
+    assert [e["type"] for e in latest] == ORDER_EVENTS[-3:]  # the latest, in time order
+    first = ok_json(run("trace", "list", "--run", run_id, "--limit", "3", "--oldest", "--json"))
+    assert [e["type"] for e in first] == ORDER_EVENTS[:3]
     assert ok_json(run("trace", "list", "--status", "failed", "--json")) == []
 
     # The readable forms: tables with the ids and names, and no secret.

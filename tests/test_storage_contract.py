@@ -747,6 +747,19 @@ def test_list_traces_limit_and_offset(traced: tuple[Any, list[TraceEvent]]) -> N
     assert storage.list_traces(limit=0) == []
 
 
+def test_list_traces_newest_first_pages_from_the_end(
+    traced: tuple[Any, list[TraceEvent]],
+) -> None:
+    storage, evs = traced
+    newest = list(reversed(evs))
+    assert storage.list_traces(newest_first=True) == newest
+    assert storage.list_traces(newest_first=True, limit=2) == newest[:2]
+    assert storage.list_traces(newest_first=True, limit=2, offset=2) == newest[2:4]
+    assert storage.list_traces(run_id="t1", newest_first=True, limit=1) == [
+        e for e in newest if e.run_id == "t1"
+    ][:1]
+
+
 def test_traces_from_create_save_and_append_share_one_order(any_storage: Any) -> None:
     e1 = event("mix-1", "workflow:start")
     e2 = event("mix-1", "hook:error", status=None)

@@ -101,6 +101,22 @@ def register_workflow(app: Celery, wf: Workflow) -> list[str]:
     return names
 
 
+def _define(app: Celery, name: str, sdef: StepDef, body: Any) -> str:
+    """Register a step or compensation task: at-least-once delivery (acks late, requeue on a
+    lost worker), retries driven by fluxcelery, no result stored, the step's time limits."""
+    app.task(
+        name=name,
+        bind=True,
+        shared=False,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=None,
+        ignore_result=True,
+        **_limits(sdef),
+    )(body)
+    return name
+
+
 def _register_step(app: Celery, workflow: str, sdef: StepDef) -> str:
     name = step_task_name(workflow, sdef.name)
     if name in app.tasks:
@@ -121,17 +137,7 @@ def _register_step(app: Celery, workflow: str, sdef: StepDef) -> str:
             raise _outage_retry(self, exc, mark=True)
 
     run_step.__name__ = f"step_{index}"
-    app.task(
-        name=name,
-        bind=True,
-        shared=False,
-        acks_late=True,
-        reject_on_worker_lost=True,
-        max_retries=None,
-        ignore_result=True,
-        **_limits(sdef),
-    )(run_step)
-    return name
+    return _define(app, name, sdef, run_step)
 
 
 def _register_compensation(app: Celery, workflow: str, sdef: StepDef) -> str:
@@ -151,17 +157,7 @@ def _register_compensation(app: Celery, workflow: str, sdef: StepDef) -> str:
             raise _outage_retry(self, exc)
 
     compensate.__name__ = f"compensate_{index}"
-    app.task(
-        name=name,
-        bind=True,
-        shared=False,
-        acks_late=True,
-        reject_on_worker_lost=True,
-        max_retries=None,
-        ignore_result=True,
-        **_limits(sdef),
-    )(compensate)
-    return name
+    return _define(app, name, sdef, compensate)
 
 
 def register_builtin_tasks(app: Celery) -> None:

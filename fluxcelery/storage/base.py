@@ -85,7 +85,10 @@ class Storage(Protocol):
         status: str | Sequence[str] | None = None,
         limit: int | None = 1000,
         offset: int = 0,
-    ) -> list[TraceEvent]: ...
+        newest_first: bool = False,
+    ) -> list[TraceEvent]:
+        """Events in the order they were written; ``newest_first`` pages from the end."""
+        ...
 
 
 def as_tuple(value: str | Sequence[str] | None) -> tuple[str, ...] | None:

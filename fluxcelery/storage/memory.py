@@ -173,6 +173,7 @@ class MemoryStorage:
         status: str | Sequence[str] | None = None,
         limit: int | None = 1000,
         offset: int = 0,
+        newest_first: bool = False,
     ) -> list[TraceEvent]:
         types = as_tuple(type)
         statuses = as_tuple(status)
@@ -185,6 +186,8 @@ class MemoryStorage:
                 and (types is None or e.type in types)
                 and (statuses is None or e.status in statuses)
             ]
+        if newest_first:
+            found.reverse()
         end = None if limit is None else offset + limit
         return [_private(e) for e in found[offset:end]]
 

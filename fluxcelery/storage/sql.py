@@ -601,6 +601,7 @@ class SqlStorage:
         status: str | Sequence[str] | None = None,
         limit: int | None = 1000,
         offset: int = 0,
+        newest_first: bool = False,
     ) -> list[TraceEvent]:
         t = schema.traces
         q = sa.select(t)
@@ -614,7 +615,7 @@ class SqlStorage:
         statuses = as_tuple(status)
         if statuses is not None:
             q = q.where(t.c.status.in_(statuses))
-        q = q.order_by(t.c.seq)
+        q = q.order_by(t.c.seq.desc() if newest_first else t.c.seq)
         if limit is not None:
             q = q.limit(limit)
         if offset:
