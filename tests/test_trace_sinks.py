@@ -81,6 +81,9 @@ def test_event_fields_match_spec(engine: FluxEngine) -> None:
         "meta",
     ]
     assert event["ts"].endswith("Z")
+    from fluxcelery.storage.schema import TRACE_COLUMNS
+
+    assert tuple(event) == TRACE_COLUMNS  # the flux_traces columns are the NDJSON keys
 
 
 def test_secrets_are_redacted_in_traces(make_engine, tmp_path: Path) -> None:

@@ -20,57 +20,11 @@ from ..jsoncodec import dumps
 from ..records import RunState, StepState, utcnow
 from ..states import RunStatus, StepStatus
 from ..trace.event import TraceEvent
+from . import schema
 
-RUN_COLS = (
-    "id",
-    "workflow",
-    "workflow_version",
-    "definition_hash",
-    "status",
-    "input",
-    "data",
-    "current_step",
-    "error",
-    "executor",
-    "version",
-    "created_at",
-    "updated_at",
-    "finished_at",
-)
-STEP_COLS = (
-    "idx",
-    "name",
-    "kind",
-    "status",
-    "attempts",
-    "compensation_attempts",
-    "output",
-    "error",
-    "waiting_for",
-    "task_id",
-    "started_at",
-    "finished_at",
-    "duration_ms",
-    "wait_deadline",
-)
-TRACE_COLS = (
-    "id",
-    "ts",
-    "run_id",
-    "workflow",
-    "type",
-    "status",
-    "step",
-    "step_index",
-    "kind",
-    "attempt",
-    "max_attempts",
-    "duration_ms",
-    "error",
-    "task_id",
-    "worker",
-    "meta",
-)
+RUN_COLS = schema.RUN_COLUMNS
+STEP_COLS = schema.STEP_COLUMNS
+TRACE_COLS = schema.TRACE_COLUMNS
 # Casts make parameters typed where PostgreSQL cannot infer them (VALUES lists).
 CASTS = {
     "input": "jsonb",

@@ -83,3 +83,9 @@ traces = sa.Table(
     sa.Index("ix_flux_traces_workflow_type", "workflow", "type"),
     sa.Index("ix_flux_traces_status", "status"),
 )
+
+
+# Column names, in table order, for code that writes rows by name (one source: the tables).
+RUN_COLUMNS = tuple(c.name for c in runs.columns)
+STEP_COLUMNS = tuple(c.name for c in steps.columns if c.name != "run_id")  # idx first
+TRACE_COLUMNS = tuple(c.name for c in traces.columns if c.name != "seq")  # = TraceEvent fields

@@ -106,51 +106,12 @@ def _engine_for(url: str) -> Engine:
     return sa.create_engine(url, **kwargs)
 
 
-_RUN_COLS = (
-    "workflow",
-    "workflow_version",
-    "definition_hash",
-    "status",
-    "input",
-    "data",
-    "current_step",
-    "error",
-    "executor",
-    "finished_at",
+# Written by every save: everything but the identity and what is written once or by the
+# save itself (version, updated_at).
+_RUN_COLS = tuple(
+    c for c in schema.RUN_COLUMNS if c not in ("id", "version", "created_at", "updated_at")
 )
-_STEP_COLS = (
-    "name",
-    "kind",
-    "status",
-    "attempts",
-    "compensation_attempts",
-    "output",
-    "error",
-    "waiting_for",
-    "task_id",
-    "started_at",
-    "finished_at",
-    "duration_ms",
-    "wait_deadline",
-)
-_TRACE_COLS = (
-    "id",
-    "ts",
-    "run_id",
-    "workflow",
-    "type",
-    "status",
-    "step",
-    "step_index",
-    "kind",
-    "attempt",
-    "max_attempts",
-    "duration_ms",
-    "error",
-    "task_id",
-    "worker",
-    "meta",
-)
+_STEP_COLS = schema.STEP_COLUMNS[1:]  # all but idx
 
 # Statements are built once: building them per call cost more than running them.
 _LOAD_RUN = sa.select(schema.runs).where(schema.runs.c.id == sa.bindparam("b_id"))
