@@ -512,6 +512,18 @@ def worker(tmp_path_factory: pytest.TempPathFactory, pg_schema_url: str) -> Iter
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signals.SIGKILL)
                 proc.wait(timeout=10)
+        _delete_queue(queue)
+
+
+def _delete_queue(queue: str) -> None:
+    """Leave the shared broker as we found it."""
+    from kombu import Connection
+
+    try:
+        with Connection(AMQP_URL, connect_timeout=5) as conn:
+            conn.default_channel.queue_delete(queue)
+    except Exception as exc:  # cleanup must not hide the test's own outcome
+        print(f"could not delete queue {queue}: {exc}")
 
 
 @pytest.fixture
