@@ -38,6 +38,24 @@ class HttpError(Exception):
         self.message = message
 
 
+def pending_step(name: Any, index: Any, kind: str) -> dict[str, Any]:
+    """A step row for a step that has not run (yet): the same shape as a stored step."""
+    return {
+        "name": name,
+        "index": index,
+        "kind": kind,
+        "status": "pending",
+        "attempts": 0,
+        "max_attempts": None,
+        "error": None,
+        "waiting_for": None,
+        "task_id": None,
+        "started_at": None,
+        "finished_at": None,
+        "duration_ms": None,
+    }
+
+
 def bad_request(message: str) -> HttpError:
     return HttpError(400, message)
 
@@ -187,20 +205,7 @@ def derive_steps(events: Iterable[TraceEvent]) -> list[dict[str, Any]]:
             continue
         s = steps.setdefault(
             e.step,
-            {
-                "name": e.step,
-                "index": e.step_index,
-                "kind": e.kind or "step",
-                "status": "pending",
-                "attempts": 0,
-                "max_attempts": None,
-                "error": None,
-                "waiting_for": None,
-                "task_id": None,
-                "started_at": None,
-                "finished_at": None,
-                "duration_ms": None,
-            },
+            pending_step(e.step, e.step_index, e.kind or "step"),
         )
         if e.step_index is not None:
             s["index"] = e.step_index
@@ -519,20 +524,7 @@ class FileSource:
 
 
 def _pending_step(d: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": d["name"],
-        "index": d["index"],
-        "kind": d["kind"],
-        "status": "pending",
-        "attempts": 0,
-        "max_attempts": None,
-        "error": None,
-        "waiting_for": None,
-        "task_id": None,
-        "started_at": None,
-        "finished_at": None,
-        "duration_ms": None,
-    }
+    return pending_step(d["name"], d["index"], d["kind"])
 
 
 class DbSource:
