@@ -206,9 +206,9 @@ class FluxEngine:
         raises ``InvalidInput`` before anything is stored.
         """
         state = self._new_run(workflow, input, "local", run_id)
-        if not self.storage.create_run(state, []):
-            return self._result(state.id)  # this run id exists: its current result
-        final = self._drive_local(state.id, Next(Action.CONTINUE, 0), state)
+        # The run is inserted with its first step's start: one write fewer per run. When the
+        # run id exists already, that insert does not land and this returns the stored run.
+        final = self._drive_local(state.id, Next(Action.CONTINUE, 0), state, create=True)
         return FluxResult.from_state(final) if final is not None else self._result(state.id)
 
     def start(
@@ -257,15 +257,17 @@ class FluxEngine:
             self._drive_local(state.id, nxt)
 
     def _drive_local(
-        self, run_id: str, nxt: Next, state: RunState | None = None
+        self, run_id: str, nxt: Next, state: RunState | None = None, create: bool = False
     ) -> RunState | None:
         """Run in this process until the run waits or ends. Returns the run as stored, or
-        None when another process moved it (then read it again)."""
+        None when another process moved it (then read it again). ``create``: ``state`` is a
+        new run, stored by its first write."""
         runner = self.runner
         while True:
             action = nxt.action
             if action is Action.CONTINUE:
-                nxt = runner.run_step(run_id, nxt.index or 0, fuse=True, state=state)
+                nxt = runner.run_step(run_id, nxt.index or 0, fuse=True, state=state, create=create)
+                create = False
             elif action is Action.COMPENSATE:
                 nxt = runner.run_compensation(run_id, nxt.index or 0, state=state)
             elif action is Action.RETRY:

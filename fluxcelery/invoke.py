@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import inspect
 import signal
 import threading
@@ -20,6 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+
+try:  # ``signal.getsignal`` converts to an enum by raising ValueError: too slow per step
+    from _signal import getsignal as _getsignal
+except ImportError:  # pragma: no cover - other Pythons
+    _getsignal = signal.getsignal
 
 from .errors import StepTimeout
 
@@ -71,7 +77,7 @@ class Invoker:
         on_main = threading.current_thread() is threading.main_thread()
         if timeout is None or (_native_time_limits and on_main):
             out = fn(*args)
-            if inspect.isawaitable(out):
+            if out is not None and inspect.isawaitable(out):
                 return self._await(out, None, what)
             return out
         if on_main and _alarm_usable():
@@ -90,7 +96,7 @@ class Invoker:
     def _call_with_alarm(
         self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float, what: str
     ) -> Any:
-        if signal.getsignal(signal.SIGALRM) is not _on_alarm:
+        if _getsignal(signal.SIGALRM) is not _on_alarm:
             signal.signal(signal.SIGALRM, _on_alarm)  # installed once, kept
         try:
             signal.setitimer(signal.ITIMER_REAL, timeout)
@@ -100,7 +106,7 @@ class Invoker:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         except _AlarmTimeout:
             raise StepTimeout(f"{what} timed out after {timeout:g}s") from None
-        if inspect.isawaitable(out):
+        if out is not None and inspect.isawaitable(out):
             return self._await(out, timeout, what)
         return out
 
@@ -160,12 +166,23 @@ class Invoker:
 
 def _alarm_usable() -> bool:
     """Only take SIGALRM when nobody else uses it."""
-    current = signal.getsignal(signal.SIGALRM)
-    return current in (signal.SIG_DFL, signal.SIG_IGN, None, _on_alarm)
+    current = _getsignal(signal.SIGALRM)
+    return current is _on_alarm or current in (signal.SIG_DFL, signal.SIG_IGN, None)
 
 
 def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
     """``async def`` functions, and objects whose ``__call__`` is ``async def``."""
+    try:
+        return _is_coroutine_cached(fn)
+    except TypeError:  # not hashable
+        return _inspect_coroutine(fn)
+
+
+def _inspect_coroutine(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or (
         not inspect.isroutine(fn) and inspect.iscoroutinefunction(type(fn).__call__)
     )
+
+
+# Asked for every step and hook: handlers are few and long-lived, so remember the answer.
+_is_coroutine_cached = functools.lru_cache(maxsize=4096)(_inspect_coroutine)

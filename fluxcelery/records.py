@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .jsoncodec import copy_json
 from .states import DONE_STEP, RunStatus, StepStatus
 
 
@@ -50,7 +50,7 @@ class StepState:
         new = object.__new__(StepState)
         new.__dict__.update(self.__dict__)
         if isinstance(self.output, (dict, list)):
-            new.output = copy.deepcopy(self.output)
+            new.output = copy_json(self.output)
         return new
 
     def reset(self) -> None:
@@ -105,11 +105,15 @@ class RunState:
     updated_at: datetime = field(default_factory=utcnow)
     finished_at: datetime | None = None
 
-    def copy(self) -> RunState:
+    def shallow_copy(self) -> RunState:
         new = object.__new__(RunState)
         new.__dict__.update(self.__dict__)
-        new.input = copy.deepcopy(self.input)
-        new.data = copy.deepcopy(self.data)
+        return new
+
+    def copy(self) -> RunState:
+        new = self.shallow_copy()
+        new.input = copy_json(self.input)
+        new.data = copy_json(self.data)
         new.steps = [s.copy() for s in self.steps]
         return new
 

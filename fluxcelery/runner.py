@@ -69,9 +69,11 @@ class Change:
     """One guarded write: the step rows touched, the events, and the hooks to call once the
     write has landed."""
 
-    def __init__(self, runner: StepRunner, state: RunState) -> None:
+    def __init__(self, runner: StepRunner, state: RunState, *, create: bool = False) -> None:
         self.runner = runner
         self.state = state
+        #: The run is not stored yet: the first save inserts it (``execute`` saves a write).
+        self.create = create
         self.version = state.version
         self.steps: set[int] = set()
         self.events: list[TraceEvent] = []
@@ -84,9 +86,7 @@ class Change:
         return self.state.steps[index]
 
     def event(self, type: str, **fields: Any) -> None:
-        self.events.append(
-            TraceEvent(type=type, run_id=self.state.id, workflow=self.state.workflow, **fields)
-        )
+        self.events.append(TraceEvent.make(type, self.state.id, self.state.workflow, **fields))
 
     def step_event(
         self, type: str, step: StepState, sdef: StepDef | None = None, **fields: Any
@@ -112,8 +112,12 @@ class Change:
         """Write this change (inside ``tx`` when given). Outside a transaction, publish the
         events and call the hooks at once; with ``tx`` the caller does after commit."""
         self.validate()
-        target = tx if tx is not None else self.runner.storage
-        landed = bool(target.save_run(self.state, self.version, self.steps, self.events))
+        if self.create:
+            self.create = False
+            landed = bool(self.runner.storage.create_run(self.state, self.events))
+        else:
+            target = tx if tx is not None else self.runner.storage
+            landed = bool(target.save_run(self.state, self.version, self.steps, self.events))
         if landed and tx is None:
             self.landed()
         return landed
@@ -216,6 +220,7 @@ class StepRunner:
         fuse: bool = False,
         state: RunState | None = None,
         outage: bool = False,
+        create: bool = False,
     ) -> Next:
         """Run step ``index`` of a run: one attempt (on Celery), or with ``fuse`` every
         following step too until the run needs to wait, retry, compensate or is done.
@@ -225,6 +230,9 @@ class StepRunner:
         ``outage``: this task is retried because the database failed while it ran; an
         attempt it left ``running`` never got its outcome stored, so it runs again under the
         same attempt number instead of counting as a worker loss.
+        ``create``: ``state`` is a new run, not stored yet; it is inserted together with the
+        start of its first step (one write instead of two). A run with the same id already
+        stored makes that insert fail, and this returns ``STOP``.
         """
         if state is None:
             state = self.storage.load_run(run_id)
@@ -239,7 +247,7 @@ class StepRunner:
         except FluxError as exc:
             return self._fail_unrunnable(state, exc)
 
-        change = Change(self, state)
+        change = Change(self, state, create=create)
         while True:
             nxt = self._prepare(change, wf, index, task_id, worker, outage)
             outage = False  # only the step this task was retried for

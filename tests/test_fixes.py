@@ -441,6 +441,35 @@ def test_created_at_survives_updates(
     assert engine.list()[0].created_at == before.created_at
 
 
+def test_execute_with_a_stored_run_id_returns_that_run(
+    make_engine: Callable[..., FluxEngine], any_storage: Any
+) -> None:
+    """``execute`` stores a run with its first step's start; a second ``execute`` with the
+    same run id must find that insert refused and hand back the stored run, not run again."""
+    calls: list[int] = []
+
+    def count(ctx: Any) -> int:
+        calls.append(ctx.attempt)
+        return len(calls)
+
+    engine = make_engine(storage=any_storage)
+    wf = workflow("fix-execute-twice").step("a", count).step("b", noop)
+    first = engine.execute(wf, {"n": 1}, run_id="execute-twice")
+    again = engine.execute(wf, {"n": 2}, run_id="execute-twice")
+    assert first.ok and again.ok
+    assert calls == [1]
+    assert again.input == {"n": 1}
+    assert again.results == {"a": 1, "b": None}
+    assert event_types(engine, "execute-twice") == [
+        "workflow:start",
+        "step:start",
+        "step:complete",
+        "step:start",
+        "step:complete",
+        "workflow:complete",
+    ]
+
+
 # ---------------------------------------------------------------------------------------
 # Backoff and retry classification
 # ---------------------------------------------------------------------------------------

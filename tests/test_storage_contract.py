@@ -261,6 +261,20 @@ def test_json_top_level_values_round_trip(any_storage: Any, value: Any) -> None:
     assert type(loaded.input) is type(value)
     assert loaded.steps[0].output == value
     assert type(loaded.steps[0].output) is type(value)
+    # The same through a save (a different statement on the SQL fast paths).
+    loaded.data = {"v": value}
+    loaded.steps[0].output = [value]
+    assert any_storage.save_run(loaded, loaded.version, [0], []) is True
+    saved = any_storage.load_run("json-1")
+    assert saved is not None
+    assert saved.data == {"v": value}
+    assert saved.steps[0].output == [value]
+    loaded.steps[0].output = value
+    assert any_storage.save_run(loaded, loaded.version, [0], []) is True
+    again = any_storage.load_run("json-1")
+    assert again is not None
+    assert again.steps[0].output == value
+    assert type(again.steps[0].output) is type(value)
 
 
 def test_create_with_existing_id_returns_false_and_changes_nothing(any_storage: Any) -> None:
@@ -755,9 +769,10 @@ def test_list_traces_newest_first_pages_from_the_end(
     assert storage.list_traces(newest_first=True) == newest
     assert storage.list_traces(newest_first=True, limit=2) == newest[:2]
     assert storage.list_traces(newest_first=True, limit=2, offset=2) == newest[2:4]
-    assert storage.list_traces(run_id="t1", newest_first=True, limit=1) == [
-        e for e in newest if e.run_id == "t1"
-    ][:1]
+    assert (
+        storage.list_traces(run_id="t1", newest_first=True, limit=1)
+        == [e for e in newest if e.run_id == "t1"][:1]
+    )
 
 
 def test_traces_from_create_save_and_append_share_one_order(any_storage: Any) -> None:

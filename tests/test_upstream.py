@@ -79,12 +79,15 @@ class _RecordingStorage(MemoryStorage):
 
 
 def test_t1_new_run_starts_pending(make_engine: Callable[..., FluxEngine]) -> None:
-    # Adapted: there is no StateMachine object. A new run is stored `pending` before it runs,
-    # and `pending` is the table's entry state (it is not terminal and can only go forward).
+    # Adapted: there is no StateMachine object. A new run begins `pending`, the table's entry
+    # state (not terminal, it can only go forward). In-process the run is inserted together
+    # with its first step's start, so the write that stores it holds pending -> running.
     storage = _RecordingStorage()
     engine = make_engine(storage=storage)
-    result = engine.execute(workflow("t1-new-run").step("a", noop))
-    assert storage.created == [R.PENDING]
+    wf = workflow("t1-new-run").step("a", noop)
+    assert engine._new_run(wf, None, "local", None).status == R.PENDING
+    result = engine.execute(wf)
+    assert storage.created == [R.RUNNING]
     assert result.status == R.COMPLETED
     assert R.PENDING not in TERMINAL_RUN
     assert RUN_TRANSITIONS[R.PENDING] == frozenset({R.RUNNING, R.CANCELLED, R.FAILED})

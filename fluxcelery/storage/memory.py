@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+from ..jsoncodec import copy_json
 from ..records import RunState, utcnow
 from ..states import RunStatus, StepStatus
 from ..trace.event import TraceEvent
@@ -77,9 +76,9 @@ class MemoryStorage:
             if current is None or current.version != expected_version:
                 return False
             # Only the listed steps are written, as in SQL; unlisted ones stay as stored.
-            stored = copy.copy(state)
+            stored = state.shallow_copy()
             stored.input = current.input  # written once, never changes
-            stored.data = copy.deepcopy(state.data)
+            stored.data = copy_json(state.data)
             stored.steps = list(current.steps)
             for i in steps:
                 stored.steps[i] = state.steps[i].copy()
@@ -196,4 +195,4 @@ def _private(event: TraceEvent) -> TraceEvent:
     """Events are frozen, but ``meta`` is a dict: the store keeps and hands out copies."""
     if event.meta is None:
         return event
-    return dataclasses.replace(event, meta=copy.deepcopy(event.meta))
+    return event.replace(meta=copy_json(event.meta))

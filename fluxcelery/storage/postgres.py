@@ -3,180 +3,88 @@
 A guarded save is a statement of writable CTEs: the run update carries the version check,
 and the step updates and trace inserts only happen ``WHERE EXISTS`` that update. Run in
 autocommit the statement is its own transaction, atomic; inside a commit step's transaction
-it simply joins it. Statements are cached by shape (how many steps and events), so SQL text
-is built a handful of times per process.
+it simply joins it.
+
+The step rows and trace rows travel as two JSON arrays (``jsonb_to_recordset``), so every
+save is the same short statement with a dozen parameters, whatever it touches. That matters
+twice: psycopg caches the parsing of statements under 4 KB and 50 parameters only, and the
+server prepares a statement after a few runs only when its text repeats. One statement per
+shape (the earlier design) was re-parsed on both sides at every step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..jsoncodec import dumps
-from ..records import RunState, StepState, utcnow
+from ..records import RunState, StepState
 from ..states import RunStatus, StepStatus
 from ..trace.event import TraceEvent
 from . import schema
 
-RUN_COLS = schema.RUN_COLUMNS
 STEP_COLS = schema.STEP_COLUMNS
 TRACE_COLS = schema.TRACE_COLUMNS
-# Casts make parameters typed where PostgreSQL cannot infer them (VALUES lists).
-CASTS = {
-    "input": "jsonb",
-    "data": "jsonb",
-    "output": "jsonb",
-    "meta": "jsonb",
-    "current_step": "integer",
-    "version": "integer",
-    "idx": "integer",
-    "attempts": "integer",
-    "compensation_attempts": "integer",
-    "duration_ms": "integer",
-    "step_index": "integer",
-    "attempt": "integer",
-    "max_attempts": "integer",
-    "created_at": "timestamptz",
-    "updated_at": "timestamptz",
-    "finished_at": "timestamptz",
-    "started_at": "timestamptz",
-    "wait_deadline": "timestamptz",
-    "ts": "timestamptz",
-}
-JSON_COLS = frozenset({"input", "data", "output", "meta"})
 
 
-def _p(name: str, col: str) -> str:
-    cast = CASTS.get(col, "text")
-    return f"%({name})s::{cast}"
+def _pg_type(column: sa.Column[Any]) -> str:
+    """The PostgreSQL type a JSON field is read as (``jsonb_to_recordset`` needs them)."""
+    t = column.type
+    if isinstance(t, sa.JSON):
+        return "jsonb"
+    if isinstance(t, sa.DateTime):
+        return "timestamptz"
+    if isinstance(t, (sa.Integer, sa.BigInteger)):
+        return "integer"
+    return "text"
 
 
-def _json(value: Any) -> str | None:
-    return None if value is None else dumps(value)
+def _record(table: sa.Table, names: Sequence[str]) -> str:
+    return ", ".join(f"{n} {_pg_type(table.c[n])}" for n in names)
 
 
-def _run_params(state: RunState, prefix: str = "r_") -> dict[str, Any]:
-    return {
-        f"{prefix}workflow": state.workflow,
-        f"{prefix}workflow_version": state.workflow_version,
-        f"{prefix}definition_hash": state.definition_hash,
-        f"{prefix}status": state.status.value,
-        f"{prefix}data": _json(state.data),
-        f"{prefix}current_step": state.current_step,
-        f"{prefix}error": state.error,
-        f"{prefix}executor": state.executor,
-        f"{prefix}finished_at": state.finished_at,
-    }
+_STEP_RECORD = _record(schema.steps, STEP_COLS)
+_TRACE_RECORD = _record(schema.traces, TRACE_COLS)
+_TRACE_INSERT = (
+    f"t AS (INSERT INTO flux_traces ({', '.join(TRACE_COLS)}) "
+    f"SELECT {', '.join('e.' + c for c in TRACE_COLS)} "
+    f"FROM jsonb_to_recordset(%(events)s::jsonb) AS e({_TRACE_RECORD}) "
+    "WHERE EXISTS (SELECT 1 FROM r))"
+)
 
+SAVE_SQL = (
+    "WITH r AS (UPDATE flux_runs SET workflow_version = %(workflow_version)s, "
+    "definition_hash = %(definition_hash)s, status = %(status)s, data = %(data)s::jsonb, "
+    "current_step = %(current_step)s::integer, error = %(error)s, executor = %(executor)s, "
+    "finished_at = %(finished_at)s::timestamptz, version = %(new_version)s::integer, "
+    "updated_at = %(updated_at)s::timestamptz "
+    "WHERE id = %(id)s AND version = %(expected)s::integer RETURNING id), "
+    "s AS (UPDATE flux_steps AS st SET "
+    + ", ".join(f"{c} = x.{c}" for c in STEP_COLS[1:])
+    + f" FROM jsonb_to_recordset(%(steps)s::jsonb) AS x({_STEP_RECORD}) "
+    "WHERE st.run_id = %(id)s AND st.idx = x.idx AND EXISTS (SELECT 1 FROM r)), "
+    + _TRACE_INSERT
+    + " SELECT count(*) FROM r"
+)
 
-def _step_params(s: StepState, prefix: str) -> dict[str, Any]:
-    return {
-        f"{prefix}idx": s.index,
-        f"{prefix}name": s.name,
-        f"{prefix}kind": s.kind,
-        f"{prefix}status": s.status.value,
-        f"{prefix}attempts": s.attempts,
-        f"{prefix}compensation_attempts": s.compensation_attempts,
-        f"{prefix}output": _json(s.output),
-        f"{prefix}error": s.error,
-        f"{prefix}waiting_for": s.waiting_for,
-        f"{prefix}task_id": s.task_id,
-        f"{prefix}started_at": s.started_at,
-        f"{prefix}finished_at": s.finished_at,
-        f"{prefix}duration_ms": s.duration_ms,
-        f"{prefix}wait_deadline": s.wait_deadline,
-    }
-
-
-def _trace_params(e: TraceEvent, prefix: str) -> dict[str, Any]:
-    return {
-        f"{prefix}id": e.id,
-        f"{prefix}ts": e.ts,
-        f"{prefix}run_id": e.run_id,
-        f"{prefix}workflow": e.workflow,
-        f"{prefix}type": e.type,
-        f"{prefix}status": e.status,
-        f"{prefix}step": e.step,
-        f"{prefix}step_index": e.step_index,
-        f"{prefix}kind": e.kind,
-        f"{prefix}attempt": e.attempt,
-        f"{prefix}max_attempts": e.max_attempts,
-        f"{prefix}duration_ms": e.duration_ms,
-        f"{prefix}error": e.error,
-        f"{prefix}task_id": e.task_id,
-        f"{prefix}worker": e.worker,
-        f"{prefix}meta": _json(e.meta),
-    }
-
-
-def _trace_cte(n_events: int, guard: str) -> str:
-    rows = ", ".join(
-        "(" + ", ".join(_p(f"t{i}_{c}", c) for c in TRACE_COLS) + ")" for i in range(n_events)
-    )
-    cols = ", ".join(TRACE_COLS)
-    return (
-        f"t AS (INSERT INTO flux_traces ({cols}) SELECT * FROM (VALUES {rows}) AS v({cols}) "
-        f"WHERE EXISTS (SELECT 1 FROM {guard}))"
-    )
-
-
-@lru_cache(maxsize=64)
-def save_sql(n_steps: int, n_events: int) -> str:
-    sets = ", ".join(
-        f"{c} = {_p('r_' + c, c)}"
-        for c in (
-            "workflow",
-            "workflow_version",
-            "definition_hash",
-            "status",
-            "data",
-            "current_step",
-            "error",
-            "executor",
-            "finished_at",
-        )
-    )
-    ctes = [
-        f"r AS (UPDATE flux_runs SET {sets}, version = %(b_new_version)s::integer, "
-        "updated_at = %(b_updated_at)s::timestamptz "
-        "WHERE id = %(b_id)s AND version = %(b_expected)s::integer RETURNING id)"
-    ]
-    for i in range(n_steps):
-        step_sets = ", ".join(f"{c} = {_p(f's{i}_{c}', c)}" for c in STEP_COLS[1:])
-        ctes.append(
-            f"s{i} AS (UPDATE flux_steps SET {step_sets} WHERE run_id = %(b_id)s "
-            f"AND idx = %(s{i}_idx)s::integer AND EXISTS (SELECT 1 FROM r))"
-        )
-    if n_events:
-        ctes.append(_trace_cte(n_events, "r"))
-    return "WITH " + ",\n".join(ctes) + "\nSELECT count(*) FROM r"
-
-
-@lru_cache(maxsize=64)
-def create_sql(n_steps: int, n_events: int) -> str:
-    run_cols = ", ".join(RUN_COLS)
-    run_vals = ", ".join(_p(f"c_{c}", c) for c in RUN_COLS)
-    ctes = [
-        f"r AS (INSERT INTO flux_runs ({run_cols}) VALUES ({run_vals}) "
-        "ON CONFLICT (id) DO NOTHING RETURNING id)"
-    ]
-    if n_steps:
-        cols = ", ".join(STEP_COLS)
-        rows = ", ".join(
-            "(" + ", ".join(_p(f"s{i}_{c}", c) for c in STEP_COLS) + ")" for i in range(n_steps)
-        )
-        ctes.append(
-            f"s AS (INSERT INTO flux_steps (run_id, {cols}) SELECT r.id, v.* FROM r, "
-            f"(VALUES {rows}) AS v({cols}))"
-        )
-    if n_events:
-        ctes.append(_trace_cte(n_events, "r"))
-    return "WITH " + ",\n".join(ctes) + "\nSELECT count(*) FROM r"
-
+CREATE_SQL = (
+    "WITH r AS (INSERT INTO flux_runs (id, workflow, workflow_version, definition_hash, "
+    "status, input, data, current_step, error, executor, version, created_at, updated_at, "
+    "finished_at) VALUES (%(id)s, %(workflow)s, %(workflow_version)s, %(definition_hash)s, "
+    "%(status)s, %(input)s::jsonb, %(data)s::jsonb, %(current_step)s::integer, %(error)s, "
+    "%(executor)s, %(version)s::integer, %(created_at)s::timestamptz, "
+    "%(updated_at)s::timestamptz, %(finished_at)s::timestamptz) "
+    "ON CONFLICT (id) DO NOTHING RETURNING id), "
+    f"s AS (INSERT INTO flux_steps (run_id, {', '.join(STEP_COLS)}) "
+    f"SELECT r.id, {', '.join('x.' + c for c in STEP_COLS)} "
+    f"FROM r, jsonb_to_recordset(%(steps)s::jsonb) AS x({_STEP_RECORD})), "
+    + _TRACE_INSERT
+    + " SELECT count(*) FROM r"
+)
 
 LOAD_SQL = (
     "SELECT r.id, r.workflow, r.workflow_version, r.definition_hash, r.status, r.input, "
@@ -189,8 +97,62 @@ LOAD_SQL = (
 )
 
 
-def load(conn: Connection, run_id: str) -> RunState | None:
-    rows = conn.exec_driver_sql(LOAD_SQL, {"id": run_id}).all()
+def _json(value: Any) -> str | None:
+    return None if value is None else dumps(value)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _step_row(s: StepState) -> dict[str, Any]:
+    return {
+        "idx": s.index,
+        "name": s.name,
+        "kind": s.kind,
+        "status": s.status.value,
+        "attempts": s.attempts,
+        "compensation_attempts": s.compensation_attempts,
+        "output": s.output,
+        "error": s.error,
+        "waiting_for": s.waiting_for,
+        "task_id": s.task_id,
+        "started_at": _iso(s.started_at),
+        "finished_at": _iso(s.finished_at),
+        "duration_ms": s.duration_ms,
+        "wait_deadline": _iso(s.wait_deadline),
+    }
+
+
+def _trace_row(e: TraceEvent) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "ts": e.ts.isoformat(),
+        "run_id": e.run_id,
+        "workflow": e.workflow,
+        "type": e.type,
+        "status": e.status,
+        "step": e.step,
+        "step_index": e.step_index,
+        "kind": e.kind,
+        "attempt": e.attempt,
+        "max_attempts": e.max_attempts,
+        "duration_ms": e.duration_ms,
+        "error": e.error,
+        "task_id": e.task_id,
+        "worker": e.worker,
+        "meta": e.meta,
+    }
+
+
+def _rows(rows: list[dict[str, Any]], what: str) -> str:
+    # Outputs and meta were checked when they were made (jsoncodec.roundtrip); error texts
+    # are plain strings. ``dumps`` still refuses a NUL, which PostgreSQL cannot store.
+    return dumps(rows, what=what) if rows else "[]"
+
+
+def state_from_rows(rows: Sequence[Any]) -> RunState | None:
+    """The run from ``LOAD_SQL``'s rows (one per step)."""
     if not rows:
         return None
     first = rows[0]
@@ -233,6 +195,54 @@ def load(conn: Connection, run_id: str) -> RunState | None:
     )
 
 
+def save_params(
+    state: RunState,
+    expected_version: int,
+    steps: Iterable[int],
+    events: Sequence[TraceEvent],
+    now: datetime,
+) -> dict[str, Any]:
+    """Parameters of ``SAVE_SQL``: it returns 1 when the guarded write landed, else 0."""
+    return {
+        "id": state.id,
+        "expected": expected_version,
+        "new_version": expected_version + 1,
+        "updated_at": now,
+        "workflow_version": state.workflow_version,
+        "definition_hash": state.definition_hash,
+        "status": state.status.value,
+        "data": _json(state.data),
+        "current_step": state.current_step,
+        "error": state.error,
+        "executor": state.executor,
+        "finished_at": state.finished_at,
+        "steps": _rows([_step_row(state.steps[i]) for i in sorted(set(steps))], "step rows"),
+        "events": _rows([_trace_row(e) for e in events], "trace events"),
+    }
+
+
+def create_params(state: RunState, events: Sequence[TraceEvent], now: datetime) -> dict[str, Any]:
+    """Parameters of ``CREATE_SQL``: it returns 1 when the run was new, else 0."""
+    return {
+        "id": state.id,
+        "workflow": state.workflow,
+        "workflow_version": state.workflow_version,
+        "definition_hash": state.definition_hash,
+        "status": state.status.value,
+        "input": _json(state.input),
+        "data": _json(state.data),
+        "current_step": state.current_step,
+        "error": state.error,
+        "executor": state.executor,
+        "version": state.version,
+        "created_at": state.created_at,
+        "updated_at": now,
+        "finished_at": state.finished_at,
+        "steps": _rows([_step_row(s) for s in state.steps], "step rows"),
+        "events": _rows([_trace_row(e) for e in events], "trace events"),
+    }
+
+
 def save(
     conn: Connection,
     state: RunState,
@@ -241,45 +251,17 @@ def save(
     events: Sequence[TraceEvent],
     now: datetime,
 ) -> bool:
-    indexes = sorted(set(steps))
-    params = _run_params(state)
-    params.update(
-        b_id=state.id,
-        b_expected=expected_version,
-        b_new_version=expected_version + 1,
-        b_updated_at=now,
-    )
-    for i, idx in enumerate(indexes):
-        params.update(_step_params(state.steps[idx], f"s{i}_"))
-    for i, e in enumerate(events):
-        params.update(_trace_params(e, f"t{i}_"))
-    landed = conn.exec_driver_sql(save_sql(len(indexes), len(events)), params).scalar()
-    return landed == 1
+    """A guarded save inside an open SQLAlchemy transaction (a commit step's)."""
+    params = save_params(state, expected_version, steps, events, now)
+    return conn.exec_driver_sql(SAVE_SQL, params).scalar() == 1
 
 
-def create(conn: Connection, state: RunState, events: Sequence[TraceEvent], now: datetime) -> bool:
-    params: dict[str, Any] = {
-        "c_id": state.id,
-        "c_workflow": state.workflow,
-        "c_workflow_version": state.workflow_version,
-        "c_definition_hash": state.definition_hash,
-        "c_status": state.status.value,
-        "c_input": _json(state.input),
-        "c_data": _json(state.data),
-        "c_current_step": state.current_step,
-        "c_error": state.error,
-        "c_executor": state.executor,
-        "c_version": state.version,
-        "c_created_at": state.created_at,
-        "c_updated_at": now,
-        "c_finished_at": state.finished_at,
-    }
-    for i, s in enumerate(state.steps):
-        params.update(_step_params(s, f"s{i}_"))
-    for i, e in enumerate(events):
-        params.update(_trace_params(e, f"t{i}_"))
-    created = conn.exec_driver_sql(create_sql(len(state.steps), len(events)), params).scalar()
-    return created == 1
-
-
-__all__ = ["create", "load", "save", "utcnow"]
+__all__ = [
+    "CREATE_SQL",
+    "LOAD_SQL",
+    "SAVE_SQL",
+    "create_params",
+    "save",
+    "save_params",
+    "state_from_rows",
+]

@@ -20,8 +20,9 @@ from ..jsoncodec import dumps
 from ..records import RunState, StepState, utcnow
 from ..states import RunStatus, StepStatus
 from ..trace.event import TraceEvent
-from . import postgres, schema
+from . import postgres, schema, sqlite
 from .base import as_tuple
+from .pgdirect import DirectConnections
 
 log = logging.getLogger("fluxcelery.storage")
 
@@ -181,6 +182,7 @@ class SqlStorage:
         self._pid = os.getpid()
         self._ready = False
         self._lock = threading.Lock()
+        self._direct: DirectConnections | None = None
 
     def __repr__(self) -> str:
         return f"SqlStorage({redact_url(self.url)!r})"
@@ -212,6 +214,9 @@ class SqlStorage:
         self._ready = True
 
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
@@ -230,22 +235,43 @@ class SqlStorage:
                 raise
             raise mapped from exc
 
-    @contextmanager
-    def _autocommit(self) -> Iterator[Connection]:
-        """One statement, its own transaction (the PostgreSQL fast path)."""
-        self.init()
-        try:
-            with self.engine.connect() as conn:
-                yield conn.execution_options(isolation_level="AUTOCOMMIT")
-        except sa.exc.StatementError as exc:
-            mapped = _storage_error(exc, self.url)
-            if mapped is exc:
-                raise
-            raise mapped from exc
-
     @property
     def _pg(self) -> bool:
         return self.engine.dialect.name == "postgresql"
+
+    @contextmanager
+    def _sqlite(self) -> Iterator[Any]:
+        """A cursor on the pool's ``sqlite3`` connection: one transaction, committed when the
+        block ends (rolled back when it raises or leaves ``rollback`` set)."""
+        import sqlite3
+
+        self.init()
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            try:
+                yield cur
+                raw.commit()
+            except BaseException:
+                raw.rollback()
+                raise
+            finally:
+                cur.close()
+        except sqlite3.OperationalError as exc:
+            raise StorageError(f"database error ({redact_url(self.url)}): {exc}") from exc
+        finally:
+            raw.close()
+
+    def _fetch(self, sql: str, params: dict[str, Any]) -> list[Any]:
+        """One PostgreSQL statement in its own transaction, on this thread's connection."""
+        self.init()
+        direct = self._direct
+        if direct is None:
+            with self._lock:
+                if self._direct is None:
+                    self._direct = DirectConnections(self.url, redact_url(self.url))
+                direct = self._direct
+        return direct.fetch(sql, params)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -361,11 +387,21 @@ class SqlStorage:
     def create_run(self, state: RunState, events: Sequence[TraceEvent]) -> bool:
         now = utcnow()
         if self._pg:
-            with self._autocommit() as conn:
-                created = postgres.create(conn, state, events, now)
+            rows = self._fetch(postgres.CREATE_SQL, postgres.create_params(state, events, now))
+            created = rows[0][0] == 1
             if created:
                 state.updated_at = now
             return created
+        if self.engine.dialect.name == "sqlite":
+            import sqlite3
+
+            try:
+                with self._sqlite() as cur:
+                    sqlite.create(cur, state, events, now)
+            except sqlite3.IntegrityError:
+                return False  # a run with this id exists (the primary key says so)
+            state.updated_at = now
+            return True
         try:
             with self._begin() as conn:
                 conn.execute(
@@ -391,8 +427,10 @@ class SqlStorage:
 
     def load_run(self, run_id: str) -> RunState | None:
         if self._pg:
-            with self._autocommit() as conn:
-                return postgres.load(conn, run_id)
+            return postgres.state_from_rows(self._fetch(postgres.LOAD_SQL, {"id": run_id}))
+        if self.engine.dialect.name == "sqlite":
+            with self._sqlite() as cur:
+                return sqlite.load(cur, run_id)
         with self._read() as conn:
             row = conn.execute(_LOAD_RUN, {"b_id": run_id}).first()
             if row is None:
@@ -447,8 +485,22 @@ class SqlStorage:
         events: Sequence[TraceEvent],
     ) -> bool:
         if self._pg:
-            with self._autocommit() as conn:
-                return self._save(conn, state, expected_version, steps, events)
+            now = utcnow()
+            params = postgres.save_params(state, expected_version, steps, events, now)
+            if self._fetch(postgres.SAVE_SQL, params)[0][0] != 1:
+                return False
+            state.version = expected_version + 1
+            state.updated_at = now
+            return True
+        if self.engine.dialect.name == "sqlite":
+            now = utcnow()
+            with self._sqlite() as cur:
+                if not sqlite.save(cur, state, expected_version, steps, events, now):
+                    cur.connection.rollback()
+                    return False
+            state.version = expected_version + 1
+            state.updated_at = now
+            return True
         with self._begin() as conn:
             landed = self._save(conn, state, expected_version, steps, events)
             if not landed:
