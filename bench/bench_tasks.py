@@ -49,6 +49,9 @@ plain.conf.update(
     worker_prefetch_multiplier=1,
     task_default_queue=os.environ.get("BENCH_PLAIN_QUEUE", "bench_plain"),
     broker_connection_retry_on_startup=True,
+    # Like fluxcelery's FLUX_TASK_EVENTS, so that both sides run the same worker setup.
+    worker_send_task_events=os.environ.get("FLUX_TASK_EVENTS", "1") not in ("0", "false"),
+    task_send_sent_event=os.environ.get("FLUX_TASK_EVENTS", "1") not in ("0", "false"),
 )
 app = plain
 

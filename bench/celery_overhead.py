@@ -1,6 +1,6 @@
 """fluxcelery on real Celery workers against plain Celery chains, measured in one run.
 
-    python bench/celery_overhead.py [--runs 400] [--batch 100] [--latency 100]
+    python bench/celery_overhead.py [--runs 400] [--batch 100] [--latency 100] [--events]
 
 Both sides use the same setup: `celery worker -P prefork -c 2` on RabbitMQ (127.0.0.1:5672),
 one worker per side on its own queue, and batches interleaved (flux, plain, flux, ...) so
@@ -8,6 +8,9 @@ that drift in the machine's load hits both. fluxcelery keeps its state and trace
 PostgreSQL; the plain chain keeps nothing. Each run/chain is 4 no-op tasks; the last one
 increments a Redis counter, which is how completion is observed for both.
 Prints throughput (runs/s) and round-trip latency p50/p95, and the ratios.
+
+Task events (what Flower shows) are off on both sides by default, as in a plain Celery
+install; ``--events`` turns them on for both (fluxcelery's own default, for Flower).
 """
 
 from __future__ import annotations
@@ -83,6 +86,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=400, help="runs per side, in total")
     parser.add_argument("--batch", type=int, default=100, help="runs per interleaved batch")
     parser.add_argument("--latency", type=int, default=100, help="sequential runs per side")
+    parser.add_argument(
+        "--events", action="store_true", help="task events on for both sides (for Flower)"
+    )
     parser.add_argument("--json", default="bench/results/celery_overhead.json")
     args = parser.parse_args()
 
@@ -101,12 +107,14 @@ def main() -> int:
         "FLUX_QUEUE": flux_q,
         "BENCH_PLAIN_QUEUE": plain_q,
         "PYTHONPATH": str(ROOT),
+        "FLUX_TASK_EVENTS": "1" if args.events else "0",
     }
     env.pop("FLUX_TRACE_FILE", None)
     logs = Path(f"/tmp/flux-bench-{tag}")
     logs.mkdir(parents=True, exist_ok=True)
     os.environ["BENCH_PLAIN_QUEUE"] = plain_q
     os.environ["FLUX_BROKER_URL"] = AMQP
+    os.environ["FLUX_TASK_EVENTS"] = env["FLUX_TASK_EVENTS"]  # the producer's "sent" events
     from bench import bench_tasks as bt
 
     engine = FluxEngine(
@@ -179,6 +187,7 @@ def main() -> int:
                 "p50_ms": round(statistics.median(lat), 2),
                 "p95_ms": round(lat[int(len(lat) * 0.95) - 1], 2),
             }
+        results["task_events"] = args.events
         f, p = results["fluxcelery"], results["plain celery"]
         results["ratios"] = {
             "throughput_flux_over_plain": round(f["runs_per_s"] / p["runs_per_s"], 3),

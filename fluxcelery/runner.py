@@ -34,7 +34,8 @@ from .states import (
     check_run_change,
     check_step_transition,
 )
-from .trace.event import TraceEvent
+from .storage.base import ClaimingStorage, StepClaim
+from .trace.event import TraceEvent, new_event_id
 
 if TYPE_CHECKING:
     from .engine import FluxEngine
@@ -93,7 +94,10 @@ class Change:
     ) -> None:
         if sdef is not None and "max_attempts" not in fields:
             fields["max_attempts"] = self.runner.max_attempts(sdef)
-        self.event(type, step=step.name, step_index=step.index, kind=step.kind, **fields)
+        fields["step"] = step.name
+        fields["step_index"] = step.index
+        fields["kind"] = step.kind
+        self.events.append(TraceEvent.make(type, self.state.id, self.state.workflow, **fields))
 
     def hook(self, name: str, *args: Any) -> None:
         """Call hook ``name`` after this change has landed (never for a lost race)."""
@@ -221,6 +225,7 @@ class StepRunner:
         state: RunState | None = None,
         outage: bool = False,
         create: bool = False,
+        workflow: str | None = None,
     ) -> Next:
         """Run step ``index`` of a run: one attempt (on Celery), or with ``fuse`` every
         following step too until the run needs to wait, retry, compensate or is done.
@@ -233,13 +238,17 @@ class StepRunner:
         ``create``: ``state`` is a new run, not stored yet; it is inserted together with the
         start of its first step (one write instead of two). A run with the same id already
         stored makes that insert fail, and this returns ``STOP``.
+        ``workflow``: the workflow the caller expects (a step task knows it). With it, a
+        store that can (``ClaimingStorage``) starts the step in the same round trip as the
+        load, in the plain case; any other case goes the usual way from the loaded run.
         """
+        claimed = False
         if state is None:
-            state = self.storage.load_run(run_id)
+            state, claimed = self._load(run_id, index, workflow, task_id, worker, outage)
         if state is None:
             log.warning("step task for unknown run %s ignored", run_id)
             return STOP
-        decision = self._decide(state, index)
+        decision = None if claimed else self._decide(state, index)
         if decision is not None:
             return decision
         try:
@@ -249,15 +258,17 @@ class StepRunner:
 
         change = Change(self, state, create=create)
         while True:
-            nxt = self._prepare(change, wf, index, task_id, worker, outage)
-            outage = False  # only the step this task was retried for
-            if nxt is not None:
-                if nxt.action is Action.CONTINUE and fuse:
-                    index = nxt.index or 0
-                    continue
-                return nxt if change.save() else STOP
-            if not change.save():
-                return STOP
+            if not claimed:
+                nxt = self._prepare(change, wf, index, task_id, worker, outage)
+                outage = False  # only the step this task was retried for
+                if nxt is not None:
+                    if nxt.action is Action.CONTINUE and fuse:
+                        index = nxt.index or 0
+                        continue
+                    return nxt if change.save() else STOP
+                if not change.save():
+                    return STOP
+            claimed = False
             sdef = wf.steps[index]
             attempt = state.steps[index].attempts
             if "step_start" in self.engine.hooks:
@@ -270,6 +281,72 @@ class StepRunner:
                 index = nxt.index or 0
                 continue  # the next step's start joins this write
             return nxt if change.save() else STOP
+
+    def _load(
+        self,
+        run_id: str,
+        index: int,
+        workflow: str | None,
+        task_id: str | None,
+        worker: str | None,
+        outage: bool,
+    ) -> tuple[RunState | None, bool]:
+        """Load the run; where the store can, start step ``index`` in the same statement.
+        Returns the run (as it is after the claim) and whether the step was claimed."""
+        if workflow is None or outage or not isinstance(self.storage, ClaimingStorage):
+            return self.storage.load_run(run_id), False
+        try:
+            wf = self.engine.workflow(workflow)
+        except FluxError:
+            return self.storage.load_run(run_id), False  # reported from the loaded run
+        sdef = wf.steps[index] if 0 <= index < len(wf.steps) else None
+        if sdef is None or sdef.when is not None:
+            return self.storage.load_run(run_id), False
+        now = utcnow()
+        claim = StepClaim(
+            index=index,
+            workflow=wf.name,
+            step=sdef.name,
+            kind=sdef.kind,
+            definition_hash=wf.definition_hash,
+            max_attempts=self.max_attempts(sdef),
+            task_id=task_id,
+            worker=worker,
+            event_id=new_event_id(),
+            now=now,
+        )
+        state, claimed = self.storage.load_and_claim(run_id, claim)
+        if state is None or not claimed:
+            return state, False
+        # The store applied exactly this (see ClaimingStorage); mirror it in memory.
+        step = state.steps[index]
+        step.status = StepStatus.RUNNING
+        step.attempts += 1
+        step.task_id = task_id
+        step.started_at = now
+        step.finished_at = None
+        state.version += 1
+        state.updated_at = now
+        self.publish(
+            [
+                TraceEvent.make(
+                    "step:start",
+                    state.id,
+                    state.workflow,
+                    id=claim.event_id,
+                    ts=now,
+                    status="running",
+                    step=sdef.name,
+                    step_index=index,
+                    kind=sdef.kind,
+                    attempt=step.attempts,
+                    max_attempts=claim.max_attempts,
+                    task_id=task_id,
+                    worker=worker,
+                )
+            ]
+        )
+        return state, True
 
     def _decide(self, state: RunState, index: int) -> Next | None:
         """Whether a task for step ``index`` may run now; None means go ahead."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from psycopg.conninfo import conninfo_to_dict
 
 from fluxcelery import SqlStorage
 from fluxcelery.errors import StorageError
@@ -41,9 +42,35 @@ def terminate(storage: SqlStorage, pid: int) -> None:
         conn.commit()
 
 
-def test_conninfo_drops_the_sqlalchemy_driver_name() -> None:
-    url = "postgresql+psycopg://u:p%40ss@127.0.0.1:5432/db?options=-csearch_path%3Dx"
-    assert conninfo(url) == "postgresql://u:p%40ss@127.0.0.1:5432/db?options=-csearch_path%3Dx"
+def test_conninfo_keeps_every_part_of_the_url() -> None:
+    url = (
+        "postgresql+psycopg://u:p%40ss@127.0.0.1:5433/db"
+        "?options=-csearch_path%3Dx%20-cstatement_timeout%3D5000&sslmode=disable"
+    )
+    assert conninfo_to_dict(conninfo(url)) == {
+        "host": "127.0.0.1",
+        "port": "5433",
+        "user": "u",
+        "password": "p@ss",
+        "dbname": "db",
+        "options": "-csearch_path=x -cstatement_timeout=5000",
+        "sslmode": "disable",
+    }
+
+
+def test_options_with_spaces_reach_the_server(pg_schema_url: str) -> None:
+    """Two ``-c`` options (a space between them) must both apply on the hot path's own
+    connections: a ``+`` for the space once lost the search path (tables not found)."""
+    storage = SqlStorage(pg_schema_url + "%20-cstatement_timeout%3D4321")
+    try:
+        storage.init()
+        assert storage.create_run(new_run("direct-options"), []) is True
+        rows = storage._fetch("SELECT current_setting('statement_timeout')", {})
+        assert rows[0][0] == "4321ms"
+        assert storage.load_run("direct-options") is not None
+    finally:
+        storage.delete_run("direct-options")
+        storage.close()
 
 
 def test_a_killed_connection_is_a_storage_error_then_heals(pg_storage: SqlStorage) -> None:

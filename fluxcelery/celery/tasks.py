@@ -130,7 +130,12 @@ def _register_step(app: Celery, workflow: str, sdef: StepDef) -> str:
             # and strand the run; retrying it later loses nothing.
             engine = worker_engine()
             nxt = engine.runner.run_step(
-                run_id, index, task_id=self.request.id, worker=self.request.hostname, outage=outage
+                run_id,
+                index,
+                task_id=self.request.id,
+                worker=self.request.hostname,
+                outage=outage,
+                workflow=workflow,
             )
             _apply(self, engine, run_id, nxt)
         except (StorageError, SQLAlchemyError, OSError) as exc:

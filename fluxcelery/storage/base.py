@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ..records import RunState
 from ..trace.event import TraceEvent
@@ -88,6 +89,37 @@ class Storage(Protocol):
         newest_first: bool = False,
     ) -> list[TraceEvent]:
         """Events in the order they were written; ``newest_first`` pages from the end."""
+        ...
+
+
+@dataclass(frozen=True)
+class StepClaim:
+    """What a store needs to start step ``index`` while it loads the run (one round trip
+    instead of two on Celery workers). See ``ClaimingStorage``."""
+
+    index: int
+    workflow: str
+    step: str
+    kind: str
+    definition_hash: str
+    max_attempts: int
+    task_id: str | None
+    worker: str | None
+    event_id: str
+    now: datetime
+
+
+@runtime_checkable
+class ClaimingStorage(Protocol):
+    """An optional capability (PostgreSQL): load a run and start one of its steps at once."""
+
+    def load_and_claim(self, run_id: str, claim: StepClaim) -> tuple[RunState | None, bool]:
+        """The run as stored before the claim, and whether the claim landed. It lands only
+        when the run is ``running`` at ``claim.index`` with the same definition, and that
+        step is ``pending`` with fewer than ``max_attempts`` attempts. Then, atomically: the
+        run's version + 1 and ``updated_at = now``; the step ``running``, attempts + 1,
+        ``task_id``, ``started_at = now``, ``finished_at`` cleared; one ``step:start`` event
+        (id ``event_id``, ts ``now``) stored. Of concurrent claims of one step, one lands."""
         ...
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
+from psycopg.conninfo import make_conninfo
 
 from ..errors import StorageError
 
@@ -26,9 +27,20 @@ CONNECT_TIMEOUT_S = 10
 
 
 def conninfo(url: str) -> str:
-    """A libpq URL from a SQLAlchemy one (``postgresql+psycopg://`` → ``postgresql://``)."""
-    parsed = sa.engine.make_url(url).set(drivername="postgresql")
-    return parsed.render_as_string(hide_password=False)
+    """libpq ``key=value`` connection parameters from a SQLAlchemy URL. Built from its parts
+    rather than re-rendered as a URL: SQLAlchemy writes a space in ``options`` as ``+``,
+    which libpq does not read back as a space."""
+    parsed = sa.engine.make_url(url)
+    params: dict[str, Any] = {
+        "host": parsed.host,
+        "port": parsed.port,
+        "user": parsed.username,
+        "password": parsed.password,
+        "dbname": parsed.database,
+    }
+    for key, value in parsed.query.items():
+        params[key] = value[-1] if isinstance(value, tuple) else value
+    return make_conninfo(**{k: v for k, v in params.items() if v is not None})
 
 
 class DirectConnections:

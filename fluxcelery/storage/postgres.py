@@ -97,6 +97,35 @@ LOAD_SQL = (
 )
 
 
+# Load a run and, in the same statement, start its step ``idx`` when that is the plain case:
+# the run is running at that step, the step is pending with attempts left, and the stored
+# definition is the caller's. The step row is the guard: of two tasks claiming one step, the
+# second finds it no longer pending (PostgreSQL re-checks a row changed by a concurrent
+# update) and claims nothing. The rows returned are the run as it was before the claim; the
+# caller applies the claim's known changes when ``claimed`` is 1 (the last column).
+# ``(status = 'running') IS TRUE`` keeps the planner on the primary key: a plain equality let
+# it pick the (status, updated_at) index, whose 'running' range is full of dead entries left
+# by every save, and the claim slowed down as the table aged.
+CLAIM_SQL = (
+    "WITH c_run AS (UPDATE flux_runs SET version = version + 1, "
+    "updated_at = %(now)s::timestamptz WHERE id = %(id)s AND (status = 'running') IS TRUE "
+    "AND current_step = %(idx)s::integer AND definition_hash = %(definition_hash)s "
+    "AND EXISTS (SELECT 1 FROM flux_steps WHERE run_id = %(id)s AND idx = %(idx)s::integer "
+    "AND status = 'pending' AND attempts < %(max_attempts)s::integer) RETURNING id), "
+    "c_step AS (UPDATE flux_steps SET status = 'running', attempts = attempts + 1, "
+    "task_id = %(task_id)s, started_at = %(now)s::timestamptz, finished_at = NULL "
+    "WHERE run_id = %(id)s AND idx = %(idx)s::integer AND status = 'pending' "
+    "AND attempts < %(max_attempts)s::integer AND EXISTS (SELECT 1 FROM c_run) "
+    "RETURNING attempts), "
+    "c_trace AS (INSERT INTO flux_traces (id, ts, run_id, workflow, type, status, step, "
+    "step_index, kind, attempt, max_attempts, task_id, worker) SELECT %(event_id)s, "
+    "%(now)s::timestamptz, %(id)s, %(workflow)s, 'step:start', 'running', %(step)s, "
+    "%(idx)s::integer, %(kind)s, c_step.attempts, %(max_attempts)s::integer, %(task_id)s, "
+    "%(worker)s FROM c_step) "
+    + LOAD_SQL.replace(" FROM flux_runs r", ", (SELECT count(*) FROM c_step) FROM flux_runs r")
+)
+
+
 def _json(value: Any) -> str | None:
     return None if value is None else dumps(value)
 
@@ -257,6 +286,7 @@ def save(
 
 
 __all__ = [
+    "CLAIM_SQL",
     "CREATE_SQL",
     "LOAD_SQL",
     "SAVE_SQL",

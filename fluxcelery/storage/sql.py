@@ -21,7 +21,7 @@ from ..records import RunState, StepState, utcnow
 from ..states import RunStatus, StepStatus
 from ..trace.event import TraceEvent
 from . import postgres, schema, sqlite
-from .base import as_tuple
+from .base import StepClaim, as_tuple
 from .pgdirect import DirectConnections
 
 log = logging.getLogger("fluxcelery.storage")
@@ -437,6 +437,28 @@ class SqlStorage:
                 return None
             step_rows = conn.execute(_LOAD_STEPS, {"b_id": run_id}).all()
         return self._to_run(row, [self._to_step(r) for r in step_rows])
+
+    def load_and_claim(self, run_id: str, claim: StepClaim) -> tuple[RunState | None, bool]:
+        """See ``ClaimingStorage``; one statement on PostgreSQL, a plain load elsewhere."""
+        if not self._pg:
+            return self.load_run(run_id), False
+        rows = self._fetch(
+            postgres.CLAIM_SQL,
+            {
+                "id": run_id,
+                "idx": claim.index,
+                "definition_hash": claim.definition_hash,
+                "max_attempts": claim.max_attempts,
+                "task_id": claim.task_id,
+                "worker": claim.worker,
+                "workflow": claim.workflow,
+                "step": claim.step,
+                "kind": claim.kind,
+                "event_id": claim.event_id,
+                "now": claim.now,
+            },
+        )
+        return postgres.state_from_rows(rows), bool(rows and rows[0][-1])
 
     def _save(
         self,
