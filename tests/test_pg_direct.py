@@ -1,6 +1,7 @@
-"""The PostgreSQL hot path's own connections (fluxcelery/storage/pgdirect.py): a dropped
+"""The PostgreSQL hot path. Its own connections (fluxcelery/storage/pgdirect.py): a dropped
 connection is an outage (``StorageError``) that heals on the next call, threads and forked
-children each get their own, and a child never ends the parent's session."""
+children each get their own, and a child never ends the parent's session. The claim
+(``load_and_claim``): it starts a step only in the plain case, and only once."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import pytest
 import sqlalchemy as sa
 from psycopg.conninfo import conninfo_to_dict
 
-from fluxcelery import SqlStorage
+from fluxcelery import SqlStorage, workflow
 from fluxcelery.errors import StorageError
-from fluxcelery.records import RunState, StepState
-from fluxcelery.states import RunStatus
+from fluxcelery.records import RunState, StepState, utcnow
+from fluxcelery.runner import Action
+from fluxcelery.states import RunStatus, StepStatus
+from fluxcelery.storage.base import StepClaim
 from fluxcelery.storage.pgdirect import conninfo
+from fluxcelery.trace.event import new_event_id
 
 
 def new_run(run_id: str) -> RunState:
@@ -123,3 +127,177 @@ def test_a_forked_child_opens_its_own_and_leaves_the_parents_alone(
     # The parent's session survived the child's close().
     assert backend_pid(pg_storage) == parent
     assert pg_storage.load_run("direct-fork") is not None
+
+
+# -- the claim: load a run and start its step in one statement ---------------------------------
+def claim_for(run: RunState, index: int, **changes: Any) -> StepClaim:
+    values: dict[str, Any] = {
+        "index": index,
+        "workflow": run.workflow,
+        "step": run.steps[index].name,
+        "kind": run.steps[index].kind,
+        "definition_hash": "hash-1",
+        "max_attempts": 3,
+        "task_id": f"task-{index}",
+        "worker": "w1@host",
+        "event_id": new_event_id(),
+        "now": utcnow(),
+    }
+    values.update(changes)
+    return StepClaim(**values)
+
+
+def running_run(storage: SqlStorage, run_id: str) -> RunState:
+    """A run in the state a Celery worker finds it in before step 1: step 0 done."""
+    run = new_run(run_id)
+    run.steps.append(StepState(name="b", index=1))
+    run.definition_hash = "hash-1"
+    assert storage.create_run(run, []) is True
+    run.status = RunStatus.RUNNING
+    run.steps[0].status = StepStatus.COMPLETED
+    run.steps[0].attempts = 1
+    run.current_step = 1
+    assert storage.save_run(run, run.version, [0], []) is True
+    return run
+
+
+def test_a_claim_starts_the_step_and_stores_its_event(pg_storage: SqlStorage) -> None:
+    run = running_run(pg_storage, "claim-1")
+    claim = claim_for(run, 1)
+    before, claimed = pg_storage.load_and_claim("claim-1", claim)
+    assert claimed is True
+    assert before is not None
+    assert before.steps[1].status is StepStatus.PENDING  # as it was before the claim
+    after = pg_storage.load_run("claim-1")
+    assert after is not None
+    assert after.version == before.version + 1
+    step = after.steps[1]
+    assert (step.status, step.attempts, step.task_id) == (StepStatus.RUNNING, 1, "task-1")
+    assert step.started_at == claim.now and step.finished_at is None
+    events = pg_storage.list_traces(run_id="claim-1")
+    assert [(e.id, e.type, e.step, e.attempt, e.max_attempts, e.worker) for e in events] == [
+        (claim.event_id, "step:start", "b", 1, 3, "w1@host")
+    ]
+
+
+@pytest.mark.parametrize(
+    "why",
+    ["other definition", "not the current step", "step not pending", "no attempts left", "done"],
+)
+def test_a_claim_outside_the_plain_case_changes_nothing(pg_storage: SqlStorage, why: str) -> None:
+    run = running_run(pg_storage, f"claim-no-{why}")
+    claim = claim_for(run, 1)
+    if why == "other definition":
+        claim = claim_for(run, 1, definition_hash="hash-2")
+    elif why == "not the current step":
+        claim = claim_for(run, 0)
+    elif why == "step not pending":
+        run.steps[1].status = StepStatus.RUNNING
+        run.steps[1].attempts = 1
+        assert pg_storage.save_run(run, run.version, [1], []) is True
+    elif why == "no attempts left":
+        run.steps[1].attempts = 3
+        assert pg_storage.save_run(run, run.version, [1], []) is True
+    else:
+        run.status = RunStatus.CANCELLED
+        assert pg_storage.save_run(run, run.version, [], []) is True
+    stored = pg_storage.load_run(run.id)
+    loaded, claimed = pg_storage.load_and_claim(run.id, claim)
+    assert claimed is False
+    assert loaded is not None and stored is not None
+    assert loaded.to_dict() == stored.to_dict()
+    again = pg_storage.load_run(run.id)
+    assert again is not None and again.to_dict() == stored.to_dict()
+    assert pg_storage.list_traces(run_id=run.id) == []
+
+
+def test_of_concurrent_claims_of_one_step_exactly_one_lands(pg_storage: SqlStorage) -> None:
+    run = running_run(pg_storage, "claim-race")
+    barrier = threading.Barrier(8)
+    outcomes: list[bool] = []
+
+    def claim(n: int) -> None:
+        barrier.wait()
+        _, claimed = pg_storage.load_and_claim(
+            "claim-race", claim_for(run, 1, task_id=f"task-{n}", event_id=new_event_id())
+        )
+        outcomes.append(claimed)
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == [False] * 7 + [True]
+    final = pg_storage.load_run("claim-race")
+    assert final is not None and final.steps[1].attempts == 1
+    assert [e.type for e in pg_storage.list_traces(run_id="claim-race")] == ["step:start"]
+
+
+def test_claimed_and_unclaimed_step_tasks_store_the_same_run(
+    pg_storage: SqlStorage, make_engine: Any
+) -> None:
+    """A step task with the claim (``workflow=`` given) and without it must leave the same
+    run and trace behind, through a retry, a ``when`` (never claimed) and a commit step."""
+    flaky_calls: list[int] = []
+
+    def flaky(ctx: Any) -> int:
+        flaky_calls.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise RuntimeError("first attempt fails")
+        return ctx.attempt
+
+    def write(ctx: Any) -> dict[str, Any]:
+        return {"written": True}
+
+    wf = (
+        workflow("pg-claim-parity")
+        .step("a", lambda ctx: 1)
+        .step("b", flaky, retries=2)
+        .step("c", lambda ctx: 3, when=lambda ctx: True)
+        .commit("d", write)
+    )
+    engine = make_engine(storage=pg_storage)
+    engine.register(wf)
+
+    def drive(run_id: str, claim: bool) -> list[tuple[Any, ...]]:
+        state = engine._new_run(wf, {"n": 1}, "celery", run_id)
+        assert pg_storage.create_run(state, []) is True
+        index, n = 0, 0
+        while index < len(wf.steps):
+            n += 1
+            nxt = engine.runner.run_step(
+                run_id,
+                index,
+                task_id=f"{run_id}-t{n}",
+                worker="w@h",
+                workflow=wf.name if claim else None,
+            )
+            if nxt.action is Action.DONE:
+                break
+            index = nxt.index if nxt.index is not None else index
+        final = pg_storage.load_run(run_id)
+        assert final is not None and final.status is RunStatus.COMPLETED
+        steps = [(s.name, s.status.value, s.attempts, s.output, s.error) for s in final.steps]
+        events = [
+            (e.type, e.step, e.status, e.attempt, e.max_attempts, e.worker)
+            for e in pg_storage.list_traces(run_id=run_id)
+        ]
+        return [final.version, steps, events]
+
+    landed: list[str] = []
+    real_claim = pg_storage.load_and_claim
+
+    def counting_claim(run_id: str, claim: StepClaim) -> Any:
+        state, ok = real_claim(run_id, claim)
+        if ok:
+            landed.append(claim.step)
+        return state, ok
+
+    pg_storage.load_and_claim = counting_claim  # type: ignore[method-assign]
+    claimed = drive("parity-claim", claim=True)
+    plain = drive("parity-plain", claim=False)
+    assert claimed == plain
+    # a: the run is still pending; c: has a condition; so b (twice) and d are claimed.
+    assert landed == ["b", "b", "d"]
+    assert flaky_calls == [1, 2, 1, 2]
