@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .builder import Workflow, registered_workflows
+from .change import Action, Change, Next
 from .errors import (
     ConcurrentUpdate,
     DefinitionChanged,
@@ -32,7 +33,7 @@ from .invoke import Invoker
 from .jsoncodec import DEFAULT_MAX_BYTES, DEFAULT_REDACT, Redactor, roundtrip
 from .policy import Backoff, compensation_plan
 from .records import FluxResult, RunState, StepState, ms_between, utcnow
-from .runner import Action, Change, Next, StepRunner, first_unfinished
+from .runner import StepRunner, first_unfinished
 from .states import DONE_STEP, RunStatus, StepStatus
 from .storage.base import Storage
 from .trace.event import TraceEvent

@@ -11,6 +11,7 @@ from .errors import PayloadTooLarge, SerializationError
 DEFAULT_MAX_BYTES = 1024 * 1024
 DEFAULT_REDACT = ("password", "token", "secret", "authorization", "card")
 MASK = "***"
+_INT64 = 1 << 63  # ints beyond are left to the encoder (it refuses the absurdly long ones)
 
 
 def _find_bad_value(value: Any, path: str = "") -> str | None:
@@ -81,7 +82,7 @@ def roundtrip(value: Any, *, what: str = "value", max_bytes: int | None = None) 
     # The common results of a step (nothing, a flag, a count, no data yet) are already what
     # the round trip would give: skip the encoder for them.
     kind = value.__class__
-    if value is None or kind is bool or kind is int:
+    if value is None or kind is bool or (kind is int and -_INT64 <= value < _INT64):
         return value
     if kind is dict and not value:
         return {}

@@ -7,35 +7,30 @@ not land means another process moved the run first: the attempt's result is disc
 caller stops (``Action.STOP``). That is a normal, tested outcome.
 
 The ``_apply_*`` methods only mutate a ``Change``; ``run_step`` decides when to save. On
-Celery each attempt is two writes (its start, its outcome). In-process (``fuse=True``) the
-outcome of step *i* and the start of step *i + 1* are one write, so a run costs one
-transaction per step.
+Celery each attempt is two writes (its start, its outcome); on PostgreSQL the start rides on
+the load (``ClaimingStorage``), so a step task costs two statements. In-process
+(``fuse=True``) the outcome of step *i* and the start of step *i + 1* are one write, and a new
+run is inserted with its first start, so a run costs one transaction per step (plus one).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from .builder import DEFAULT, StepDef, WaitFor, Workflow
+from .change import DONE, STOP, Action, Change, Next
+from .claim import load_claiming
+from .compensation import Compensation
 from .context import StepContext
 from .errors import FluxError, SerializationError, describe_error
 from .jsoncodec import roundtrip
 from .policy import compensation_plan, should_retry
-from .records import RunState, StepState, ms_between, utcnow
-from .states import (
-    DONE_STEP,
-    RunStatus,
-    StepStatus,
-    check_run_change,
-    check_step_transition,
-)
-from .storage.base import ClaimingStorage, StepClaim
-from .trace.event import TraceEvent, new_event_id
+from .records import RunState, ms_between, utcnow
+from .states import DONE_STEP, RunStatus, StepStatus
+from .trace.event import TraceEvent
 
 if TYPE_CHECKING:
     from .engine import FluxEngine
@@ -43,109 +38,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("fluxcelery.runner")
 
 
-class Action(StrEnum):
-    CONTINUE = "continue"  # run step ``index`` next
-    RETRY = "retry"  # run the same step (or compensation) again after ``delay``
-    COMPENSATE = "compensate"  # run the compensation of step ``index`` next
-    SUSPEND = "suspend"  # the run waits for a signal
-    DONE = "done"  # the run reached a terminal state
-    STOP = "stop"  # nothing to do here (lost a race, stale task, run not active)
-
-
-@dataclass(frozen=True)
-class Next:
-    action: Action
-    index: int | None = None
-    delay: float = 0.0
-    phase: str = "step"  # "step" or "compensate": what a RETRY repeats
-    wait_timeout: float | None = None
-    reason: str = ""
-
-
-STOP = Next(Action.STOP)
-DONE = Next(Action.DONE)
-
-
-class Change:
-    """One guarded write: the step rows touched, the events, and the hooks to call once the
-    write has landed."""
-
-    def __init__(self, runner: StepRunner, state: RunState, *, create: bool = False) -> None:
-        self.runner = runner
-        self.state = state
-        #: The run is not stored yet: the first save inserts it (``execute`` saves a write).
-        self.create = create
-        self.version = state.version
-        self.steps: set[int] = set()
-        self.events: list[TraceEvent] = []
-        self.hooks: list[tuple[str, tuple[Any, ...]]] = []
-        self._run_before = state.status
-        self._steps_before = [s.status for s in state.steps]
-
-    def step(self, index: int) -> StepState:
-        self.steps.add(index)
-        return self.state.steps[index]
-
-    def event(self, type: str, **fields: Any) -> None:
-        self.events.append(TraceEvent.make(type, self.state.id, self.state.workflow, **fields))
-
-    def step_event(
-        self, type: str, step: StepState, sdef: StepDef | None = None, **fields: Any
-    ) -> None:
-        if sdef is not None and "max_attempts" not in fields:
-            fields["max_attempts"] = self.runner.max_attempts(sdef)
-        fields["step"] = step.name
-        fields["step_index"] = step.index
-        fields["kind"] = step.kind
-        self.events.append(TraceEvent.make(type, self.state.id, self.state.workflow, **fields))
-
-    def hook(self, name: str, *args: Any) -> None:
-        """Call hook ``name`` after this change has landed (never for a lost race)."""
-        if name in self.runner.engine.hooks:
-            self.hooks.append((name, args))
-
-    def validate(self) -> None:
-        """Every transition this change makes must be in the table (states.py)."""
-        check_run_change(self._run_before, self.state.status)
-        for i in self.steps:
-            before, after = self._steps_before[i], self.state.steps[i].status
-            if before != after:
-                check_step_transition(before, after, self.state.steps[i].name)
-
-    def save(self, tx: Any = None) -> bool:
-        """Write this change (inside ``tx`` when given). Outside a transaction, publish the
-        events and call the hooks at once; with ``tx`` the caller does after commit."""
-        self.validate()
-        if self.create:
-            self.create = False
-            landed = bool(self.runner.storage.create_run(self.state, self.events))
-        else:
-            target = tx if tx is not None else self.runner.storage
-            landed = bool(target.save_run(self.state, self.version, self.steps, self.events))
-        if landed and tx is None:
-            self.landed()
-        return landed
-
-    def landed(self) -> None:
-        self.runner.publish(self.events)
-        for name, args in self.hooks:
-            self.runner.call_hook(name, self.state, *args)
-        self.rebase()
-
-    def rebase(self) -> None:
-        """Start a new change on the same (now stored) state."""
-        self.version = self.state.version
-        self.steps = set()
-        self.events = []
-        self.hooks = []
-        self._run_before = self.state.status
-        self._steps_before = [s.status for s in self.state.steps]
-
-
 class StepRunner:
     def __init__(self, engine: FluxEngine) -> None:
         self.engine = engine
         self.storage = engine.storage
+        self.compensation = Compensation(self)
+
+    def run_compensation(
+        self,
+        run_id: str,
+        index: int,
+        *,
+        task_id: str | None = None,
+        worker: str | None = None,
+        state: RunState | None = None,
+    ) -> Next:
+        """Run the compensator of step ``index`` (see compensation.py)."""
+        return self.compensation.run(run_id, index, task_id=task_id, worker=worker, state=state)
 
     # -- settings resolved against the engine -------------------------------------------
     def max_attempts(self, sdef: StepDef) -> int:
@@ -244,7 +153,7 @@ class StepRunner:
         """
         claimed = False
         if state is None:
-            state, claimed = self._load(run_id, index, workflow, task_id, worker, outage)
+            state, claimed = load_claiming(self, run_id, index, workflow, task_id, worker, outage)
         if state is None:
             log.warning("step task for unknown run %s ignored", run_id)
             return STOP
@@ -281,72 +190,6 @@ class StepRunner:
                 index = nxt.index or 0
                 continue  # the next step's start joins this write
             return nxt if change.save() else STOP
-
-    def _load(
-        self,
-        run_id: str,
-        index: int,
-        workflow: str | None,
-        task_id: str | None,
-        worker: str | None,
-        outage: bool,
-    ) -> tuple[RunState | None, bool]:
-        """Load the run; where the store can, start step ``index`` in the same statement.
-        Returns the run (as it is after the claim) and whether the step was claimed."""
-        if workflow is None or outage or not isinstance(self.storage, ClaimingStorage):
-            return self.storage.load_run(run_id), False
-        try:
-            wf = self.engine.workflow(workflow)
-        except FluxError:
-            return self.storage.load_run(run_id), False  # reported from the loaded run
-        sdef = wf.steps[index] if 0 <= index < len(wf.steps) else None
-        if sdef is None or sdef.when is not None:
-            return self.storage.load_run(run_id), False
-        now = utcnow()
-        claim = StepClaim(
-            index=index,
-            workflow=wf.name,
-            step=sdef.name,
-            kind=sdef.kind,
-            definition_hash=wf.definition_hash,
-            max_attempts=self.max_attempts(sdef),
-            task_id=task_id,
-            worker=worker,
-            event_id=new_event_id(),
-            now=now,
-        )
-        state, claimed = self.storage.load_and_claim(run_id, claim)
-        if state is None or not claimed:
-            return state, False
-        # The store applied exactly this (see ClaimingStorage); mirror it in memory.
-        step = state.steps[index]
-        step.status = StepStatus.RUNNING
-        step.attempts += 1
-        step.task_id = task_id
-        step.started_at = now
-        step.finished_at = None
-        state.version += 1
-        state.updated_at = now
-        self.publish(
-            [
-                TraceEvent.make(
-                    "step:start",
-                    state.id,
-                    state.workflow,
-                    id=claim.event_id,
-                    ts=now,
-                    status="running",
-                    step=sdef.name,
-                    step_index=index,
-                    kind=sdef.kind,
-                    attempt=step.attempts,
-                    max_attempts=claim.max_attempts,
-                    task_id=task_id,
-                    worker=worker,
-                )
-            ]
-        )
-        return state, True
 
     def _decide(self, state: RunState, index: int) -> Next | None:
         """Whether a task for step ``index`` may run now; None means go ahead."""
@@ -727,175 +570,6 @@ class StepRunner:
         return DONE
 
     # -- compensation ---------------------------------------------------------------------
-    def run_compensation(
-        self,
-        run_id: str,
-        index: int,
-        *,
-        task_id: str | None = None,
-        worker: str | None = None,
-        state: RunState | None = None,
-    ) -> Next:
-        if state is None:
-            state = self.storage.load_run(run_id)
-        if state is None or state.status != RunStatus.ROLLING_BACK:
-            return STOP
-        try:
-            wf = self.engine.workflow_for(state)
-        except FluxError as exc:
-            return self._fail_unrunnable(state, exc)
-        if not 0 <= index < len(wf.steps):
-            return STOP
-        sdef = wf.steps[index]
-        step = state.steps[index]
-        eligible = (StepStatus.COMPLETED, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED)
-        change = Change(self, state)
-        if sdef.compensate is None or step.status not in eligible:
-            return self._next_compensation(change, wf, index)
-
-        s = change.step(index)
-        s.status = StepStatus.COMPENSATING
-        s.compensation_attempts += 1
-        attempt = s.compensation_attempts
-        if not change.save():
-            return STOP
-        started = utcnow()
-        if sdef.is_commit:
-            return self._commit_compensation(wf, change, sdef, attempt, started, task_id, worker)
-        ctx = self._context(wf, state, sdef, attempt)
-        try:
-            self._call_compensator(sdef, ctx)
-        except Exception as exc:
-            return self._compensation_failed(
-                wf, change, sdef, attempt, exc, started, task_id, worker
-            )
-        self._apply_compensated(change, sdef, attempt, started, task_id, worker)
-        return self._next_compensation(change, wf, index)
-
-    def _call_compensator(self, sdef: StepDef, ctx: StepContext) -> None:
-        assert sdef.compensate is not None
-        self.engine.invoker.call(
-            sdef.compensate,
-            ctx,
-            timeout=self.timeout(sdef),
-            what=f"compensation of step {sdef.name!r}",
-        )
-
-    def _commit_compensation(
-        self,
-        wf: Workflow,
-        change: Change,
-        sdef: StepDef,
-        attempt: int,
-        started: datetime,
-        task_id: str | None,
-        worker: str | None,
-    ) -> Next:
-        """Undo a commit step: its ``ctx.session`` writes commit together with the
-        ``compensated`` record, exactly like the step's own writes did."""
-        failure: BaseException | None = None
-        nxt = STOP
-        with self.storage.transaction() as tx:
-            ctx = self._context(wf, change.state, sdef, attempt, session=tx.session)
-            try:
-                self._call_compensator(sdef, ctx)
-            except Exception as exc:
-                failure = exc
-            else:
-                self._apply_compensated(change, sdef, attempt, started, task_id, worker)
-                nxt = self._next_compensation(change, wf, sdef.index, tx=tx)
-        if failure is not None:
-            return self._compensation_failed(
-                wf, change, sdef, attempt, failure, started, task_id, worker
-            )
-        if nxt.action is not Action.STOP:
-            change.landed()
-        return nxt
-
-    def _apply_compensated(
-        self,
-        change: Change,
-        sdef: StepDef,
-        attempt: int,
-        started: datetime,
-        task_id: str | None,
-        worker: str | None,
-    ) -> None:
-        s = change.step(sdef.index)
-        s.status = StepStatus.COMPENSATED
-        s.error = None
-        # finished_at/duration_ms keep describing the forward run; the undo is in the trace.
-        change.step_event(
-            "step:compensate",
-            s,
-            sdef,
-            status="compensated",
-            attempt=attempt,
-            duration_ms=ms_between(started, utcnow()),
-            task_id=task_id,
-            worker=worker,
-        )
-
-    def _compensation_failed(
-        self,
-        wf: Workflow,
-        change: Change,
-        sdef: StepDef,
-        attempt: int,
-        exc: BaseException,
-        started: datetime,
-        task_id: str | None,
-        worker: str | None,
-    ) -> Next:
-        s = change.step(sdef.index)
-        err = describe_error(exc)
-        retry = should_retry(exc, attempt, self.max_attempts(sdef))
-        delay = (sdef.backoff or self.engine.backoff).delay(attempt) if retry else 0.0
-        change.step_event(
-            "step:compensate_error",
-            s,
-            sdef,
-            status="compensating" if retry else "compensation_failed",
-            attempt=attempt,
-            error=err,
-            task_id=task_id,
-            worker=worker,
-            duration_ms=ms_between(started, utcnow()),
-            meta={"will_retry": retry, "delay_s": delay},
-        )
-        if retry:
-            nxt = Next(Action.RETRY, sdef.index, delay=delay, phase="compensate")
-            return nxt if change.save() else STOP
-        s.status = StepStatus.COMPENSATION_FAILED
-        s.error = f"compensation failed: {err}"
-        return self._next_compensation(change, wf, sdef.index)
-
-    def _next_compensation(self, change: Change, wf: Workflow, index: int, tx: Any = None) -> Next:
-        state = change.state
-        plan = compensation_plan(wf.steps, [x.status for x in state.steps], index)
-        if plan:
-            return Next(Action.COMPENSATE, plan[0]) if change.save(tx) else STOP
-        failed = [s.name for s in state.steps if s.status == StepStatus.COMPENSATION_FAILED]
-        # The failed step keeps the error that started the rollback (state.error may already
-        # describe an earlier, retried compensation failure).
-        original = next(
-            (s.error for s in state.steps if s.status == StepStatus.FAILED and s.error),
-            state.error,
-        )
-        if failed:
-            names = ", ".join(repr(n) for n in failed)
-            err = (
-                f"CompensationError: compensation failed at step {names}; "
-                f"original error: {original}"
-            )
-            self._finish_run(change, RunStatus.FAILED, err)
-        else:
-            change.event("workflow:rollback_complete", status="rolled_back")
-            self._finish_run(change, RunStatus.ROLLED_BACK, original)
-        if self.engine.hooks:
-            ctx = self._context(wf, state, wf.steps[index], 0)
-            change.hook("workflow_error", ctx, RuntimeError(state.error or "rolled back"))
-        return DONE if change.save(tx) else STOP
 
 
 def first_unfinished(state: RunState) -> int:

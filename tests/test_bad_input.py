@@ -21,7 +21,9 @@ from fluxcelery import (
     RunNotFound,
     RunStatus,
     SerializationError,
+    SqlStorage,
     StepStatus,
+    StorageError,
     wait_for,
     workflow,
 )
@@ -377,3 +379,11 @@ def test_bad_engine_options_raise(make_engine: Callable[..., FluxEngine]) -> Non
         make_engine(default_timeout=0)
     with pytest.raises(ValueError, match=r"unknown hook\(s\) \['on_done'\]"):
         make_engine(on={"on_done": noop})
+
+
+def test_an_unsupported_database_is_refused_at_once_without_its_password() -> None:
+    with pytest.raises(StorageError) as caught:
+        SqlStorage("mysql+pymysql://flux:s3cret@db.example/flux")
+    message = str(caught.value)
+    assert "supports SQLite and PostgreSQL, not 'mysql'" in message
+    assert "s3cret" not in message and "***" in message

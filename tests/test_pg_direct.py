@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from psycopg.conninfo import conninfo_to_dict
 
 from fluxcelery import SqlStorage, workflow
+from fluxcelery.change import Action
 from fluxcelery.errors import StorageError
 from fluxcelery.records import RunState, StepState, utcnow
-from fluxcelery.runner import Action
 from fluxcelery.states import RunStatus, StepStatus
 from fluxcelery.storage.base import StepClaim
 from fluxcelery.storage.pgdirect import conninfo

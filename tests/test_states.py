@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fluxcelery import FluxEngine, InvalidTransition, RunStatus, StepStatus, workflow
-from fluxcelery.runner import Change
+from fluxcelery.change import Change
 from fluxcelery.states import (
     RUN_TRANSITIONS,
     STEP_TRANSITIONS,

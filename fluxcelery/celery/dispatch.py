@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery, chain
 
-from ..runner import Action, Next
+from ..change import Action, Next
 from .tasks import compensate_task_name, register_workflow, step_task_name
 
 if TYPE_CHECKING:

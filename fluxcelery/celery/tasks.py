@@ -13,8 +13,8 @@ from celery.exceptions import Retry
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..builder import StepDef, Workflow, _Unset
+from ..change import Action, Next
 from ..errors import StorageError
-from ..runner import Action, Next
 
 if TYPE_CHECKING:
     from ..engine import FluxEngine

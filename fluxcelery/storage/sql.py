@@ -27,6 +27,8 @@ from .pgdirect import DirectConnections
 log = logging.getLogger("fluxcelery.storage")
 
 DEFAULT_URL = "sqlite:///.flux/flux.db"
+#: The databases whose hot paths (storage/sqlite.py, storage/postgres.py) exist and are tested.
+SUPPORTED = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 
 
 def normalize_url(url: str) -> str:
@@ -115,12 +117,6 @@ _RUN_COLS = tuple(
 _STEP_COLS = schema.STEP_COLUMNS[1:]  # all but idx
 
 # Statements are built once: building them per call cost more than running them.
-_LOAD_RUN = sa.select(schema.runs).where(schema.runs.c.id == sa.bindparam("b_id"))
-_LOAD_STEPS = (
-    sa.select(schema.steps)
-    .where(schema.steps.c.run_id == sa.bindparam("b_id"))
-    .order_by(schema.steps.c.idx)
-)
 _SAVE_RUN = (
     schema.runs.update()
     .where(
@@ -143,8 +139,6 @@ _SAVE_STEP = (
     )
     .values({schema.steps.c[c]: sa.bindparam(c) for c in _STEP_COLS})
 )
-_INSERT_RUN = schema.runs.insert()
-_INSERT_STEPS = schema.steps.insert()
 _INSERT_TRACES = schema.traces.insert()
 
 
@@ -177,6 +171,12 @@ class SqlStorage:
 
     def __init__(self, url: str = DEFAULT_URL, *, auto_migrate: bool = True) -> None:
         self.url = normalize_url(url)
+        backend = sa.engine.make_url(self.url).get_backend_name()
+        if backend not in SUPPORTED:
+            raise StorageError(
+                f"SqlStorage supports {' and '.join(SUPPORTED.values())}, not {backend!r} "
+                f"({redact_url(self.url)})"
+            )
         self.auto_migrate = auto_migrate
         self._engine: Engine | None = None
         self._pid = os.getpid()
@@ -392,35 +392,12 @@ class SqlStorage:
             if created:
                 state.updated_at = now
             return created
-        if self.engine.dialect.name == "sqlite":
-            import sqlite3
+        import sqlite3
 
-            try:
-                with self._sqlite() as cur:
-                    sqlite.create(cur, state, events, now)
-            except sqlite3.IntegrityError:
-                return False  # a run with this id exists (the primary key says so)
-            state.updated_at = now
-            return True
         try:
-            with self._begin() as conn:
-                conn.execute(
-                    _INSERT_RUN,
-                    {
-                        "id": state.id,
-                        "version": state.version,
-                        "created_at": _utc(state.created_at),
-                        "updated_at": now,
-                        **self._run_values(state),
-                    },
-                )
-                if state.steps:
-                    conn.execute(
-                        _INSERT_STEPS, [self._step_values(state.id, s) for s in state.steps]
-                    )
-                if events:
-                    conn.execute(_INSERT_TRACES, [self._trace_values(e) for e in events])
-        except sa.exc.IntegrityError:
+            with self._sqlite() as cur:
+                sqlite.create(cur, state, events, now)
+        except sqlite3.IntegrityError:
             return False  # a run with this id exists (the primary key says so)
         state.updated_at = now
         return True
@@ -428,15 +405,8 @@ class SqlStorage:
     def load_run(self, run_id: str) -> RunState | None:
         if self._pg:
             return postgres.state_from_rows(self._fetch(postgres.LOAD_SQL, {"id": run_id}))
-        if self.engine.dialect.name == "sqlite":
-            with self._sqlite() as cur:
-                return sqlite.load(cur, run_id)
-        with self._read() as conn:
-            row = conn.execute(_LOAD_RUN, {"b_id": run_id}).first()
-            if row is None:
-                return None
-            step_rows = conn.execute(_LOAD_STEPS, {"b_id": run_id}).all()
-        return self._to_run(row, [self._to_step(r) for r in step_rows])
+        with self._sqlite() as cur:
+            return sqlite.load(cur, run_id)
 
     def load_and_claim(self, run_id: str, claim: StepClaim) -> tuple[RunState | None, bool]:
         """See ``ClaimingStorage``; one statement on PostgreSQL, a plain load elsewhere."""
