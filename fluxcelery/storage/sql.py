@@ -65,22 +65,6 @@ def _storage_error(exc: sa.exc.StatementError, url: str) -> Exception:
     return exc
 
 
-def _enable_wal(cur: Any) -> None:
-    """Switch a new database file to WAL. The switch needs a moment with no writer and does
-    not wait on the busy timeout, so two processes starting together retry it."""
-    import sqlite3
-    import time
-
-    for attempt in range(50):
-        try:
-            cur.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == 49:
-                raise
-            time.sleep(0.05)
-
-
 def _engine_for(url: str) -> Engine:
     kwargs: dict[str, Any] = {"json_serializer": dumps, "future": True}
     if url.startswith("sqlite"):
@@ -94,18 +78,14 @@ def _engine_for(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA busy_timeout=30000")
-            if db and db != ":memory:":
-                _enable_wal(cur)
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
+            sqlite.configure(dbapi_conn, wal=bool(db and db != ":memory:"))
 
         return engine
-    # No pre-ping: it costs a round trip per checkout. A connection dropped by a database
-    # restart fails its statement; the pool then discards it and the caller retries.
-    kwargs.update(pool_size=5, max_overflow=10, pool_recycle=3600)
+    # The hot path (load, create, save) runs on storage/pgdirect.py's own connections; this
+    # pool serves lists, traces, migrations and commit steps' transactions, where a pre-ping
+    # round trip per checkout is cheap next to never failing on a connection that a database
+    # restart left dead.
+    kwargs.update(pool_size=5, max_overflow=10, pool_recycle=3600, pool_pre_ping=True)
     return sa.create_engine(url, **kwargs)
 
 
@@ -183,6 +163,7 @@ class SqlStorage:
         self._ready = False
         self._lock = threading.Lock()
         self._direct: DirectConnections | None = None
+        self._local_sqlite: sqlite.LocalConnections | None = None
 
     def __repr__(self) -> str:
         return f"SqlStorage({redact_url(self.url)!r})"
@@ -217,6 +198,9 @@ class SqlStorage:
         if self._direct is not None:
             self._direct.close()
             self._direct = None
+        if self._local_sqlite is not None:
+            self._local_sqlite.close()
+            self._local_sqlite = None
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
@@ -241,11 +225,40 @@ class SqlStorage:
 
     @contextmanager
     def _sqlite(self) -> Iterator[Any]:
-        """A cursor on the pool's ``sqlite3`` connection: one transaction, committed when the
-        block ends (rolled back when it raises or leaves ``rollback`` set)."""
+        """A cursor for one transaction, committed when the block ends (rolled back when it
+        raises). A file database uses this thread's own connection; ``:memory:`` (where another
+        connection would be another database) and URLs with options use the pool's."""
         import sqlite3
 
         self.init()
+        if self._local_sqlite is None:
+            parsed = sa.engine.make_url(self.url)
+            db = parsed.database
+            if not db or db == ":memory:" or parsed.query:  # URI options: leave to SQLAlchemy
+                with self._pooled_sqlite() as cur:
+                    yield cur
+                return
+            with self._lock:
+                if self._local_sqlite is None:
+                    self._local_sqlite = sqlite.LocalConnections(db)
+        conn = self._local_sqlite.get()
+        cur = conn.cursor()
+        try:
+            yield cur
+            conn.commit()
+        except sqlite3.OperationalError as exc:
+            conn.rollback()
+            raise StorageError(f"database error ({redact_url(self.url)}): {exc}") from exc
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            cur.close()
+
+    @contextmanager
+    def _pooled_sqlite(self) -> Iterator[Any]:
+        import sqlite3
+
         raw = self.engine.raw_connection()
         try:
             cur = raw.cursor()

@@ -10,6 +10,10 @@ here and rows written through the Core statements are read back the same by eith
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -60,6 +64,66 @@ LOAD_SQL = (
     "FROM flux_runs r LEFT JOIN flux_steps s ON s.run_id = r.id "
     "WHERE r.id = ? ORDER BY s.idx"
 )
+
+
+def _enable_wal(cur: Any) -> None:
+    """Switch a new database file to WAL. The switch needs a moment with no writer and does
+    not wait on the busy timeout, so two processes starting together retry it."""
+    for attempt in range(50):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 49:
+                raise
+            time.sleep(0.05)
+
+
+def configure(conn: Any, *, wal: bool) -> None:
+    """What every connection gets, pooled or not: a busy timeout, WAL (file databases),
+    ``synchronous=NORMAL`` (durable at each commit in WAL mode) and foreign keys."""
+    cur = conn.cursor()
+    cur.execute("PRAGMA busy_timeout=30000")
+    if wal:
+        _enable_wal(cur)
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class LocalConnections:
+    """One ``sqlite3`` connection per thread for the hot path (file databases only).
+
+    A pool checkout and its reset on return cost about 65 µs per statement batch, a tenth of
+    a step. A forked child opens its own: SQLite connections must not cross a fork, and the
+    parent's are left untouched (kept referenced, never closed by the child).
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._local = threading.local()
+        self._opened: dict[int, list[sqlite3.Connection]] = {}
+        self._lock = threading.Lock()
+
+    def get(self) -> sqlite3.Connection:
+        pid = os.getpid()
+        held = getattr(self._local, "conn", None)
+        if held is not None and held[0] == pid:
+            return held[1]
+        conn = sqlite3.connect(self._path, timeout=30, check_same_thread=False)
+        configure(conn, wal=True)
+        with self._lock:
+            self._opened.setdefault(pid, []).append(conn)
+        self._local.conn = (pid, conn)
+        return conn
+
+    def close(self) -> None:
+        """Close the connections this process opened (in every thread)."""
+        with self._lock:
+            mine = self._opened.pop(os.getpid(), [])
+        for conn in mine:
+            conn.close()
+        self._local = threading.local()
 
 
 def _ts(value: datetime | None) -> str | None:
