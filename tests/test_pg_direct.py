@@ -5,7 +5,6 @@ children each get their own, and a child never ends the parent's session. The cl
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 from typing import Any
@@ -99,31 +98,36 @@ def test_each_thread_has_its_own_connection(pg_storage: SqlStorage) -> None:
     assert backend_pid(pg_storage) not in pids
 
 
-def _child(storage: SqlStorage, out: Any) -> None:
-    try:
-        out.put(("ok", backend_pid(storage), storage.load_run("direct-fork") is not None))
-    except Exception as exc:  # reported to the parent, which fails the test
-        out.put(("error", repr(exc), False))
-    finally:
-        storage.close()
-
-
 def test_a_forked_child_opens_its_own_and_leaves_the_parents_alone(
     pg_storage: SqlStorage,
 ) -> None:
+    """``os.fork`` as a prefork pool does (multiprocessing would also run other libraries'
+    after-fork hooks, which is not what is tested here)."""
     if not hasattr(os, "fork"):
         pytest.skip("needs fork (prefork workers)")
     assert pg_storage.create_run(new_run("direct-fork"), []) is True
     parent = backend_pid(pg_storage)
-    ctx = multiprocessing.get_context("fork")
-    out = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(pg_storage, out))
-    proc.start()
-    status, child, found = out.get(timeout=30)
-    proc.join(timeout=30)
-    assert status == "ok", child
-    assert found is True
-    assert child != parent
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            os.close(read_end)
+            child = backend_pid(pg_storage)
+            found = pg_storage.load_run("direct-fork") is not None
+            os.write(write_end, f"{child} {found}".encode())
+            pg_storage.close()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        report = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, report
+    child, found = report.split()
+    assert found == "True"
+    assert int(child) != parent
     # The parent's session survived the child's close().
     assert backend_pid(pg_storage) == parent
     assert pg_storage.load_run("direct-fork") is not None
