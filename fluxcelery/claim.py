@@ -1,9 +1,9 @@
 """Load a run and start its step in one round trip, where the store can (``ClaimingStorage``).
 
 A Celery step task knows which workflow and step it runs before it reads anything; in the
-plain case (the run is running at that step, the step is pending, no ``when`` condition) the
-store starts the step in the same statement that loads the run. Everything else goes the
-usual way, from the loaded run, at no extra cost.
+plain case (the run is running at that step or waiting to start, the step is pending, no
+``when`` condition) the store starts the step in the same statement that loads the run.
+Everything else goes the usual way, from the loaded run, at no extra cost.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .errors import FluxError
 from .records import RunState, utcnow
-from .states import StepStatus
+from .states import RunStatus, StepStatus
 from .storage.base import ClaimingStorage, StepClaim
 from .trace.event import TraceEvent, new_event_id
 
@@ -52,11 +52,28 @@ def load_claiming(
         worker=worker,
         event_id=new_event_id(),
         now=now,
+        start_event_id=new_event_id(),
     )
     state, claimed = runner.storage.load_and_claim(run_id, claim)
     if state is None or not claimed:
         return state, False
     # The store applied exactly this (see ClaimingStorage); mirror it in memory.
+    events = []
+    if state.status == RunStatus.PENDING:
+        state.status = RunStatus.RUNNING
+        events.append(
+            TraceEvent.make(
+                "workflow:start",
+                state.id,
+                state.workflow,
+                id=claim.start_event_id,
+                ts=now,
+                status="running",
+                task_id=task_id,
+                worker=worker,
+                meta={"input": runner.engine.redact(state.input)},
+            )
+        )
     step = state.steps[index]
     step.status = StepStatus.RUNNING
     step.attempts += 1
@@ -65,23 +82,22 @@ def load_claiming(
     step.finished_at = None
     state.version += 1
     state.updated_at = now
-    runner.publish(
-        [
-            TraceEvent.make(
-                "step:start",
-                state.id,
-                state.workflow,
-                id=claim.event_id,
-                ts=now,
-                status="running",
-                step=sdef.name,
-                step_index=index,
-                kind=sdef.kind,
-                attempt=step.attempts,
-                max_attempts=claim.max_attempts,
-                task_id=task_id,
-                worker=worker,
-            )
-        ]
+    events.append(
+        TraceEvent.make(
+            "step:start",
+            state.id,
+            state.workflow,
+            id=claim.event_id,
+            ts=now,
+            status="running",
+            step=sdef.name,
+            step_index=index,
+            kind=sdef.kind,
+            attempt=step.attempts,
+            max_attempts=claim.max_attempts,
+            task_id=task_id,
+            worker=worker,
+        )
     )
+    runner.publish(events)
     return state, True

@@ -196,6 +196,7 @@ class FluxEngine:
             data={},
             steps=[StepState(name=s.name, index=s.index, kind=s.kind) for s in wf.steps],
             executor=executor,
+            start_meta={"input": self.redact(stored)},
         )
 
     def execute(

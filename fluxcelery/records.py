@@ -104,6 +104,9 @@ class RunState:
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
     finished_at: datetime | None = None
+    #: The ``workflow:start`` event's meta (the redacted input), stored with a new run so that
+    #: a worker's claim can emit that event in SQL. Set by the engine; not loaded back.
+    start_meta: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def shallow_copy(self) -> RunState:
         new = object.__new__(RunState)

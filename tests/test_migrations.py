@@ -104,8 +104,8 @@ def a_run(run_id: str) -> RunState:
 
 
 # -- init -----------------------------------------------------------------------------------------
-def test_head_revision_is_the_initial_migration(fresh_db: FreshDb) -> None:
-    assert head_revision(fresh_db.storage()) == "0001"
+def test_head_revision_is_the_latest_migration(fresh_db: FreshDb) -> None:
+    assert head_revision(fresh_db.storage()) == "0002"
 
 
 def test_init_creates_the_schema_at_head(fresh_db: FreshDb) -> None:
@@ -116,10 +116,10 @@ def test_init_creates_the_schema_at_head(fresh_db: FreshDb) -> None:
     storage.init()
 
     assert fresh_db.tables() == ALL_TABLES
-    assert current_revision(storage) == head_revision(storage) == "0001"
+    assert current_revision(storage) == head_revision(storage) == "0002"
     with storage.engine.connect() as conn:
         versions = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
-    assert [tuple(v) for v in versions] == [("0001",)]
+    assert [tuple(v) for v in versions] == [("0002",)]
     # The schema works.
     assert storage.create_run(a_run("m-1"), []) is True
     assert storage.load_run("m-1") is not None
@@ -151,10 +151,10 @@ def test_init_twice_is_a_no_op(fresh_db: FreshDb) -> None:
 
     second = fresh_db.storage()  # another process starting up on the same database
     second.init()
-    assert upgrade(second) == ("0001", "0001")
+    assert upgrade(second) == ("0002", "0002")
 
     assert fresh_db.tables() == ALL_TABLES
-    assert current_revision(second) == "0001"
+    assert current_revision(second) == "0002"
     with second.engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar() == 1
     kept = second.load_run("keep-me")
@@ -164,8 +164,8 @@ def test_init_twice_is_a_no_op(fresh_db: FreshDb) -> None:
 
 def test_upgrade_reports_before_and_after(fresh_db: FreshDb) -> None:
     storage = fresh_db.storage(auto_migrate=False)
-    assert upgrade(storage) == (None, "0001")
-    assert upgrade(storage) == ("0001", "0001")
+    assert upgrade(storage) == (None, "0002")
+    assert upgrade(storage) == ("0002", "0002")
 
 
 def test_auto_migrate_false_does_not_create_tables(fresh_db: FreshDb) -> None:
@@ -203,8 +203,8 @@ def test_concurrent_upgrades_in_threads_both_succeed(fresh_db: FreshDb) -> None:
 
     for outcome in outcomes:
         assert isinstance(outcome, tuple), f"upgrade failed: {outcome!r}"
-        assert outcome[1] == "0001"
-        assert outcome[0] in (None, "0001")
+        assert outcome[1] == "0002"
+        assert outcome[0] in (None, "0002")
     assert fresh_db.tables() == ALL_TABLES
     with storages[0].engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar() == 1
@@ -224,7 +224,7 @@ def test_init_of_a_fresh_sqlite_file_waits_for_a_concurrent_writer(tmp_path: Any
     storage = SqlStorage(f"sqlite:///{path}")
     try:
         storage.init()
-        assert current_revision(storage) == "0001"
+        assert current_revision(storage) == "0002"
         assert storage.load_run("nothing") is None
     finally:
         release.join()
@@ -255,9 +255,9 @@ def test_concurrent_upgrades_in_processes_all_succeed(fresh_pg: FreshDb) -> None
     assert sorted(outcomes) == sorted(p.pid for p in procs)
     for outcome in outcomes.values():
         assert isinstance(outcome, tuple), f"upgrade failed: {outcome!r}"
-        assert outcome[1] == "0001"
+        assert outcome[1] == "0002"
     assert fresh_pg.tables() == ALL_TABLES
-    assert current_revision(fresh_pg.storage()) == "0001"
+    assert current_revision(fresh_pg.storage()) == "0002"
 
 
 # -- column types and indexes ----------------------------------------------------------------
@@ -279,6 +279,7 @@ def test_json_columns_are_jsonb_on_postgresql(fresh_pg: FreshDb) -> None:
     json_columns = {
         ("flux_runs", "input"),
         ("flux_runs", "data"),
+        ("flux_runs", "start_meta"),
         ("flux_steps", "output"),
         ("flux_traces", "meta"),
     }
@@ -314,6 +315,7 @@ def test_json_columns_are_json_on_sqlite(tmp_path: Any) -> None:
     assert {k for k, v in declared.items() if v == "JSON"} == {
         ("flux_runs", "input"),
         ("flux_runs", "data"),
+        ("flux_runs", "start_meta"),
         ("flux_steps", "output"),
         ("flux_traces", "meta"),
     }
@@ -332,3 +334,25 @@ def test_indexes_for_the_storage_queries(fresh_db: FreshDb) -> None:
     assert ["created_at"] in columns["flux_runs"]  # list_runs() newest first
     assert ["run_id", "seq"] in columns["flux_traces"]  # list_traces(run_id=...)
     assert ["wait_deadline"] in columns["flux_steps"]  # expired_waits
+
+
+def test_upgrading_from_0001_keeps_stored_runs(fresh_db: FreshDb) -> None:
+    """A database made by the first release: its runs survive the upgrade, and the new
+    column is empty for them."""
+    storage = fresh_db.storage(auto_migrate=False)
+    assert upgrade(storage, "0001") == (None, "0001")
+    with storage.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO flux_runs (id, workflow, status, input, data, current_step, "
+                "executor, version, created_at, updated_at) VALUES ('old-1', 'wf', 'pending', "
+                "'{\"x\": 1}', '{}', 0, 'celery', 0, :t, :t)"
+            ),
+            {"t": "2026-01-01 00:00:00"},
+        )
+    assert upgrade(storage) == ("0001", "0002")
+    state = storage.load_run("old-1")
+    assert state is not None and state.input == {"x": 1} and state.status == RunStatus.PENDING
+    with storage.engine.connect() as conn:
+        meta = conn.execute(sa.text("SELECT start_meta FROM flux_runs WHERE id = 'old-1'"))
+        assert meta.scalar() is None

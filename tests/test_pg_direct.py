@@ -146,6 +146,7 @@ def claim_for(run: RunState, index: int, **changes: Any) -> StepClaim:
         "worker": "w1@host",
         "event_id": new_event_id(),
         "now": utcnow(),
+        "start_event_id": new_event_id(),
     }
     values.update(changes)
     return StepClaim(**values)
@@ -213,6 +214,40 @@ def test_a_claim_outside_the_plain_case_changes_nothing(pg_storage: SqlStorage, 
     again = pg_storage.load_run(run.id)
     assert again is not None and again.to_dict() == stored.to_dict()
     assert pg_storage.list_traces(run_id=run.id) == []
+
+
+def test_a_claim_starts_a_pending_run_with_its_stored_start_meta(
+    pg_storage: SqlStorage,
+) -> None:
+    run = new_run("claim-pending")
+    run.definition_hash = "hash-1"
+    run.start_meta = {"input": {"n": 1, "password": "***"}}
+    assert pg_storage.create_run(run, []) is True
+    claim = claim_for(run, 0)
+    before, claimed = pg_storage.load_and_claim("claim-pending", claim)
+    assert claimed is True
+    assert before is not None and before.status is RunStatus.PENDING
+    after = pg_storage.load_run("claim-pending")
+    assert after is not None
+    assert after.status is RunStatus.RUNNING
+    assert (after.steps[0].status, after.steps[0].attempts) == (StepStatus.RUNNING, 1)
+    events = pg_storage.list_traces(run_id="claim-pending")
+    assert [(e.id, e.type, e.status, e.task_id, e.meta) for e in events] == [
+        (claim.start_event_id, "workflow:start", "running", "task-0", run.start_meta),
+        (claim.event_id, "step:start", "running", "task-0", None),
+    ]
+
+
+def test_a_pending_run_without_start_meta_is_not_claimed(pg_storage: SqlStorage) -> None:
+    """Runs created before migration 0002 have no stored start meta: the worker's usual
+    path starts them (and redacts their input itself)."""
+    run = new_run("claim-pending-old")
+    run.definition_hash = "hash-1"
+    assert pg_storage.create_run(run, []) is True
+    loaded, claimed = pg_storage.load_and_claim("claim-pending-old", claim_for(run, 0))
+    assert claimed is False
+    assert loaded is not None and loaded.status is RunStatus.PENDING
+    assert pg_storage.list_traces(run_id="claim-pending-old") == []
 
 
 def test_of_concurrent_claims_of_one_step_exactly_one_lands(pg_storage: SqlStorage) -> None:
@@ -284,7 +319,7 @@ def test_claimed_and_unclaimed_step_tasks_store_the_same_run(
         assert final is not None and final.status is RunStatus.COMPLETED
         steps = [(s.name, s.status.value, s.attempts, s.output, s.error) for s in final.steps]
         events = [
-            (e.type, e.step, e.status, e.attempt, e.max_attempts, e.worker)
+            (e.type, e.step, e.status, e.attempt, e.max_attempts, e.worker, e.meta)
             for e in pg_storage.list_traces(run_id=run_id)
         ]
         return [final.version, steps, events]
@@ -302,6 +337,6 @@ def test_claimed_and_unclaimed_step_tasks_store_the_same_run(
     claimed = drive("parity-claim", claim=True)
     plain = drive("parity-plain", claim=False)
     assert claimed == plain
-    # a: the run is still pending; c: has a condition; so b (twice) and d are claimed.
-    assert landed == ["b", "b", "d"]
+    # c has a condition (never claimed); a starts the pending run, b is claimed twice.
+    assert landed == ["a", "b", "b", "d"]
     assert flaky_calls == [1, 2, 1, 2]

@@ -107,6 +107,8 @@ class StepClaim:
     worker: str | None
     event_id: str
     now: datetime
+    #: The ``workflow:start`` event's id, used when the claim starts a ``pending`` run.
+    start_event_id: str
 
 
 @runtime_checkable
@@ -115,11 +117,14 @@ class ClaimingStorage(Protocol):
 
     def load_and_claim(self, run_id: str, claim: StepClaim) -> tuple[RunState | None, bool]:
         """The run as stored before the claim, and whether the claim landed. It lands only
-        when the run is ``running`` at ``claim.index`` with the same definition, and that
-        step is ``pending`` with fewer than ``max_attempts`` attempts. Then, atomically: the
-        run's version + 1 and ``updated_at = now``; the step ``running``, attempts + 1,
-        ``task_id``, ``started_at = now``, ``finished_at`` cleared; one ``step:start`` event
-        (id ``event_id``, ts ``now``) stored. Of concurrent claims of one step, one lands."""
+        when the run is ``running`` at ``claim.index`` (or ``pending`` there, with its start
+        meta stored) with the same definition, and that step is ``pending`` with fewer than
+        ``max_attempts`` attempts. Then, atomically: the run ``running``, its version + 1 and
+        ``updated_at = now``; the step ``running``, attempts + 1, ``task_id``,
+        ``started_at = now``, ``finished_at`` cleared; for a run that was pending a
+        ``workflow:start`` event (id ``start_event_id``, meta the stored start meta); one
+        ``step:start`` event (id ``event_id``); both at ``now``. Of concurrent claims of one
+        step, one lands."""
         ...
 
 

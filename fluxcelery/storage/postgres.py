@@ -74,10 +74,11 @@ SAVE_SQL = (
 CREATE_SQL = (
     "WITH r AS (INSERT INTO flux_runs (id, workflow, workflow_version, definition_hash, "
     "status, input, data, current_step, error, executor, version, created_at, updated_at, "
-    "finished_at) VALUES (%(id)s, %(workflow)s, %(workflow_version)s, %(definition_hash)s, "
-    "%(status)s, %(input)s::jsonb, %(data)s::jsonb, %(current_step)s::integer, %(error)s, "
-    "%(executor)s, %(version)s::integer, %(created_at)s::timestamptz, "
-    "%(updated_at)s::timestamptz, %(finished_at)s::timestamptz) "
+    "finished_at, start_meta) VALUES (%(id)s, %(workflow)s, %(workflow_version)s, "
+    "%(definition_hash)s, %(status)s, %(input)s::jsonb, %(data)s::jsonb, "
+    "%(current_step)s::integer, %(error)s, %(executor)s, %(version)s::integer, "
+    "%(created_at)s::timestamptz, %(updated_at)s::timestamptz, %(finished_at)s::timestamptz, "
+    "%(start_meta)s::jsonb) "
     "ON CONFLICT (id) DO NOTHING RETURNING id), "
     f"s AS (INSERT INTO flux_steps (run_id, {', '.join(STEP_COLS)}) "
     f"SELECT r.id, {', '.join('x.' + c for c in STEP_COLS)} "
@@ -98,17 +99,26 @@ LOAD_SQL = (
 
 
 # Load a run and, in the same statement, start its step ``idx`` when that is the plain case:
-# the run is running at that step, the step is pending with attempts left, and the stored
-# definition is the caller's. The step row is the guard: of two tasks claiming one step, the
-# second finds it no longer pending (PostgreSQL re-checks a row changed by a concurrent
-# update) and claims nothing. The rows returned are the run as it was before the claim; the
-# caller applies the claim's known changes when ``claimed`` is 1 (the last column).
-# ``(status = 'running') IS TRUE`` keeps the planner on the primary key: a plain equality let
-# it pick the (status, updated_at) index, whose 'running' range is full of dead entries left
-# by every save, and the claim slowed down as the table aged.
+# the run is running at that step (or pending, at its first step, with its start meta
+# stored), the step is pending with attempts left, and the stored definition is the caller's.
+# The step row is the guard: of two tasks claiming one step, the second finds it no longer
+# pending (PostgreSQL re-checks a row changed by a concurrent update) and claims nothing. A
+# pending run becomes running and gets its ``workflow:start`` event (meta from
+# ``start_meta``) before the ``step:start``. The rows returned are the run as it was before
+# the claim; the caller applies the claim's known changes when ``claimed`` (the last column)
+# is 1. ``(status = ...) IS TRUE`` keeps the planner on the primary key: a plain equality let
+# it pick the (status, updated_at) index, whose ranges are full of dead entries left by
+# every save, and the claim slowed down as the table aged.
+_CLAIM_EVENT_COLS = (
+    "id, ts, run_id, workflow, type, status, step, step_index, kind, attempt, max_attempts, "
+    "task_id, worker, meta"
+)
 CLAIM_SQL = (
-    "WITH c_run AS (UPDATE flux_runs SET version = version + 1, "
-    "updated_at = %(now)s::timestamptz WHERE id = %(id)s AND (status = 'running') IS TRUE "
+    "WITH c_old AS (SELECT status, start_meta FROM flux_runs WHERE id = %(id)s), "
+    "c_run AS (UPDATE flux_runs SET version = version + 1, status = 'running', "
+    "updated_at = %(now)s::timestamptz WHERE id = %(id)s "
+    "AND ((status = 'running') IS TRUE "
+    "OR ((status = 'pending') IS TRUE AND start_meta IS NOT NULL)) "
     "AND current_step = %(idx)s::integer AND definition_hash = %(definition_hash)s "
     "AND EXISTS (SELECT 1 FROM flux_steps WHERE run_id = %(id)s AND idx = %(idx)s::integer "
     "AND status = 'pending' AND attempts < %(max_attempts)s::integer) RETURNING id), "
@@ -117,11 +127,17 @@ CLAIM_SQL = (
     "WHERE run_id = %(id)s AND idx = %(idx)s::integer AND status = 'pending' "
     "AND attempts < %(max_attempts)s::integer AND EXISTS (SELECT 1 FROM c_run) "
     "RETURNING attempts), "
-    "c_trace AS (INSERT INTO flux_traces (id, ts, run_id, workflow, type, status, step, "
-    "step_index, kind, attempt, max_attempts, task_id, worker) SELECT %(event_id)s, "
-    "%(now)s::timestamptz, %(id)s, %(workflow)s, 'step:start', 'running', %(step)s, "
-    "%(idx)s::integer, %(kind)s, c_step.attempts, %(max_attempts)s::integer, %(task_id)s, "
-    "%(worker)s FROM c_step) "
+    f"c_trace AS (INSERT INTO flux_traces ({_CLAIM_EVENT_COLS}) SELECT {_CLAIM_EVENT_COLS} "
+    "FROM (SELECT 1 AS o, %(start_event_id)s AS id, %(now)s::timestamptz AS ts, "
+    "%(id)s AS run_id, %(workflow)s AS workflow, 'workflow:start' AS type, "
+    "'running' AS status, NULL::text AS step, NULL::integer AS step_index, NULL::text AS kind, "
+    "NULL::integer AS attempt, NULL::integer AS max_attempts, %(task_id)s AS task_id, "
+    "%(worker)s AS worker, c_old.start_meta AS meta FROM c_step, c_old "
+    "WHERE c_old.status = 'pending' "
+    "UNION ALL SELECT 2, %(event_id)s, %(now)s::timestamptz, %(id)s, %(workflow)s, "
+    "'step:start', 'running', %(step)s, %(idx)s::integer, %(kind)s, c_step.attempts, "
+    "%(max_attempts)s::integer, %(task_id)s, %(worker)s, NULL::jsonb FROM c_step) AS e "
+    "ORDER BY e.o) "
     + LOAD_SQL.replace(" FROM flux_runs r", ", (SELECT count(*) FROM c_step) FROM flux_runs r")
 )
 
@@ -267,6 +283,7 @@ def create_params(state: RunState, events: Sequence[TraceEvent], now: datetime) 
         "created_at": state.created_at,
         "updated_at": now,
         "finished_at": state.finished_at,
+        "start_meta": _json(state.start_meta),
         "steps": _rows([_step_row(s) for s in state.steps], "step rows"),
         "events": _rows([_trace_row(e) for e in events], "trace events"),
     }

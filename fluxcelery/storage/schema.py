@@ -28,6 +28,10 @@ runs = sa.Table(
     sa.Column("created_at", TZ, nullable=False),
     sa.Column("updated_at", TZ, nullable=False),
     sa.Column("finished_at", TZ),
+    # The ``meta`` of the run's ``workflow:start`` event (the redacted input), written when the
+    # run is created: a worker's claim (storage/postgres.py) emits that event in SQL, where the
+    # redaction cannot be done. Never read back into ``RunState``.
+    sa.Column("start_meta", JsonType),
     sa.Index("ix_flux_runs_workflow_created", "workflow", "created_at"),
     sa.Index("ix_flux_runs_status_updated", "status", "updated_at"),
     sa.Index("ix_flux_runs_created", "created_at"),

@@ -92,7 +92,9 @@ def _engine_for(url: str) -> Engine:
 # Written by every save: everything but the identity and what is written once or by the
 # save itself (version, updated_at).
 _RUN_COLS = tuple(
-    c for c in schema.RUN_COLUMNS if c not in ("id", "version", "created_at", "updated_at")
+    c
+    for c in schema.RUN_COLUMNS
+    if c not in ("id", "version", "created_at", "updated_at", "start_meta")
 )
 _STEP_COLS = schema.STEP_COLUMNS[1:]  # all but idx
 
@@ -438,6 +440,7 @@ class SqlStorage:
                 "step": claim.step,
                 "kind": claim.kind,
                 "event_id": claim.event_id,
+                "start_event_id": claim.start_event_id,
                 "now": claim.now,
             },
         )
