@@ -193,6 +193,7 @@ class Workflow:
             raise DefinitionError(f"workflow version must be a string, got {version!r}")
         self.version: str | None = None if version is None else str(version)
         self._steps: list[StepDef] = []
+        self._frozen_steps: tuple[StepDef, ...] | None = None
         self._input: InputSpec | None = None
         self._frozen = False
         self._hash: str | None = None
@@ -337,12 +338,15 @@ class Workflow:
             if not self._steps:
                 raise DefinitionError(f"Workflow {self.name!r} has no steps")
             self._hash = _definition_hash(self)
+            self._frozen_steps = tuple(self._steps)
             self._frozen = True
         return self
 
     @property
     def steps(self) -> tuple[StepDef, ...]:
-        return tuple(self._steps)
+        # Read several times per step on the hot path: frozen, the tuple is built once.
+        frozen = self._frozen_steps
+        return frozen if frozen is not None else tuple(self._steps)
 
     @property
     def input_spec(self) -> InputSpec | None:

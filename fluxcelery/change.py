@@ -64,17 +64,25 @@ class Change:
         return self.state.steps[index]
 
     def event(self, type: str, **fields: Any) -> None:
-        self.events.append(TraceEvent.make(type, self.state.id, self.state.workflow, **fields))
+        state = self.state
+        self.events.append(TraceEvent.make(type, state.id, state.workflow, **fields))
 
     def step_event(
         self, type: str, step: StepState, sdef: StepDef | None = None, **fields: Any
     ) -> None:
-        if sdef is not None and "max_attempts" not in fields:
-            fields["max_attempts"] = self.runner.max_attempts(sdef)
-        fields["step"] = step.name
-        fields["step_index"] = step.index
-        fields["kind"] = step.kind
-        self.events.append(TraceEvent.make(type, self.state.id, self.state.workflow, **fields))
+        state = self.state
+        self.events.append(
+            TraceEvent.make(
+                type,
+                state.id,
+                state.workflow,
+                step=step.name,
+                step_index=step.index,
+                kind=step.kind,
+                max_attempts=None if sdef is None else self.runner.max_attempts(sdef),
+                **fields,
+            )
+        )
 
     def hook(self, name: str, *args: Any) -> None:
         """Call hook ``name`` after this change has landed (never for a lost race)."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import json.encoder
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .errors import PayloadTooLarge, SerializationError
@@ -12,6 +13,39 @@ DEFAULT_MAX_BYTES = 1024 * 1024
 DEFAULT_REDACT = ("password", "token", "secret", "authorization", "card")
 MASK = "***"
 _INT64 = 1 << 63  # ints beyond are left to the encoder (it refuses the absurdly long ones)
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def compact_encoder(*, allow_nan: bool) -> Callable[[Any], str]:
+    """A compact JSON encoder (non-ASCII kept) made once and reused.
+
+    ``json.dumps`` with options builds a new C encoder on every call, which was half the cost
+    of encoding a step row or a trace line; the hot path encodes several values per step. No
+    circular-reference bookkeeping either: a value that contains itself ends in
+    ``RecursionError``, which ``dumps`` reports like a too deeply nested one.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    try:
+        if make is None:
+            raise TypeError("no C accelerator")
+        chunks = make(
+            None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, allow_nan
+        )
+    except TypeError:  # pragma: no cover - a Python without it, or with another signature
+        return json.JSONEncoder(
+            separators=(",", ":"), ensure_ascii=False, allow_nan=allow_nan, check_circular=False
+        ).encode
+
+    def encode(value: Any) -> str:
+        return "".join(chunks(value, 0))
+
+    return encode
+
+
+_encode = compact_encoder(allow_nan=False)
 
 
 def _find_bad_value(value: Any, path: str = "") -> str | None:
@@ -52,9 +86,11 @@ def _has_nul(value: Any) -> bool:
 def dumps(value: Any, *, what: str = "value", max_bytes: int | None = None) -> str:
     """Compact JSON, or ``SerializationError``/``PayloadTooLarge`` naming ``what``."""
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _encode(value)
     except RecursionError:
-        raise SerializationError(f"{what} is nested too deeply to store as JSON") from None
+        raise SerializationError(
+            f"{what} is nested too deeply (or contains itself) to store as JSON"
+        ) from None
     except (TypeError, ValueError) as exc:
         where = _find_bad_value(value)
         raise SerializationError(

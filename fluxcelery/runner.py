@@ -110,16 +110,20 @@ class StepRunner:
     def _finish_run(self, change: Change, status: RunStatus, error: str | None = None) -> None:
         state = change.state
         state.status = status
-        state.finished_at = utcnow()
+        now = state.finished_at = utcnow()
         if error is not None:
             state.error = error
-        duration = ms_between(state.created_at, state.finished_at)
+        duration = ms_between(state.created_at, now)
         if status == RunStatus.COMPLETED:
             state.error = None
-            change.event("workflow:complete", status=status.value, duration_ms=duration)
+            change.event("workflow:complete", status=status.value, duration_ms=duration, ts=now)
         else:
             change.event(
-                "workflow:error", status=status.value, duration_ms=duration, error=state.error
+                "workflow:error",
+                status=status.value,
+                duration_ms=duration,
+                error=state.error,
+                ts=now,
             )
 
     # -- forward steps --------------------------------------------------------------------
@@ -298,13 +302,14 @@ class StepRunner:
         s.status = StepStatus.RUNNING
         s.attempts = attempt
         s.task_id = task_id
-        s.started_at = utcnow()
+        s.started_at = now = utcnow()
         s.finished_at = None
         state.current_step = index
         change.step_event(
             "step:start",
             s,
             sdef,
+            ts=now,
             status="running",
             attempt=attempt,
             task_id=task_id,
@@ -455,6 +460,7 @@ class StepRunner:
             "step:complete",
             s,
             sdef,
+            ts=now,
             status="completed",
             attempt=ctx.attempt,
             duration_ms=s.duration_ms,

@@ -133,6 +133,16 @@ def test_deeply_nested_input_is_refused_with_a_flux_error(hostile_engine: FluxEn
     assert _count(hostile_engine) == 0
 
 
+def test_input_that_contains_itself_is_refused_with_a_flux_error(
+    hostile_engine: FluxEngine,
+) -> None:
+    loop: dict[str, Any] = {"a": 1}
+    loop["self"] = loop
+    with pytest.raises(FluxError, match="contains itself"):
+        hostile_engine.execute(ECHO, loop)
+    assert _count(hostile_engine) == 0
+
+
 def test_lone_surrogate_is_refused_on_every_backend_alike() -> None:
     """Memory storage could keep it, but no database can: refuse it everywhere."""
     engine = FluxEngine(storage=MemoryStorage())

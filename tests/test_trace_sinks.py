@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from pathlib import Path
 
 from fluxcelery import ConsoleLogger, FluxEngine, JsonFileTraceSink, TraceEvent, workflow
@@ -149,3 +150,43 @@ def test_console_logger_lines(make_engine) -> None:
     lines = out.getvalue().splitlines()
     assert len(lines) == 4
     assert "sink-console/" in lines[1] and "step:start step=a attempt=1/4" in lines[1]
+
+
+def test_ndjson_lines_are_the_events_to_dict(make_engine, tmp_path: Path) -> None:
+    """The file sink's reused encoder writes exactly what ``json.dumps(to_dict())`` would."""
+    path = tmp_path / "trace.ndjson"
+    engine = make_engine(trace=[JsonFileTraceSink(path)])
+    engine.execute(workflow("sink-lines").step("a", lambda c: {"é": [1.5, None]}), {"x": "ü"})
+    lines = path.read_text(encoding="utf-8").splitlines()
+    events = engine.traces()
+    assert len(lines) == len(events) > 0
+    by_id = {e.id: e for e in events}
+    for line in lines:
+        raw = json.loads(line)
+        assert raw == by_id[raw["id"]].to_dict()
+        assert line == json.dumps(raw, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_event_ids_are_unique_across_forked_processes() -> None:
+    """Ids are a per-process random prefix and a counter: a child forked as a prefork pool
+    forks draws its own prefix, so it never repeats its parent's ids."""
+    from fluxcelery.trace.event import new_event_id
+
+    parent = [new_event_id() for _ in range(3)]
+    assert len(set(parent)) == 3 and all(len(i) == 32 for i in parent)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its ids and leave without running pytest's teardown
+        try:
+            os.write(write_end, " ".join(new_event_id() for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    child = os.read(read_end, 4096).decode().split()
+    os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    after = [new_event_id() for _ in range(3)]
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(child) == 3
+    assert not set(child) & set(parent + after)
+    assert {i[:16] for i in child} != {i[:16] for i in parent}

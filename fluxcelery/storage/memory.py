@@ -98,7 +98,9 @@ class MemoryStorage:
     def _add_traces(self, events: Sequence[TraceEvent]) -> None:
         if not events:
             return
-        self._traces.extend(_private(e) for e in events)
+        traces = self._traces
+        for e in events:
+            traces.append(e if e.meta is None else _private(e))
         if self._max_traces is not None and len(self._traces) > self._max_traces:
             del self._traces[: len(self._traces) - self._max_traces]
 

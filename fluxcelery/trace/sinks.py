@@ -12,9 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from ..jsoncodec import compact_encoder
 from .event import TraceEvent
 
 log = logging.getLogger("fluxcelery.trace")
+
+
+_encode_line = compact_encoder(allow_nan=True)
 
 
 class JsonFileTraceSink:
@@ -46,10 +50,7 @@ class JsonFileTraceSink:
 
     def emit_many(self, events: Sequence[TraceEvent]) -> None:
         """Write a change's events with one locked ``write``."""
-        data = "".join(
-            json.dumps(e.to_dict(), separators=(",", ":"), ensure_ascii=False) + "\n"
-            for e in events
-        ).encode()
+        data = "".join([_encode_line(e.to_dict()) + "\n" for e in events]).encode()
         with self._lock:
             fd = self._open()
             fcntl.flock(fd, fcntl.LOCK_EX)
