@@ -29,8 +29,12 @@ class Action(StrEnum):
     STOP = "stop"  # nothing to do here (lost a race, stale task, run not active)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Next:
+    """What happens after a step attempt. Treat it as immutable: it is not frozen only
+    because it is made for every step, and a frozen dataclass costs three times as much to
+    build (``object.__setattr__`` per field)."""
+
     action: Action
     index: int | None = None
     delay: float = 0.0

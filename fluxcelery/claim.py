@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from .errors import FluxError
 from .records import RunState, utcnow
 from .states import RunStatus, StepStatus
-from .storage.base import ClaimingStorage, StepClaim
+from .storage.base import StepClaim
 from .trace.event import TraceEvent, new_event_id
 
 if TYPE_CHECKING:
@@ -31,7 +31,8 @@ def load_claiming(
 ) -> tuple[RunState | None, bool]:
     """Load the run; where the store can, start step ``index`` in the same statement.
     Returns the run (as it is after the claim) and whether the step was claimed."""
-    if workflow is None or outage or not isinstance(runner.storage, ClaimingStorage):
+    store = runner.claiming
+    if workflow is None or outage or store is None:
         return runner.storage.load_run(run_id), False
     try:
         wf = runner.engine.workflow(workflow)
@@ -54,7 +55,7 @@ def load_claiming(
         now=now,
         start_event_id=new_event_id(),
     )
-    state, claimed = runner.storage.load_and_claim(run_id, claim)
+    state, claimed = store.load_and_claim(run_id, claim)
     if state is None or not claimed:
         return state, False
     # The store applied exactly this (see ClaimingStorage); mirror it in memory.

@@ -30,6 +30,7 @@ from .jsoncodec import roundtrip
 from .policy import compensation_plan, should_retry
 from .records import RunState, ms_between, utcnow
 from .states import DONE_STEP, RunStatus, StepStatus
+from .storage.base import ClaimingStorage
 from .trace.event import TraceEvent
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ class StepRunner:
     def __init__(self, engine: FluxEngine) -> None:
         self.engine = engine
         self.storage = engine.storage
+        #: The store, when it can start a step in the load statement (asked once: a runtime
+        #: protocol check is slow, and every step task would ask it).
+        self.claiming = engine.storage if isinstance(engine.storage, ClaimingStorage) else None
         self.compensation = Compensation(self)
 
     def run_compensation(
