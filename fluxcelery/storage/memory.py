@@ -35,13 +35,13 @@ class _MemoryTransaction:
 
 # Trace events are kept as plain tuples. The garbage collector stops tracking a tuple of
 # strings, numbers and datetimes, while every event object stays tracked: with ten events per
-# run, the full collections over a growing store took a third of an embedded run's time.
+# run, the full collections over a growing store took up to a third of an embedded run.
 _FIELDS = tuple(f.name for f in dataclasses.fields(TraceEvent))
 _pack = operator.attrgetter(*_FIELDS)
 _RUN_ID, _WORKFLOW, _TYPE, _STATUS, _META = (
     _FIELDS.index(name) for name in ("run_id", "workflow", "type", "status", "meta")
 )
-Row = tuple[Any, ...]
+_Row = tuple[Any, ...]
 
 
 class MemoryStorage:
@@ -51,7 +51,7 @@ class MemoryStorage:
 
     def __init__(self, max_traces: int | None = None) -> None:
         self._runs: dict[str, RunState] = {}
-        self._traces: list[Row] = []
+        self._traces: list[_Row] = []
         self._max_traces = max_traces
         self._lock = threading.RLock()
 
@@ -209,7 +209,7 @@ class MemoryStorage:
         return [_event(r) for r in found[offset:end]]
 
 
-def _event(row: Row) -> TraceEvent:
+def _event(row: _Row) -> TraceEvent:
     """A stored row as an event of its own (``meta`` is a dict: handed out as a copy)."""
     event = object.__new__(TraceEvent)
     event.__dict__.update(zip(_FIELDS, row, strict=True))

@@ -50,9 +50,9 @@ FIELDS = (
 class _EventIds:
     """32 hex digits: 64 random bits drawn once per process, then a counter.
 
-    As unique as ``uuid4().hex`` for our use (no two processes share a prefix; a forked
-    child draws its own) at a small part of its cost: ten ids per run made the
-    ``urandom`` system call show in profiles.
+    Unique for our use like ``uuid4().hex`` (two processes drawing the same 64-bit prefix is
+    as unlikely as a uuid collision; a forked child draws its own) at a small part of its
+    cost: ten ids per run made the ``urandom`` system call show in profiles.
     """
 
     def __init__(self) -> None:
