@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import json.encoder
 from collections.abc import Callable, Iterable
+from decimal import Decimal
 from typing import Any
 
 from .errors import PayloadTooLarge, SerializationError
@@ -111,6 +112,32 @@ def dumps(value: Any, *, what: str = "value", max_bytes: int | None = None) -> s
             f"{what} is {len(text.encode())} bytes, over the limit of {max_bytes} bytes"
         )
     return text
+
+
+def dumps_for_jsonb(value: Any, *, what: str = "value") -> str:
+    """``dumps`` for a PostgreSQL ``jsonb`` value: floats of 1e16 and more are spelled out.
+
+    jsonb keeps numbers as ``numeric``, which prints ``1e+16`` back as
+    ``10000000000000000``: the float came back as an int (and ``1e300`` as ``10**300``, not
+    even equal to it). Spelled with a decimal point (``10000000000000000.0``) it stays a
+    float. Only a text with ``e+`` in it (such a float, or those two characters in a string)
+    is encoded again, by the slower walk below.
+    """
+    text = dumps(value, what=what)
+    return _spell_large_floats(value) if "e+" in text else text
+
+
+def _spell_large_floats(value: Any) -> str:
+    kind = value.__class__
+    if kind is dict:
+        items = (f"{_encode(k)}:{_spell_large_floats(v)}" for k, v in value.items())
+        return "{" + ",".join(items) + "}"
+    if kind is list or kind is tuple:
+        return "[" + ",".join(_spell_large_floats(v) for v in value) + "]"
+    if kind is float:
+        text = float.__repr__(value)
+        return f"{Decimal(text):f}.0" if "e+" in text else text
+    return _encode(value)
 
 
 def roundtrip(value: Any, *, what: str = "value", max_bytes: int | None = None) -> Any:

@@ -105,7 +105,7 @@ def a_run(run_id: str) -> RunState:
 
 # -- init -----------------------------------------------------------------------------------------
 def test_head_revision_is_the_latest_migration(fresh_db: FreshDb) -> None:
-    assert head_revision(fresh_db.storage()) == "0002"
+    assert head_revision(fresh_db.storage()) == "0003"
 
 
 def test_init_creates_the_schema_at_head(fresh_db: FreshDb) -> None:
@@ -116,10 +116,10 @@ def test_init_creates_the_schema_at_head(fresh_db: FreshDb) -> None:
     storage.init()
 
     assert fresh_db.tables() == ALL_TABLES
-    assert current_revision(storage) == head_revision(storage) == "0002"
+    assert current_revision(storage) == head_revision(storage) == "0003"
     with storage.engine.connect() as conn:
         versions = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
-    assert [tuple(v) for v in versions] == [("0002",)]
+    assert [tuple(v) for v in versions] == [("0003",)]
     # The schema works.
     assert storage.create_run(a_run("m-1"), []) is True
     assert storage.load_run("m-1") is not None
@@ -151,10 +151,10 @@ def test_init_twice_is_a_no_op(fresh_db: FreshDb) -> None:
 
     second = fresh_db.storage()  # another process starting up on the same database
     second.init()
-    assert upgrade(second) == ("0002", "0002")
+    assert upgrade(second) == ("0003", "0003")
 
     assert fresh_db.tables() == ALL_TABLES
-    assert current_revision(second) == "0002"
+    assert current_revision(second) == "0003"
     with second.engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar() == 1
     kept = second.load_run("keep-me")
@@ -164,8 +164,8 @@ def test_init_twice_is_a_no_op(fresh_db: FreshDb) -> None:
 
 def test_upgrade_reports_before_and_after(fresh_db: FreshDb) -> None:
     storage = fresh_db.storage(auto_migrate=False)
-    assert upgrade(storage) == (None, "0002")
-    assert upgrade(storage) == ("0002", "0002")
+    assert upgrade(storage) == (None, "0003")
+    assert upgrade(storage) == ("0003", "0003")
 
 
 def test_auto_migrate_false_does_not_create_tables(fresh_db: FreshDb) -> None:
@@ -203,8 +203,8 @@ def test_concurrent_upgrades_in_threads_both_succeed(fresh_db: FreshDb) -> None:
 
     for outcome in outcomes:
         assert isinstance(outcome, tuple), f"upgrade failed: {outcome!r}"
-        assert outcome[1] == "0002"
-        assert outcome[0] in (None, "0002")
+        assert outcome[1] == "0003"
+        assert outcome[0] in (None, "0003")
     assert fresh_db.tables() == ALL_TABLES
     with storages[0].engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar() == 1
@@ -224,7 +224,7 @@ def test_init_of_a_fresh_sqlite_file_waits_for_a_concurrent_writer(tmp_path: Any
     storage = SqlStorage(f"sqlite:///{path}")
     try:
         storage.init()
-        assert current_revision(storage) == "0002"
+        assert current_revision(storage) == "0003"
         assert storage.load_run("nothing") is None
     finally:
         release.join()
@@ -255,9 +255,9 @@ def test_concurrent_upgrades_in_processes_all_succeed(fresh_pg: FreshDb) -> None
     assert sorted(outcomes) == sorted(p.pid for p in procs)
     for outcome in outcomes.values():
         assert isinstance(outcome, tuple), f"upgrade failed: {outcome!r}"
-        assert outcome[1] == "0002"
+        assert outcome[1] == "0003"
     assert fresh_pg.tables() == ALL_TABLES
-    assert current_revision(fresh_pg.storage()) == "0002"
+    assert current_revision(fresh_pg.storage()) == "0003"
 
 
 # -- column types and indexes ----------------------------------------------------------------
@@ -300,7 +300,17 @@ def test_json_columns_are_jsonb_on_postgresql(fresh_pg: FreshDb) -> None:
     assert types[("flux_traces", "seq")] == "bigint"
 
 
-def test_json_columns_are_json_on_sqlite(tmp_path: Any) -> None:
+NEEDS_SQLITE_335 = pytest.mark.skipif(
+    sqlite3.sqlite_version_info < (3, 35),
+    reason=f"SQLite {sqlite3.sqlite_version} cannot retype a column (migration 0003 needs 3.35)",
+)
+
+
+@NEEDS_SQLITE_335
+def test_json_columns_on_sqlite_keep_their_text(tmp_path: Any) -> None:
+    """Input and output may be a bare number: TEXT affinity keeps its JSON text (a column
+    declared JSON has NUMERIC affinity and turned 2**70 into a float). The others only ever
+    hold objects."""
     storage = SqlStorage(f"sqlite:///{tmp_path}/types.db")
     try:
         storage.init()
@@ -312,13 +322,60 @@ def test_json_columns_are_json_on_sqlite(tmp_path: Any) -> None:
             }
     finally:
         storage.close()
-    assert {k for k, v in declared.items() if v == "JSON"} == {
+    assert {k for k, v in declared.items() if v == "TEXT"} >= {
         ("flux_runs", "input"),
+        ("flux_steps", "output"),
+    }
+    assert {k for k, v in declared.items() if v == "JSON"} == {
         ("flux_runs", "data"),
         ("flux_runs", "start_meta"),
-        ("flux_steps", "output"),
         ("flux_traces", "meta"),
     }
+
+
+@NEEDS_SQLITE_335
+def test_upgrading_sqlite_to_0003_keeps_stored_numbers_exact(tmp_path: Any) -> None:
+    """Numbers stored by 0002 (SQLite made them INTEGER or REAL) are copied to the TEXT
+    columns as the same JSON values; new writes keep every digit."""
+    storage = SqlStorage(f"sqlite:///{tmp_path}/old.db", auto_migrate=False)
+    try:
+        assert upgrade(storage, "0002") == (None, "0002")
+        stored: dict[str, Any] = {
+            "int": 12,
+            "float": 0.1 + 0.2,
+            "huge": 1e300,
+            "max-float": 1.7976931348623157e308,
+            "text": "abc",
+            "object": {"k": [1, 2.5]},
+            "null": None,
+        }
+        for name, value in stored.items():
+            run = a_run(f"old-{name}")
+            run.input = value
+            run.steps[0].output = value
+            assert storage.create_run(run, []) is True
+        with storage.engine.connect() as conn:
+            kinds = conn.execute(sa.text("SELECT typeof(input) FROM flux_runs ORDER BY id"))
+            assert {k for (k,) in kinds} == {"integer", "real", "text"}  # what 0002 left
+        assert upgrade(storage) == ("0002", "0003")
+        for name, value in stored.items():
+            state = storage.load_run(f"old-{name}")
+            assert state is not None
+            assert state.input == value and type(state.input) is type(value), name
+            assert state.steps[0].output == value, name
+            assert type(state.steps[0].output) is type(value), name
+        with storage.engine.connect() as conn:
+            kinds = conn.execute(sa.text("SELECT DISTINCT typeof(output) FROM flux_steps"))
+            assert {k for (k,) in kinds} == {"text"}
+            foreign_keys = conn.execute(sa.text("PRAGMA foreign_key_check")).all()
+            assert foreign_keys == []
+        big = a_run("new-big")
+        big.input = 2**70
+        assert storage.create_run(big, []) is True
+        loaded = storage.load_run("new-big")
+        assert loaded is not None and loaded.input == 2**70
+    finally:
+        storage.close()
 
 
 def test_indexes_for_the_storage_queries(fresh_db: FreshDb) -> None:
@@ -350,7 +407,7 @@ def test_upgrading_from_0001_keeps_stored_runs(fresh_db: FreshDb) -> None:
             ),
             {"t": "2026-01-01 00:00:00"},
         )
-    assert upgrade(storage) == ("0001", "0002")
+    assert upgrade(storage) == ("0001", "0003")
     state = storage.load_run("old-1")
     assert state is not None and state.input == {"x": 1} and state.status == RunStatus.PENDING
     with storage.engine.connect() as conn:

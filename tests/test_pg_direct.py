@@ -16,11 +16,12 @@ from psycopg.conninfo import conninfo_to_dict
 from fluxcelery import SqlStorage, workflow
 from fluxcelery.change import Action
 from fluxcelery.errors import StorageError
+from fluxcelery.jsoncodec import dumps, dumps_for_jsonb
 from fluxcelery.records import RunState, StepState, utcnow
 from fluxcelery.states import RunStatus, StepStatus
 from fluxcelery.storage.base import StepClaim
 from fluxcelery.storage.pgdirect import conninfo
-from fluxcelery.trace.event import new_event_id
+from fluxcelery.trace.event import TraceEvent, new_event_id
 
 
 def new_run(run_id: str) -> RunState:
@@ -340,3 +341,23 @@ def test_claimed_and_unclaimed_step_tasks_store_the_same_run(
     # c has a condition (never claimed); a starts the pending run, b is claimed twice.
     assert landed == ["a", "b", "b", "d"]
     assert flaky_calls == [1, 2, 1, 2]
+
+
+def test_large_floats_stay_floats_in_jsonb(pg_storage: SqlStorage) -> None:
+    """jsonb keeps numbers as numeric and prints 1e+16 back as 10000000000000000 (an int);
+    the store spells such floats out with a decimal point. A string with "e+" in it takes
+    the same slower encoding and comes back unchanged."""
+    value = {"avogadro": 6.02214076e23, "max": 1.7976931348623157e308, "small": 1e-7, "n": 2**70}
+    state = new_run("pg-floats")
+    state.input = value
+    state.steps[0].output = [value, "see e+ here", -1.5e16]
+    event = TraceEvent.make("hook:error", "pg-floats", "pg-direct", meta={"v": value})
+    assert pg_storage.create_run(state, [event]) is True
+    loaded = pg_storage.load_run("pg-floats")
+    assert loaded is not None
+    assert loaded.input == value
+    assert loaded.steps[0].output == [value, "see e+ here", -1.5e16]
+    assert type(loaded.steps[0].output[2]) is float
+    (stored,) = pg_storage.list_traces(run_id="pg-floats")
+    assert stored.meta == {"v": value} and type(stored.meta["v"]["avogadro"]) is float
+    assert dumps_for_jsonb({"x": 1.5}) == dumps({"x": 1.5})  # the common case: one encode

@@ -46,6 +46,13 @@ def test_each_thread_has_its_own_configured_connection(sqlite_storage: SqlStorag
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        # FULL (2): the WAL is synced at every commit, so a power loss keeps every step.
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_pooled_connections_sync_every_commit_too(sqlite_storage: SqlStorage) -> None:
+    with sqlite_storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
 
 
 def test_close_then_use_again(sqlite_storage: SqlStorage) -> None:

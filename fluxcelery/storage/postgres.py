@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..jsoncodec import dumps
+from ..jsoncodec import dumps_for_jsonb
 from ..records import RunState, StepState
 from ..states import RunStatus, StepStatus
 from ..trace.event import TraceEvent
@@ -143,7 +143,7 @@ CLAIM_SQL = (
 
 
 def _json(value: Any) -> str | None:
-    return None if value is None else dumps(value)
+    return None if value is None else dumps_for_jsonb(value)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -193,7 +193,7 @@ def _trace_row(e: TraceEvent) -> dict[str, Any]:
 def _rows(rows: list[dict[str, Any]], what: str) -> str:
     # Outputs and meta were checked when they were made (jsoncodec.roundtrip); error texts
     # are plain strings. ``dumps`` still refuses a NUL, which PostgreSQL cannot store.
-    return dumps(rows, what=what) if rows else "[]"
+    return dumps_for_jsonb(rows, what=what) if rows else "[]"
 
 
 def state_from_rows(rows: Sequence[Any]) -> RunState | None:

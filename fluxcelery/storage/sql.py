@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from ..errors import FluxError, StorageError
-from ..jsoncodec import dumps
+from ..jsoncodec import dumps, dumps_for_jsonb
 from ..records import RunState, StepState, utcnow
 from ..states import RunStatus, StepStatus
 from ..trace.event import TraceEvent
@@ -66,7 +66,8 @@ def _storage_error(exc: sa.exc.StatementError, url: str) -> Exception:
 
 
 def _engine_for(url: str) -> Engine:
-    kwargs: dict[str, Any] = {"json_serializer": dumps, "future": True}
+    serializer = dumps if url.startswith("sqlite") else dumps_for_jsonb
+    kwargs: dict[str, Any] = {"json_serializer": serializer, "future": True}
     if url.startswith("sqlite"):
         db = sa.engine.make_url(url).database
         if db and db != ":memory:":
