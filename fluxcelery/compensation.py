@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .builder import StepDef, Workflow
 from .change import DONE, STOP, Action, Change, Next
 from .context import StepContext
-from .errors import FluxError, describe_error
+from .errors import FluxError
 from .policy import compensation_plan, should_retry
 from .records import RunState, ms_between, utcnow
 from .states import RunStatus, StepStatus
@@ -151,7 +151,7 @@ class Compensation:
         worker: str | None,
     ) -> Next:
         s = change.step(sdef.index)
-        err = describe_error(exc)
+        err = self.runner.error_text(exc, change.state)
         retry = should_retry(exc, attempt, self.runner.max_attempts(sdef))
         delay = (sdef.backoff or self.runner.engine.backoff).delay(attempt) if retry else 0.0
         change.step_event(

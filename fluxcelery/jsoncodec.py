@@ -13,6 +13,9 @@ from .errors import PayloadTooLarge, SerializationError
 DEFAULT_MAX_BYTES = 1024 * 1024
 DEFAULT_REDACT = ("password", "token", "secret", "authorization", "card")
 MASK = "***"
+#: Shorter secret values are not scrubbed out of texts: masking every "42" would garble a
+#: message and hide nothing.
+MIN_SECRET_CHARS = 4
 _INT64 = 1 << 63  # ints beyond are left to the encoder (it refuses the absurdly long ones)
 
 
@@ -172,6 +175,37 @@ class Redactor:
     def is_secret(self, key: str) -> bool:
         low = key.lower()
         return any(k in low for k in self.keys)
+
+    def secret_texts(self, *values: Any) -> list[str]:
+        """The text of every scalar under a secret-looking key in ``values``, longest first
+        (so that a secret containing another is masked whole)."""
+        found: set[str] = set()
+
+        def walk(value: Any, secret: bool) -> None:
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    walk(item, secret or (isinstance(key, str) and self.is_secret(key)))
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    walk(item, secret)
+            elif secret and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                text = str(value)
+                if len(text) >= MIN_SECRET_CHARS:
+                    found.add(text)
+
+        if self.keys:
+            for value in values:
+                walk(value, False)
+        return sorted(found, key=lambda text: (-len(text), text))
+
+    def scrub(self, text: str, *values: Any) -> str:
+        """``text`` (a log line, an error message) with the secrets found in ``values``
+        masked: the key-based redaction cannot see a token that a handler put in a
+        message."""
+        for secret in self.secret_texts(*values):
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
 
     def __call__(self, value: Any) -> Any:
         if not self.keys:

@@ -88,7 +88,14 @@ class StepRunner:
             data=roundtrip(state.data) if state.data else {},
             results=state.results,
             session=session,
+            redactor=self.engine.redact,
+            raw_input=state.input,
         )
+
+    def error_text(self, exc: BaseException, state: RunState) -> str:
+        """``describe_error`` with the run's secrets masked: an exception message is stored
+        and traced, and a handler may have put a token in it."""
+        return self.engine.redact.scrub(describe_error(exc), state.input, state.data)
 
     def call_hook(self, name: str, state: RunState, *args: Any) -> None:
         """Call a hook; a raising hook is logged and traced, never changes the outcome."""
@@ -100,12 +107,13 @@ class StepRunner:
                 fn, *args, timeout=self.engine.hook_timeout, what=f"hook {name}"
             )
         except Exception as exc:
-            log.warning("hook %s raised for run %s: %s", name, state.id, describe_error(exc))
+            err = self.error_text(exc, state)
+            log.warning("hook %s raised for run %s: %s", name, state.id, err)
             event = TraceEvent(
                 type="hook:error",
                 run_id=state.id,
                 workflow=state.workflow,
-                error=describe_error(exc),
+                error=err,
                 meta={"hook": name},
                 step=args[0] if args and isinstance(args[0], str) else None,
             )
@@ -269,7 +277,7 @@ class StepRunner:
                     sdef.when, ctx, timeout=self.timeout(sdef), what=f"when() of step {sdef.name!r}"
                 )
             except Exception as exc:
-                err = f"when() raised {describe_error(exc)}"
+                err = f"when() raised {self.error_text(exc, state)}"
                 return self._apply_fail(change, wf, sdef, 0, err, exc, task_id, worker)
             if not go:
                 s = change.step(index)
@@ -487,7 +495,7 @@ class StepRunner:
     ) -> Next:
         """Store a failed attempt: a retry, or the step's failure."""
         max_attempts = self.max_attempts(sdef)
-        err = describe_error(exc)
+        err = self.error_text(exc, change.state)
         if should_retry(exc, attempt, max_attempts, sdef.retry_on, sdef.no_retry_on):
             delay = (sdef.backoff or self.engine.backoff).delay(attempt)
             s = change.step(sdef.index)
