@@ -44,7 +44,9 @@ REDIS = os.environ.get("FLUX_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 CELERY = str(Path(sys.executable).with_name("celery"))
 
 
-def start_worker(app: str, queue: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start_worker(
+    app: str, queue: str, env: dict[str, str], log: Path, concurrency: int
+) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [
             CELERY,
@@ -54,7 +56,7 @@ def start_worker(app: str, queue: str, env: dict[str, str], log: Path) -> subpro
             "-P",
             "prefork",
             "-c",
-            "2",
+            str(concurrency),
             "-Q",
             queue,
             "--without-mingle",
@@ -88,6 +90,9 @@ def main() -> int:
     parser.add_argument("--latency", type=int, default=100, help="sequential runs per side")
     parser.add_argument(
         "--events", action="store_true", help="task events on for both sides (for Flower)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=2, help="prefork processes of each side's worker"
     )
     parser.add_argument("--json", default="bench/results/celery_overhead.json")
     args = parser.parse_args()
@@ -125,8 +130,8 @@ def main() -> int:
     )
     engine.register(bt.flux_chain)
     workers = [
-        start_worker("fluxcelery", flux_q, env, logs / "flux.log"),
-        start_worker("bench.bench_tasks", plain_q, env, logs / "plain.log"),
+        start_worker("fluxcelery", flux_q, env, logs / "flux.log", args.concurrency),
+        start_worker("bench.bench_tasks", plain_q, env, logs / "plain.log", args.concurrency),
     ]
     r = redis.Redis.from_url(REDIS)
     results: dict[str, Any] = {}

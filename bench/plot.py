@@ -52,7 +52,7 @@ def main() -> int:
     ax = axes[2]
     rows = embedded["rows"]
     ax.barh([r["backend"] for r in rows], [r["steps_per_s"] for r in rows], color="#4c6ef5")
-    ax.set_title("Embedded engine: steps per second (median block)")
+    ax.set_title("Embedded engine: steps/s (median block)")
     ax.set_xlim(0, max(r["steps_per_s"] for r in rows) * 1.25)
     for i, r in enumerate(rows):
         ax.annotate(f" {r['steps_per_s']:,}", (r["steps_per_s"], i), va="center")
@@ -61,7 +61,7 @@ def main() -> int:
     fig.tight_layout()
     out = ROOT / "docs" / "img" / "performance.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     print(f"written {out}")
     return 0
 
