@@ -75,6 +75,11 @@ def _outage_retry(task: Task, exc: BaseException, *, mark: bool = False) -> Retr
     return task.retry(exc=exc, countdown=countdown, max_retries=None, kwargs=kwargs)
 
 
+def _redelivered(task: Task) -> bool:
+    """The broker delivers this message again (its worker died before acking it)."""
+    return bool((task.request.delivery_info or {}).get("redelivered"))
+
+
 def _apply(task: Task, engine: FluxEngine, run_id: str, nxt: Next) -> None:
     """Map the runner's next action onto Celery."""
     action = nxt.action
@@ -134,7 +139,10 @@ def _register_step(app: Celery, workflow: str, sdef: StepDef) -> str:
                 index,
                 task_id=self.request.id,
                 worker=self.request.hostname,
-                outage=outage,
+                # Redelivered, an outage retry is a worker lost while it re-ran the attempt:
+                # that counts as an attempt like any other loss (a handler that kills its
+                # worker would otherwise be re-run under the same attempt forever).
+                outage=outage and not _redelivered(self),
                 workflow=workflow,
             )
             _apply(self, engine, run_id, nxt)
