@@ -10,6 +10,7 @@ path (the current directory). Every value can be overridden by an environment va
                      PostgreSQL: postgresql+psycopg://postgres@127.0.0.1:5432/test
 - FLUX_WORKFLOWS     comma-separated modules that define workflows (imported by workers)
 - FLUX_TRACE_FILE    optional NDJSON trace file (appended, safe for several processes)
+- FLUX_TRACE_OTEL    1: trace events also go to OpenTelemetry as spans (extra `otel`)
 - FLUX_QUEUE         the Celery queue step tasks go to (default `flux`)
 """
 
@@ -19,6 +20,7 @@ broker_url = os.environ.get("FLUX_BROKER_URL", "memory://")
 flux_database_url = os.environ.get("FLUX_DATABASE_URL", "sqlite:///.flux/flux.db")
 flux_workflows = os.environ.get("FLUX_WORKFLOWS", "")
 flux_trace_file = os.environ.get("FLUX_TRACE_FILE") or None
+flux_trace_otel = os.environ.get("FLUX_TRACE_OTEL", "0") not in ("", "0", "false", "no", "off")
 
 # Celery settings (fluxcelery forces JSON and sets acks_late/reject_on_worker_lost itself).
 worker_prefetch_multiplier = int(os.environ.get("FLUX_PREFETCH", "1"))

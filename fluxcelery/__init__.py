@@ -38,7 +38,7 @@ from .states import RunStatus, StepStatus
 
 # Storage and traces
 from .storage import MemoryStorage, SqlStorage
-from .trace import ConsoleLogger, JsonFileTraceSink, SqlTraceSink, TraceEvent
+from .trace import ConsoleLogger, JsonFileTraceSink, OpenTelemetrySink, SqlTraceSink, TraceEvent
 
 __version__ = "0.1.0"
 
@@ -63,6 +63,7 @@ __all__ = [
     # storage and traces
     "ConsoleLogger",
     "JsonFileTraceSink",
+    "OpenTelemetrySink",
     "MemoryStorage",
     "SqlStorage",
     "SqlTraceSink",

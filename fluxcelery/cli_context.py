@@ -123,12 +123,12 @@ class Cli:
         if self._engine is None:
             from .engine import FluxEngine
             from .storage.sql import SqlStorage, redact_url
-            from .trace.sinks import JsonFileTraceSink
+            from .trace.configured import sinks_from_settings
 
             s = self.settings
             if must_exist:
                 _require_database(s.database_url)
-            sinks = [JsonFileTraceSink(s.trace_file)] if s.trace_file else []
+            sinks = sinks_from_settings(s)
             # Our own app on a real broker, so that the broker checked is the one used; the
             # embedded broker keeps the process-wide app its in-process worker runs on.
             app = self.app() if self.broker or not s.embedded else None

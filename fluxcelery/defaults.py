@@ -13,17 +13,17 @@ _lock = threading.Lock()
 
 
 def default_engine() -> FluxEngine:
-    """An engine on the configured database, with the configured trace file if any."""
+    """An engine on the configured database, with the configured trace sinks."""
     global _engine
     with _lock:
         if _engine is None:
             from .engine import FluxEngine
             from .settings import load_settings
             from .storage.sql import SqlStorage
-            from .trace.sinks import JsonFileTraceSink
+            from .trace.configured import sinks_from_settings
 
             settings = load_settings()
-            sinks = [JsonFileTraceSink(settings.trace_file)] if settings.trace_file else []
+            sinks = sinks_from_settings(settings)
             _engine = FluxEngine(storage=SqlStorage(settings.database_url), trace=sinks)
         return _engine
 

@@ -16,6 +16,8 @@ class Settings:
     database_url: str = "sqlite:///.flux/flux.db"
     workflows: tuple[str, ...] = ()
     trace_file: str | None = None
+    #: Send trace events to OpenTelemetry as spans too (``FLUX_TRACE_OTEL=1``).
+    trace_otel: bool = False
     result_backend: str | None = None
     celery: dict[str, Any] = field(default_factory=dict)
 
@@ -30,6 +32,13 @@ def _split(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
     if isinstance(value, str):
         value = value.split(",")
     return tuple(v.strip() for v in value if v and v.strip())
+
+
+def env_flag(value: str | None, default: Any) -> bool:
+    """An on/off variable: unset or empty is ``default``; 0/false/no/off is off."""
+    if value is None or not value.strip():
+        return bool(default)
+    return value.strip().lower() not in ("0", "false", "no", "off")
 
 
 def load_settings(module: str | None = None) -> Settings:
@@ -61,6 +70,7 @@ def load_settings(module: str | None = None) -> Settings:
         or "sqlite:///.flux/flux.db",
         workflows=_split(env.get("FLUX_WORKFLOWS") or conf.get("flux_workflows")),
         trace_file=env.get("FLUX_TRACE_FILE") or conf.get("flux_trace_file"),
+        trace_otel=env_flag(env.get("FLUX_TRACE_OTEL"), conf.get("flux_trace_otel", False)),
         result_backend=env.get("FLUX_RESULT_BACKEND") or conf.get("result_backend"),
         celery=celery_conf,
     )

@@ -25,6 +25,7 @@ EXPECTED = {
     "StepStatus",
     "ConsoleLogger",
     "JsonFileTraceSink",
+    "OpenTelemetrySink",
     "MemoryStorage",
     "SqlStorage",
     "SqlTraceSink",

@@ -15,19 +15,12 @@ from typing import Any
 
 from celery import Celery, signals
 
-from ..settings import Settings, load_settings
+from ..settings import Settings, env_flag, load_settings
 
 log = logging.getLogger("fluxcelery.celery")
 
 _app: Celery | None = None
 _lock = threading.Lock()
-
-
-def _flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    return value.strip().lower() not in ("0", "false", "no", "off")
 
 
 def build_app(settings: Settings | None = None) -> Celery:
@@ -43,8 +36,8 @@ def build_app(settings: Settings | None = None) -> Celery:
         "task_track_started": True,
         # Task events feed Flower's task pages; they cost broker messages per task, so they
         # can be turned off (FLUX_TASK_EVENTS=0) where nobody watches.
-        "worker_send_task_events": _flag("FLUX_TASK_EVENTS", True),
-        "task_send_sent_event": _flag("FLUX_TASK_EVENTS", True),
+        "worker_send_task_events": env_flag(os.environ.get("FLUX_TASK_EVENTS"), True),
+        "task_send_sent_event": env_flag(os.environ.get("FLUX_TASK_EVENTS"), True),
         "broker_connection_retry_on_startup": True,
         "task_default_queue": os.environ.get("FLUX_QUEUE", "flux"),
         "timezone": "UTC",

@@ -2,12 +2,14 @@
 
 from .event import EVENT_TYPES, TraceEvent, TraceSink
 from .fanout import TraceFanout
+from .otel import OpenTelemetrySink
 from .sinks import ConsoleLogger, JsonFileTraceSink, SqlTraceSink, read_ndjson
 
 __all__ = [
     "EVENT_TYPES",
     "ConsoleLogger",
     "JsonFileTraceSink",
+    "OpenTelemetrySink",
     "SqlTraceSink",
     "TraceEvent",
     "TraceFanout",

@@ -161,9 +161,15 @@ class Cluster:
         self.workers: list[WorkerProcess] = []
 
     def worker(
-        self, name: str, concurrency: int = 2, pool: str = "prefork", queue: str | None = None
+        self,
+        name: str,
+        concurrency: int = 2,
+        pool: str = "prefork",
+        queue: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> WorkerProcess:
-        env = dict(self.env)
+        """Start a worker on this cluster's queue (or ``queue``), with ``env`` added."""
+        env = {**self.env, **(env or {})}
         if queue:
             env["FLUX_QUEUE"] = queue
         w = WorkerProcess(
