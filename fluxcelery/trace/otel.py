@@ -22,7 +22,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .event import TraceEvent
+from .event import FIELDS, TraceEvent
 
 #: Events whose span is the step attempt (or compensation) that just ended.
 STEP_OUTCOMES = frozenset(
@@ -49,6 +49,8 @@ POINTS = frozenset(
 )
 FAILURES = frozenset({"step:error", "step:compensate_error", "workflow:error", "hook:error"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The fields that are span attributes as they are (the span has its own times and name).
+_ATTRIBUTE_FIELDS = tuple(f for f in FIELDS if f not in ("id", "ts", "type", "meta"))
 
 
 def run_trace_ids(run_id: str) -> tuple[int, int]:
@@ -78,20 +80,7 @@ def span_name(event: TraceEvent) -> str:
 def span_attributes(event: TraceEvent) -> dict[str, Any]:
     """The event's fields as ``flux.*`` attributes (``meta`` as JSON text; it is redacted)."""
     attrs: dict[str, Any] = {"flux.event": event.type, "flux.event_id": event.id}
-    for key in (
-        "run_id",
-        "workflow",
-        "status",
-        "step",
-        "step_index",
-        "kind",
-        "attempt",
-        "max_attempts",
-        "duration_ms",
-        "error",
-        "task_id",
-        "worker",
-    ):
+    for key in _ATTRIBUTE_FIELDS:
         value = getattr(event, key)
         if value is not None:
             attrs[f"flux.{key}"] = value
