@@ -205,6 +205,27 @@ def check_guest_account(broker_url: str) -> Check | None:
     )
 
 
+def check_otel(settings: Settings) -> Check | None:
+    """With ``FLUX_TRACE_OTEL=1``: can spans be made here, and does something export them?"""
+    if not settings.trace_otel:
+        return None
+    if importlib.util.find_spec("opentelemetry") is None:
+        return Check(
+            "otel",
+            "fail",
+            "FLUX_TRACE_OTEL=1 but OpenTelemetry is not installed: no spans are sent",
+            fix='pip install "fluxcelery[otel]"',
+        )
+    if importlib.util.find_spec("opentelemetry.sdk") is None:
+        return Check(
+            "otel",
+            "warn",
+            "OpenTelemetry API without an SDK: spans are made and dropped",
+            fix="pip install opentelemetry-sdk (or opentelemetry-distro with an exporter)",
+        )
+    return Check("otel", "ok", "trace events also go to the tracer provider each process sets")
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -313,4 +334,7 @@ def run_checks(
         checks.append(guest)
     checks.append(check_workers(settings, app, broker.status == "ok"))
     checks.append(check_workflows(import_modules, registered))
+    otel = check_otel(settings)
+    if otel is not None:
+        checks.append(otel)
     return checks

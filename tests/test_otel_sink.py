@@ -3,6 +3,7 @@ each span whole from one event: step attempts from their outcome, the run from i
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from typing import Any
@@ -14,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from fluxcelery import FluxEngine, NonRetryableError, OpenTelemetrySink, wait_for, workflow
+from fluxcelery.cli_doctor import check_otel
 from fluxcelery.settings import Settings
 from fluxcelery.trace.configured import sinks_from_settings
 from fluxcelery.trace.otel import run_trace_ids
@@ -158,3 +160,31 @@ def test_without_opentelemetry_the_error_says_what_to_install(
     monkeypatch.setitem(sys.modules, "opentelemetry", None)
     with pytest.raises(ImportError, match=r'pip install "fluxcelery\[otel\]"'):
         OpenTelemetrySink()
+
+
+def test_a_missing_opentelemetry_never_fails_runs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """FLUX_TRACE_OTEL=1 without the package: the error is logged and the engine works."""
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    with caplog.at_level("ERROR", logger="fluxcelery.trace"):
+        assert sinks_from_settings(Settings(trace_otel=True)) == []
+    assert "FLUX_TRACE_OTEL=1 ignored: OpenTelemetrySink needs OpenTelemetry" in caplog.text
+
+
+def test_doctor_reports_the_otel_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert check_otel(Settings()) is None  # not asked for: no line
+    ok = check_otel(Settings(trace_otel=True))
+    assert ok is not None and ok.status == "ok"
+    real_find_spec = importlib.util.find_spec
+
+    def without(*missing: str) -> Any:
+        return lambda name, *a: None if name in missing else real_find_spec(name, *a)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without("opentelemetry.sdk"))
+    no_sdk = check_otel(Settings(trace_otel=True))
+    assert no_sdk is not None and no_sdk.status == "warn" and "opentelemetry-sdk" in str(no_sdk.fix)
+    monkeypatch.setattr(importlib.util, "find_spec", without("opentelemetry"))
+    missing = check_otel(Settings(trace_otel=True))
+    assert missing is not None and missing.status == "fail"
+    assert missing.fix == 'pip install "fluxcelery[otel]"'

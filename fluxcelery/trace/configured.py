@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
+log = logging.getLogger("fluxcelery.trace")
+
 
 def sinks_from_settings(settings: Settings) -> list[Any]:
+    """A sink that cannot be made is logged and left out: a trace sink never fails a run
+    (``fluxcelery doctor`` reports it)."""
     sinks: list[Any] = []
     if settings.trace_file:
         from .sinks import JsonFileTraceSink
@@ -17,5 +22,8 @@ def sinks_from_settings(settings: Settings) -> list[Any]:
     if settings.trace_otel:
         from .otel import OpenTelemetrySink
 
-        sinks.append(OpenTelemetrySink())
+        try:
+            sinks.append(OpenTelemetrySink())
+        except ImportError as exc:
+            log.error("FLUX_TRACE_OTEL=1 ignored: %s", exc)
     return sinks
