@@ -232,15 +232,13 @@ def test_init_of_a_fresh_sqlite_file_waits_for_a_concurrent_writer(tmp_path: Any
         storage.close()
 
 
-def test_concurrent_upgrades_in_processes_all_succeed(fresh_pg: FreshDb) -> None:
-    """Separate processes do not share the in-process lock: the advisory lock serializes them."""
-    n = 3
+def upgrade_in_processes(url: str, n: int = 3) -> list[Any]:
+    """Start ``n`` processes that upgrade ``url`` at the same moment; their outcomes."""
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(n)
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=upgrade_from_process, args=(fresh_pg.url, barrier, results))
-        for _ in range(n)
+        ctx.Process(target=upgrade_from_process, args=(url, barrier, results)) for _ in range(n)
     ]
     for p in procs:
         p.start()
@@ -253,11 +251,58 @@ def test_concurrent_upgrades_in_processes_all_succeed(fresh_pg: FreshDb) -> None
                 p.kill()
     assert [p.exitcode for p in procs] == [0] * n
     assert sorted(outcomes) == sorted(p.pid for p in procs)
-    for outcome in outcomes.values():
+    return list(outcomes.values())
+
+
+def test_concurrent_upgrades_in_processes_all_succeed(fresh_pg: FreshDb) -> None:
+    """Separate processes do not share the in-process lock: the advisory lock serializes them."""
+    for outcome in upgrade_in_processes(fresh_pg.url):
         assert isinstance(outcome, tuple), f"upgrade failed: {outcome!r}"
         assert outcome[1] == "0003"
     assert fresh_pg.tables() == ALL_TABLES
     assert current_revision(fresh_pg.storage()) == "0003"
+
+
+@pytest.mark.parametrize("start", [None, "0001", "0002"])
+def test_concurrent_sqlite_upgrades_in_processes_all_succeed(
+    tmp_path: Any, start: str | None
+) -> None:
+    """Pool processes of a worker on a new (or older) SQLite file: one migrates inside one
+    transaction holding the write lock, the others wait and find the schema at head."""
+    url = f"sqlite:///{tmp_path}/race.db"
+    if start is not None:
+        storage = SqlStorage(url, auto_migrate=False)
+        upgrade(storage, start)
+        storage.close()
+    for outcome in upgrade_in_processes(url, n=4):
+        assert isinstance(outcome, tuple), f"upgrade failed: {outcome!r}"
+        assert outcome[1] == "0003"
+    storage = SqlStorage(url)
+    try:
+        assert current_revision(storage) == "0003"
+        assert storage.load_run("nothing") is None
+    finally:
+        storage.close()
+
+
+def test_a_failed_sqlite_migration_changes_nothing(tmp_path: Any) -> None:
+    """Every statement of a migration is in one transaction: 0003 failing at its last table
+    leaves the first one as it was (it used to stay half migrated, and stuck)."""
+    storage = SqlStorage(f"sqlite:///{tmp_path}/half.db", auto_migrate=False)
+    try:
+        upgrade(storage, "0002")
+        with storage.engine.begin() as conn:  # makes DROP COLUMN output fail
+            conn.execute(sa.text("CREATE INDEX ix_output ON flux_steps (output)"))
+        with pytest.raises(sa.exc.OperationalError, match="output"):
+            upgrade(storage)
+        assert current_revision(storage) == "0002"
+        with storage.engine.connect() as conn:
+            runs = {r[1]: r[2] for r in conn.execute(sa.text("PRAGMA table_info(flux_runs)"))}
+            steps = {r[1]: r[2] for r in conn.execute(sa.text("PRAGMA table_info(flux_steps)"))}
+        assert runs["input"] == "JSON" and "input__text" not in runs
+        assert steps["output"] == "JSON" and "output__text" not in steps
+    finally:
+        storage.close()
 
 
 # -- column types and indexes ----------------------------------------------------------------

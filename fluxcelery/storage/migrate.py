@@ -49,10 +49,17 @@ def upgrade(storage: SqlStorage, revision: str = "head") -> tuple[str | None, st
     if before == head and revision == "head":
         return before, before
     cfg = _config(storage)
-    with _LOCK, storage.engine.begin() as conn:
+    with _LOCK, storage.engine.connect() as conn:
+        # Several processes starting at once: one migrates, the others wait for it and then
+        # find the schema at head.
         if conn.dialect.name == "postgresql":
-            # Several workers starting at once: one migrates, the others wait for it.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+        elif conn.dialect.name == "sqlite":
+            # The sqlite3 module runs DDL outside any transaction (it begins one only before
+            # INSERT/UPDATE/DELETE): a migration was not atomic, and two processes both ran
+            # it. One explicit transaction that takes the write lock first fixes both.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+        conn.commit()
     return before, current_revision(storage)
