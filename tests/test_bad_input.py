@@ -361,6 +361,31 @@ def test_bad_names_raise_definition_error(name: Any) -> None:
         workflow("bad-def-stepname").step(name, noop)
 
 
+def test_task_names_that_meet_are_a_definition_error_not_a_wrong_handler() -> None:
+    """Dots in names can give two steps one Celery task name (``flux.a.b.c``): the task
+    registered first would then run for both. Registering the second is refused instead."""
+    from fluxcelery.celery.app import build_app
+    from fluxcelery.celery.tasks import register_workflow
+    from fluxcelery.settings import Settings
+
+    app = build_app(Settings())
+    first = workflow("a").step("b.c", noop).freeze()
+    assert register_workflow(app, first) == ["flux.a.b.c"]
+    assert register_workflow(app, first) == ["flux.a.b.c"]  # again: the same task, fine
+    with pytest.raises(DefinitionError, match=r"'flux\.a\.b\.c' is already step 'b\.c'"):
+        register_workflow(app, workflow("a.b").step("c", noop).freeze())
+    own = workflow("x").step("s.compensate", noop).step("s", noop, compensate=noop).freeze()
+    with pytest.raises(DefinitionError, match="cannot also run the compensation of step 's'"):
+        register_workflow(app, own)
+
+    @app.task(name="flux.y.z")
+    def not_ours() -> None:
+        return None
+
+    with pytest.raises(DefinitionError, match="not a fluxcelery step"):
+        register_workflow(app, workflow("y").step("z", noop).freeze())
+
+
 def test_bad_wait_for_and_backoff_values_raise_definition_error() -> None:
     with pytest.raises(DefinitionError, match="signal must be a non-empty string"):
         wait_for("")

@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..builder import StepDef, Workflow, _Unset
 from ..change import Action, Next
-from ..errors import StorageError
+from ..errors import DefinitionError, StorageError
 
 if TYPE_CHECKING:
     from ..engine import FluxEngine
@@ -106,11 +106,35 @@ def register_workflow(app: Celery, wf: Workflow) -> list[str]:
     return names
 
 
-def _define(app: Celery, name: str, sdef: StepDef, body: Any) -> str:
+def _registered(app: Celery, name: str, target: tuple[str, str, str]) -> bool:
+    """Whether task ``name`` exists already for ``target`` (workflow, step, role). A name
+    taken by anything else is a ``DefinitionError``: dots in workflow and step names can make
+    two names meet (``flux.a.b.c``), and the task registered first would run for both."""
+    task = app.tasks.get(name)
+    if task is None:
+        return False
+    existing = getattr(task, "flux_target", None)
+    if existing != target:
+
+        def what(t: tuple[str, str, str] | None) -> str:
+            if t is None:
+                return "a task that is not a fluxcelery step"
+            role = "the compensation of step" if t[2] == "compensate" else "step"
+            return f"{role} {t[1]!r} of workflow {t[0]!r}"
+
+        raise DefinitionError(
+            f"Celery task {name!r} is already {what(existing)}, so it cannot also run "
+            f"{what(target)}: rename one of them"
+        )
+    return True
+
+
+def _define(app: Celery, name: str, sdef: StepDef, body: Any, target: tuple[str, str, str]) -> str:
     """Register a step or compensation task: at-least-once delivery (acks late, requeue on a
     lost worker), retries driven by fluxcelery, no result stored, the step's time limits."""
     app.task(
         name=name,
+        flux_target=target,
         bind=True,
         shared=False,
         acks_late=True,
@@ -124,7 +148,8 @@ def _define(app: Celery, name: str, sdef: StepDef, body: Any) -> str:
 
 def _register_step(app: Celery, workflow: str, sdef: StepDef) -> str:
     name = step_task_name(workflow, sdef.name)
-    if name in app.tasks:
+    target = (workflow, sdef.name, "step")
+    if _registered(app, name, target):
         return name
     index = sdef.index
 
@@ -150,12 +175,13 @@ def _register_step(app: Celery, workflow: str, sdef: StepDef) -> str:
             raise _outage_retry(self, exc, mark=True)
 
     run_step.__name__ = f"step_{index}"
-    return _define(app, name, sdef, run_step)
+    return _define(app, name, sdef, run_step, target)
 
 
 def _register_compensation(app: Celery, workflow: str, sdef: StepDef) -> str:
     name = compensate_task_name(workflow, sdef.name)
-    if name in app.tasks:
+    target = (workflow, sdef.name, "compensate")
+    if _registered(app, name, target):
         return name
     index = sdef.index
 
@@ -170,7 +196,7 @@ def _register_compensation(app: Celery, workflow: str, sdef: StepDef) -> str:
             raise _outage_retry(self, exc)
 
     compensate.__name__ = f"compensate_{index}"
-    return _define(app, name, sdef, compensate)
+    return _define(app, name, sdef, compensate, target)
 
 
 def register_builtin_tasks(app: Celery) -> None:
