@@ -11,6 +11,7 @@ path (the current directory). Every value can be overridden by an environment va
 - FLUX_WORKFLOWS     comma-separated modules that define workflows (imported by workers)
 - FLUX_TRACE_FILE    optional NDJSON trace file (appended, safe for several processes)
 - FLUX_TRACE_OTEL    1: trace events also go to OpenTelemetry as spans (extra `otel`)
+- FLUX_MAX_COUNTDOWN the longest a worker holds a delayed message, in seconds (default 600)
 - FLUX_QUEUE         the Celery queue step tasks go to (default `flux`)
 """
 

@@ -592,6 +592,17 @@ class FluxEngine:
         self._continue(state, nxt)
         return True
 
+    def wait_remaining(self, run_id: str, index: int) -> float | None:
+        """Seconds until the wait of step ``index`` times out; None when it is not waiting
+        (signalled, cancelled, or without a timeout)."""
+        state = self.storage.load_run(run_id)
+        if state is None or state.status != RunStatus.SUSPENDED:
+            return None
+        step = state.steps[index] if 0 <= index < len(state.steps) else None
+        if step is None or step.status != StepStatus.SUSPENDED or step.wait_deadline is None:
+            return None
+        return max(0.0, (step.wait_deadline - utcnow()).total_seconds())
+
     def recover(self, older_than: float | None = None, *, limit: int = 100) -> builtins.list[str]:
         """Continue runs stuck mid-way (a worker or process died) and expire overdue waits.
 

@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EMBEDDED_BROKER = "memory://"
+#: The longest a delayed message (a wait timeout, a retry's backoff) is held by a worker.
+#: RabbitMQ closes the channel of a consumer that holds a delivery unacknowledged longer than
+#: its ``consumer_timeout`` (30 minutes by default, 15 in 3.8.15), and the worker exits;
+#: Redis delivers it again after its ``visibility_timeout`` (1 hour). Longer delays hop.
+DEFAULT_MAX_COUNTDOWN = 600.0
 
 
 @dataclass(frozen=True)
@@ -19,6 +24,7 @@ class Settings:
     #: Send trace events to OpenTelemetry as spans too (``FLUX_TRACE_OTEL=1``).
     trace_otel: bool = False
     result_backend: str | None = None
+    max_countdown: float = DEFAULT_MAX_COUNTDOWN
     celery: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -39,6 +45,18 @@ def env_flag(value: str | None, default: Any) -> bool:
     if value is None or not value.strip():
         return bool(default)
     return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _seconds(name: str, value: Any, default: float) -> float:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return seconds
 
 
 def load_settings(module: str | None = None) -> Settings:
@@ -72,5 +90,10 @@ def load_settings(module: str | None = None) -> Settings:
         trace_file=env.get("FLUX_TRACE_FILE") or conf.get("flux_trace_file"),
         trace_otel=env_flag(env.get("FLUX_TRACE_OTEL"), conf.get("flux_trace_otel", False)),
         result_backend=env.get("FLUX_RESULT_BACKEND") or conf.get("result_backend"),
+        max_countdown=_seconds(
+            "FLUX_MAX_COUNTDOWN",
+            env.get("FLUX_MAX_COUNTDOWN") or conf.get("flux_max_countdown"),
+            DEFAULT_MAX_COUNTDOWN,
+        ),
         celery=celery_conf,
     )

@@ -60,3 +60,18 @@ def test_defaults_without_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.broker_url == "memory://"
     assert s.database_url == "sqlite:///.flux/flux.db"
     assert s.workflows == ()
+
+
+def test_max_countdown_reaches_the_app_and_bad_values_are_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("FLUX_MAX_COUNTDOWN", raising=False)
+    assert load_settings("no_such_config_module").max_countdown == 600.0
+    monkeypatch.setenv("FLUX_MAX_COUNTDOWN", "90")
+    settings = load_settings("no_such_config_module")
+    assert settings.max_countdown == 90.0
+    assert build_app(settings).conf.flux_max_countdown == 90.0
+    for bad in ("soon", "0", "-5", "inf", "nan"):
+        monkeypatch.setenv("FLUX_MAX_COUNTDOWN", bad)
+        with pytest.raises(ValueError, match="FLUX_MAX_COUNTDOWN must be a number of seconds"):
+            load_settings("no_such_config_module")

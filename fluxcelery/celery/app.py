@@ -59,6 +59,7 @@ def build_app(settings: Settings | None = None) -> Celery:
     conf["result_accept_content"] = ["json"]
     app.conf.update(conf)
     app.conf.flux_workflows = list(settings.workflows)
+    app.conf.flux_max_countdown = settings.max_countdown
 
     from .tasks import register_builtin_tasks
 

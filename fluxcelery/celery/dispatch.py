@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery, chain
 
 from ..change import Action, Next
+from .countdown import first_hop, max_countdown
 from .tasks import compensate_task_name, register_workflow, step_task_name
 
 if TYPE_CHECKING:
@@ -85,13 +86,18 @@ class CeleryDispatcher:
             name = (compensate_task_name if nxt.phase == "compensate" else step_task_name)(
                 wf.name, wf.steps[nxt.index or 0].name
             )
-            self.app.signature(name, kwargs=kwargs, immutable=True).apply_async(countdown=nxt.delay)
+            countdown, due = first_hop(self.app, nxt.delay)
+            self.app.signature(name, kwargs={**kwargs, **due}, immutable=True).apply_async(
+                countdown=countdown
+            )
 
     def schedule_wait_timeout(self, run_id: str, index: int, seconds: float) -> None:
+        """Fire ``flux.wait_timeout`` after ``seconds``, or after the longest countdown a
+        worker may hold (it then schedules the rest: see celery/countdown.py)."""
         self._ensure_worker()
         self.app.signature(
             "flux.wait_timeout", kwargs={"run_id": run_id, "index": index}, immutable=True
-        ).apply_async(countdown=seconds)
+        ).apply_async(countdown=min(seconds, max_countdown(self.app)))
 
     def live_task_ids(self) -> set[str]:
         """Task ids active, reserved or scheduled on any worker (best effort, 1 s)."""

@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..builder import StepDef, Workflow, _Unset
 from ..change import Action, Next
 from ..errors import DefinitionError, StorageError
+from .countdown import first_hop, max_countdown, seconds_left
 
 if TYPE_CHECKING:
     from ..engine import FluxEngine
@@ -80,11 +81,22 @@ def _redelivered(task: Task) -> bool:
     return bool((task.request.delivery_info or {}).get("redelivered"))
 
 
+def _hop(task: Task, due: str | None) -> None:
+    """A retry whose delay is longer than a message may be held arrives early: send it on
+    (the same task, no attempt counted) until it is due."""
+    left = seconds_left(due)
+    if left:
+        raise task.retry(countdown=min(left, max_countdown(task.app)), max_retries=None)
+
+
 def _apply(task: Task, engine: FluxEngine, run_id: str, nxt: Next) -> None:
     """Map the runner's next action onto Celery."""
     action = nxt.action
     if action is Action.RETRY:
-        raise task.retry(countdown=nxt.delay, max_retries=None)
+        countdown, due = first_hop(task.app, nxt.delay)
+        # A fresh attempt: no outage mark, no earlier due time.
+        kwargs = {"run_id": run_id, **due}
+        raise task.retry(countdown=countdown, max_retries=None, kwargs=kwargs)
     if action is Action.CONTINUE and task.request.chain:
         return  # Celery sends the next task of the chain.
     task.request.chain = None  # every other outcome ends this chain
@@ -153,7 +165,10 @@ def _register_step(app: Celery, workflow: str, sdef: StepDef) -> str:
         return name
     index = sdef.index
 
-    def run_step(self: Task, run_id: str, outage: bool = False) -> None:
+    def run_step(
+        self: Task, run_id: str, outage: bool = False, not_before: str | None = None
+    ) -> None:
+        _hop(self, not_before)
         try:
             # Inside the try: a fresh pool process builds its engine (and checks migrations)
             # here, and the database may be down right then. Failing the task would ack it
@@ -185,7 +200,8 @@ def _register_compensation(app: Celery, workflow: str, sdef: StepDef) -> str:
         return name
     index = sdef.index
 
-    def compensate(self: Task, run_id: str) -> None:
+    def compensate(self: Task, run_id: str, not_before: str | None = None) -> None:
+        _hop(self, not_before)
         try:
             engine = worker_engine()  # inside the try: see run_step
             nxt = engine.runner.run_compensation(
@@ -209,9 +225,16 @@ def register_builtin_tasks(app: Celery) -> None:
         max_retries=None,
     )
     def wait_timeout(self: Task, run_id: str, index: int) -> bool:
-        """Fail a suspended step whose wait passed with no signal."""
+        """Fail a suspended step whose wait passed with no signal. Early (a wait longer than
+        a message may be held is timed in hops), schedule the next hop."""
         try:
-            return worker_engine().expire_wait(run_id, index)
+            engine = worker_engine()
+            if engine.expire_wait(run_id, index):
+                return True
+            left = engine.wait_remaining(run_id, index)
+            if left is not None:
+                engine.dispatcher().schedule_wait_timeout(run_id, index, left)
+            return False
         except (StorageError, SQLAlchemyError, OSError) as exc:
             raise _outage_retry(self, exc)
 

@@ -239,4 +239,14 @@ def rabbit_cluster(it_schema: str, tmp_path_factory: pytest.TempPathFactory) -> 
 def _it_workflows() -> list[Any]:
     import it_workflows as w
 
-    return [w.four, w.retrying, w.approval, w.fix_then_retry, w.saga, w.crash, w.timeouts]
+    return [
+        w.four,
+        w.retrying,
+        w.approval,
+        w.fix_then_retry,
+        w.saga,
+        w.crash,
+        w.timeouts,
+        w.long_wait,
+        w.slow_retry,
+    ]

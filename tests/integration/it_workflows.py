@@ -122,3 +122,20 @@ def hang(ctx):
 
 
 timeouts = workflow("it-timeout").step("hang", hang, timeout=1, retries=1, backoff=FAST)
+
+
+# Delays longer than FLUX_MAX_COUNTDOWN (the tests set 1 s) are taken in hops.
+long_wait = workflow("it-long-wait").step(
+    "ask", lambda ctx: wait_for("approval", timeout=float(ctx.input.get("wait", 3.5)))
+)
+
+
+def fails_first(ctx):
+    if ctx.attempt == 1:
+        raise RuntimeError("the first attempt fails")
+    return ctx.attempt
+
+
+slow_retry = workflow("it-slow-retry").step(
+    "flaky", fails_first, retries=1, backoff=Backoff(base=3.5, factor=1.0, max=3.5, jitter=False)
+)
