@@ -136,6 +136,13 @@ def fails_first(ctx):
     return ctx.attempt
 
 
-slow_retry = workflow("it-slow-retry").step(
-    "flaky", fails_first, retries=1, backoff=Backoff(base=3.5, factor=1.0, max=3.5, jitter=False)
+slow_retry = (
+    workflow("it-slow-retry")
+    .step(
+        "flaky",
+        fails_first,
+        retries=1,
+        backoff=Backoff(base=3.5, factor=1.0, max=3.5, jitter=False),
+    )
+    .step("after", noop)
 )
