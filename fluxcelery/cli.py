@@ -28,6 +28,7 @@ from .cli_context import (
     json_option,
     load_extension,
     parse_choices,
+    parse_duration,
     parse_json_option,
     print_result,
     run,
@@ -473,6 +474,61 @@ def recover(cli_obj: Cli, older_than: float | None, limit: int, timeout: float) 
             console.print(runs_table(rows))
 
     cli_obj.out({"recovered": rows}, render)
+    return EXIT_OK
+
+
+@cli.command()
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    metavar="DURATION",
+    help="Prune runs finished at least this long ago: 30d, 12h, 15m, 90s.",
+)
+@click.option(
+    "--status",
+    multiple=True,
+    help="Only these finished statuses (default: completed, failed, rolled_back, cancelled).",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be pruned; delete nothing.")
+@json_option
+@pass_cli
+def prune(cli_obj: Cli, older_than: str, status: tuple[str, ...], dry_run: bool) -> int:
+    """Delete finished runs, with their steps and traces, finished long enough ago.
+
+    Runs go in batches of 500, each its own transaction; a failed run can no longer be
+    retried once pruned.
+
+    \b
+    Examples:
+      fluxcelery prune --older-than 30d --dry-run
+      fluxcelery prune --older-than 7d --status completed
+    """
+    from .retention import FINISHED
+
+    age = parse_duration(older_than, "--older-than")
+    statuses = parse_choices(status, FINISHED, "--status") or list(FINISHED)
+    engine = cli_obj.engine()
+
+    def progress(total: int) -> None:
+        click.echo(f"pruned {total} run(s)…", err=True)
+
+    count = engine.prune(age, statuses=statuses, dry_run=dry_run, progress=progress)
+    verb = "would prune" if dry_run else "pruned"
+    summary: dict[str, Any] = {
+        "pruned": 0 if dry_run else count,
+        "matching": count,
+        "dry_run": dry_run,
+        "older_than_s": age.total_seconds(),
+        "statuses": statuses,
+    }
+    cli_obj.out(
+        summary,
+        lambda c: c.print(
+            f"{verb} {count} run(s) ({', '.join(statuses)}) not updated for {older_than}",
+            highlight=False,
+        ),
+    )
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -342,6 +343,24 @@ def parse_choices(
             f"{', '.join(map(repr, bad))} (choose from {', '.join(allowed)})", param_hint=option
         )
     return out or None
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, option: str) -> timedelta:
+    """``30d``, ``12h``, ``15m``, ``90s`` or plain seconds."""
+    raw = text.strip().lower()
+    number, unit = (raw[:-1], raw[-1]) if raw and raw[-1] in _UNITS else (raw, "s")
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise click.BadParameter(
+            f"{text!r} is not a duration (e.g. 30d, 12h, 15m, 90s)", param_hint=option
+        )
+    return timedelta(seconds=value * _UNITS[unit])
 
 
 def _result_dict(cli_obj: Cli, result: FluxResult) -> dict[str, Any]:

@@ -603,6 +603,26 @@ class FluxEngine:
             return None
         return max(0.0, (step.wait_deadline - utcnow()).total_seconds())
 
+    def prune(
+        self,
+        older_than: timedelta,
+        *,
+        statuses: Sequence[str] | None = None,
+        dry_run: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Delete finished runs (and their steps and traces) not updated for
+        ``older_than``; see retention.py."""
+        from .retention import FINISHED, prune
+
+        return prune(
+            self.storage,
+            older_than,
+            statuses=statuses or FINISHED,
+            dry_run=dry_run,
+            progress=progress,
+        )
+
     def recover(self, older_than: float | None = None, *, limit: int = 100) -> builtins.list[str]:
         """Continue runs stuck mid-way (a worker or process died) and expire overdue waits.
 

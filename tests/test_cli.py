@@ -285,6 +285,29 @@ def test_recover_continues_a_stuck_run(run: Invoke, store: FluxEngine) -> None:
 
 
 # -- database and doctor ------------------------------------------------------------------
+def test_prune_counts_then_deletes_finished_runs(run: Invoke, store: FluxEngine) -> None:
+    done = store.execute(order, {"n": 1}).id
+    waiting = ok_json(run("run", "cli-approval", "--input", "{}", "--local", "--json"))["id"]
+    assert ok_json(run("prune", "--older-than", "1d", "--json"))["matching"] == 0
+    preview = ok_json(run("prune", "--older-than", "0s", "--dry-run", "--json"))
+    assert preview == {
+        "pruned": 0,
+        "matching": 1,
+        "dry_run": True,
+        "older_than_s": 0.0,
+        "statuses": ["cancelled", "completed", "failed", "rolled_back"],
+    }
+    assert store.get(done) is not None
+    result = run("prune", "--older-than", "0")
+    assert result.exit_code == 0, result.output
+    assert "pruned 1 run(s)" in result.stdout and "pruned 1 run(s)…" in result.stderr
+    assert store.get(done) is None and store.traces(run_id=done) == []
+    assert store.get(waiting) is not None  # suspended: not finished, kept
+    for bad, hint in (("soon", "--older-than"), ("-1d", "--older-than")):
+        assert_one_error(run("prune", "--older-than", bad), 2, hint)
+    assert_one_error(run("prune", "--older-than", "1d", "--status", "running"), 2, "--status")
+
+
 def test_db_upgrade_on_a_new_and_a_migrated_database(run: Invoke, tmp_path: Path) -> None:
     head = head_revision(SqlStorage("sqlite://"))
     migrated = ok_json(run("db", "upgrade", "--json"))
@@ -408,6 +431,7 @@ COMMANDS = [
     ["signal"],
     ["cancel"],
     ["recover"],
+    ["prune"],
     ["doctor"],
     ["db", "upgrade"],
     ["dev"],

@@ -685,6 +685,44 @@ def test_delete_run(any_storage: Any) -> None:
     assert reborn.version == 0
 
 
+def test_prune_runs_deletes_old_finished_runs_with_their_steps_and_traces(
+    any_storage: Any,
+) -> None:
+    spec = [
+        ("old-failed", RunStatus.FAILED),
+        ("old-done", RunStatus.COMPLETED),
+        ("old-cancelled", RunStatus.CANCELLED),
+        ("old-running", RunStatus.RUNNING),  # not finished: kept however old
+        ("old-waiting", RunStatus.SUSPENDED),
+        ("new-done", RunStatus.COMPLETED),
+    ]
+    for run_id, status in spec:
+        run = make_run(run_id, status=status)
+        assert any_storage.create_run(run, [event(run_id, "workflow:start")]) is True
+        time.sleep(0.002)
+    cutoff = any_storage.load_run("new-done").updated_at  # strictly before: new-done stays
+    finished = ["cancelled", "completed", "failed", "rolled_back"]
+
+    assert any_storage.prune_runs(cutoff, finished, limit=None) == 3  # a count, no delete
+    assert len(any_storage.list_runs()) == 6
+    assert any_storage.prune_runs(cutoff, ["completed"], limit=5) == 1
+    assert any_storage.load_run("old-done") is None
+    assert any_storage.prune_runs(cutoff, finished, limit=1) == 1  # the oldest first
+    assert any_storage.load_run("old-failed") is None
+    assert any_storage.prune_runs(cutoff, finished, limit=10) == 1
+    assert any_storage.prune_runs(cutoff, finished, limit=10) == 0
+    assert sorted(ids(any_storage.list_runs())) == ["new-done", "old-running", "old-waiting"]
+    assert {e.run_id for e in any_storage.list_traces()} == {
+        "new-done",
+        "old-running",
+        "old-waiting",
+    }
+    kept = any_storage.load_run("old-running")
+    assert kept is not None and len(kept.steps) == 3
+    # The pruned ids are free again, with no step rows left behind.
+    assert any_storage.create_run(make_run("old-done"), []) is True
+
+
 # -- traces -------------------------------------------------------------------------------------
 @pytest.fixture
 def traced(any_storage: Any) -> tuple[Any, list[TraceEvent]]:

@@ -76,6 +76,14 @@ class Storage(Protocol):
 
     def delete_run(self, run_id: str) -> bool: ...
 
+    def prune_runs(
+        self, updated_before: datetime, statuses: Sequence[str], limit: int | None = 500
+    ) -> int:
+        """Delete up to ``limit`` runs in ``statuses`` (finished ones) not updated since
+        ``updated_before``, with their steps and traces, in one transaction; how many. With
+        ``limit=None`` nothing is deleted: the count is how many would be."""
+        ...
+
     def append_traces(self, events: Sequence[TraceEvent]) -> None: ...
 
     def list_traces(

@@ -178,6 +178,26 @@ class MemoryStorage:
             self._traces = [r for r in self._traces if r[_RUN_ID] != run_id]
             return found
 
+    def prune_runs(
+        self, updated_before: datetime, statuses: Sequence[str], limit: int | None = 500
+    ) -> int:
+        with self._lock:
+            due = sorted(
+                (
+                    r
+                    for r in self._runs.values()
+                    if r.status.value in statuses and r.updated_at < updated_before
+                ),
+                key=lambda r: r.updated_at,
+            )
+            if limit is None:
+                return len(due)
+            pruned = {r.id for r in due[:limit]}
+            for run_id in pruned:
+                del self._runs[run_id]
+            self._traces = [t for t in self._traces if t[_RUN_ID] not in pruned]
+            return len(pruned)
+
     def append_traces(self, events: Sequence[TraceEvent]) -> None:
         with self._lock:
             self._add_traces(events)

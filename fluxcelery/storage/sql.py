@@ -608,6 +608,24 @@ class SqlStorage:
             res = conn.execute(schema.runs.delete().where(schema.runs.c.id == run_id))
             return res.rowcount == 1
 
+    def prune_runs(
+        self, updated_before: datetime, statuses: Sequence[str], limit: int | None = 500
+    ) -> int:
+        r = schema.runs
+        due = sa.and_(r.c.status.in_(list(statuses)), r.c.updated_at < updated_before)
+        if limit is None:
+            with self.engine.connect() as conn:
+                return int(conn.execute(sa.select(sa.func.count()).where(due)).scalar() or 0)
+        batch = sa.select(r.c.id).where(due).order_by(r.c.updated_at).limit(limit)
+        with self._begin() as conn:
+            # The condition again on the rows deleted: a run retried meanwhile stays. Steps
+            # go with their run (ON DELETE CASCADE).
+            ids = conn.execute(r.delete().where(r.c.id.in_(batch), due).returning(r.c.id))
+            pruned = [row[0] for row in ids]
+            if pruned:
+                conn.execute(schema.traces.delete().where(schema.traces.c.run_id.in_(pruned)))
+            return len(pruned)
+
     # -- traces ---------------------------------------------------------------------------
     def append_traces(self, events: Sequence[TraceEvent]) -> None:
         if not events:
