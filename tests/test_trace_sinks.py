@@ -190,3 +190,18 @@ def test_event_ids_are_unique_across_forked_processes() -> None:
     assert len(child) == 3
     assert not set(child) & set(parent + after)
     assert {i[:16] for i in child} != {i[:16] for i in parent}
+
+
+def test_a_trace_file_that_cannot_be_made_never_stops_runs(tmp_path: Path, caplog) -> None:
+    """A bad FLUX_TRACE_FILE is logged and left out: the engine (a worker's) still runs."""
+    from fluxcelery.settings import Settings
+    from fluxcelery.trace.configured import sinks_from_settings
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with caplog.at_level("ERROR", logger="fluxcelery.trace"):
+        sinks = sinks_from_settings(Settings(trace_file=str(blocker / "sub" / "trace.ndjson")))
+    assert sinks == []
+    assert "FLUX_TRACE_FILE=" in caplog.text and "ignored" in caplog.text
+    good = sinks_from_settings(Settings(trace_file=str(tmp_path / "ok" / "trace.ndjson")))
+    assert [type(s).__name__ for s in good] == ["JsonFileTraceSink"]

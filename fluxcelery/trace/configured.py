@@ -18,7 +18,11 @@ def sinks_from_settings(settings: Settings) -> list[Any]:
     if settings.trace_file:
         from .sinks import JsonFileTraceSink
 
-        sinks.append(JsonFileTraceSink(settings.trace_file))
+        try:
+            sinks.append(JsonFileTraceSink(settings.trace_file))
+        except OSError as exc:  # its directory cannot be made: on workers, every task
+            # would otherwise retry as if the database were down
+            log.error("FLUX_TRACE_FILE=%s ignored: %s", settings.trace_file, exc)
     if settings.trace_otel:
         from .otel import OpenTelemetrySink
 
