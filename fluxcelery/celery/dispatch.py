@@ -59,13 +59,19 @@ class CeleryDispatcher:
         self._ensure_worker()
         kwargs = {"run_id": state.id}
         options: dict[str, Any] = {}
+        first = kwargs  # the first task's: a countdown longer than one hop adds its due time
         if countdown:
-            options["countdown"] = countdown
+            options["countdown"], due = first_hop(self.app, countdown)
+            first = {**kwargs, **due}
         if nxt.action is Action.CONTINUE:
             start = nxt.index or 0
             sigs = [
-                self.app.signature(step_task_name(wf.name, s.name), kwargs=kwargs, immutable=True)
-                for s in wf.steps[start:]
+                self.app.signature(
+                    step_task_name(wf.name, s.name),
+                    kwargs=first if i == 0 else kwargs,
+                    immutable=True,
+                )
+                for i, s in enumerate(wf.steps[start:])
             ]
             if not sigs:
                 return
@@ -80,7 +86,7 @@ class CeleryDispatcher:
                     self.dispatch(state, follow)
                 return
             self.app.signature(
-                compensate_task_name(wf.name, sdef.name), kwargs=kwargs, immutable=True
+                compensate_task_name(wf.name, sdef.name), kwargs=first, immutable=True
             ).apply_async(**options)
         elif nxt.action is Action.RETRY:
             name = (compensate_task_name if nxt.phase == "compensate" else step_task_name)(

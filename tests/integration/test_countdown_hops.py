@@ -70,3 +70,26 @@ def test_a_retry_delay_longer_than_a_hop_keeps_its_delay_and_counts_one_attempt(
         if "flux.it-slow-retry.flaky[" in line and "received" in line
     ]
     assert len(received) >= 1 + 3  # the first attempt, then the retry in 1 s hops
+
+
+def test_a_start_countdown_longer_than_a_hop_starts_the_run_on_time(hopping) -> None:
+    import it_workflows as w
+
+    c = hopping
+    c.app.conf.flux_max_countdown = 1.0  # the producer's cap too (it sends the first task)
+    try:
+        started = time.monotonic()
+        handle = c.engine.start(w.four, {"add": 1}, countdown=3.5)
+        result = handle.get(timeout=30)
+    finally:
+        c.app.conf.flux_max_countdown = 600.0
+    assert result.status == RunStatus.COMPLETED
+    assert time.monotonic() - started >= 3.5 - 0.05
+    first = c.engine.traces(run_id=handle.id, type="step:start")[0]
+    assert (first.step, first.attempt) == ("a", 1)  # the hops started nothing
+    received = [
+        line
+        for line in c.workers[-1].log().splitlines()
+        if "flux.it-four.a[" in line and "received" in line
+    ]
+    assert len(received) >= 3  # held 1 s at a time, then run
