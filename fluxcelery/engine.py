@@ -224,6 +224,8 @@ class FluxEngine:
         """Enqueue a run on Celery workers. With a ``run_id`` that exists, nothing new starts
         (idempotent start, e.g. keyed on a message id)."""
         state = self._new_run(workflow, input, "celery", run_id)
+        if countdown:
+            state.not_before = utcnow() + timedelta(seconds=countdown)  # recover waits for it
         dispatcher = self.dispatcher()
         dispatcher.register(self.workflow(state.workflow))
         if self.storage.create_run(state, []):

@@ -107,6 +107,9 @@ class RunState:
     #: The ``workflow:start`` event's meta (the redacted input), stored with a new run so that
     #: a worker's claim can emit that event in SQL. Set by the engine; not loaded back.
     start_meta: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    #: A run started with a countdown: when it is due (``recover`` waits for it). Set by the
+    #: engine; not loaded back.
+    not_before: datetime | None = field(default=None, repr=False, compare=False)
 
     def shallow_copy(self) -> RunState:
         new = object.__new__(RunState)

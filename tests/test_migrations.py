@@ -6,6 +6,7 @@ fixtures share), so that ``init`` really starts from nothing.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import sqlite3
 import threading
@@ -105,7 +106,7 @@ def a_run(run_id: str) -> RunState:
 
 # -- init -----------------------------------------------------------------------------------------
 def test_head_revision_is_the_latest_migration(fresh_db: FreshDb) -> None:
-    assert head_revision(fresh_db.storage()) == "0003"
+    assert head_revision(fresh_db.storage()) == "0004"
 
 
 def test_init_creates_the_schema_at_head(fresh_db: FreshDb) -> None:
@@ -116,10 +117,10 @@ def test_init_creates_the_schema_at_head(fresh_db: FreshDb) -> None:
     storage.init()
 
     assert fresh_db.tables() == ALL_TABLES
-    assert current_revision(storage) == head_revision(storage) == "0003"
+    assert current_revision(storage) == head_revision(storage) == "0004"
     with storage.engine.connect() as conn:
         versions = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
-    assert [tuple(v) for v in versions] == [("0003",)]
+    assert [tuple(v) for v in versions] == [("0004",)]
     # The schema works.
     assert storage.create_run(a_run("m-1"), []) is True
     assert storage.load_run("m-1") is not None
@@ -151,10 +152,10 @@ def test_init_twice_is_a_no_op(fresh_db: FreshDb) -> None:
 
     second = fresh_db.storage()  # another process starting up on the same database
     second.init()
-    assert upgrade(second) == ("0003", "0003")
+    assert upgrade(second) == ("0004", "0004")
 
     assert fresh_db.tables() == ALL_TABLES
-    assert current_revision(second) == "0003"
+    assert current_revision(second) == "0004"
     with second.engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar() == 1
     kept = second.load_run("keep-me")
@@ -164,8 +165,8 @@ def test_init_twice_is_a_no_op(fresh_db: FreshDb) -> None:
 
 def test_upgrade_reports_before_and_after(fresh_db: FreshDb) -> None:
     storage = fresh_db.storage(auto_migrate=False)
-    assert upgrade(storage) == (None, "0003")
-    assert upgrade(storage) == ("0003", "0003")
+    assert upgrade(storage) == (None, "0004")
+    assert upgrade(storage) == ("0004", "0004")
 
 
 def test_auto_migrate_false_does_not_create_tables(fresh_db: FreshDb) -> None:
@@ -203,8 +204,8 @@ def test_concurrent_upgrades_in_threads_both_succeed(fresh_db: FreshDb) -> None:
 
     for outcome in outcomes:
         assert isinstance(outcome, tuple), f"upgrade failed: {outcome!r}"
-        assert outcome[1] == "0003"
-        assert outcome[0] in (None, "0003")
+        assert outcome[1] == "0004"
+        assert outcome[0] in (None, "0004")
     assert fresh_db.tables() == ALL_TABLES
     with storages[0].engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar() == 1
@@ -224,7 +225,7 @@ def test_init_of_a_fresh_sqlite_file_waits_for_a_concurrent_writer(tmp_path: Any
     storage = SqlStorage(f"sqlite:///{path}")
     try:
         storage.init()
-        assert current_revision(storage) == "0003"
+        assert current_revision(storage) == "0004"
         assert storage.load_run("nothing") is None
     finally:
         release.join()
@@ -258,9 +259,9 @@ def test_concurrent_upgrades_in_processes_all_succeed(fresh_pg: FreshDb) -> None
     """Separate processes do not share the in-process lock: the advisory lock serializes them."""
     for outcome in upgrade_in_processes(fresh_pg.url):
         assert isinstance(outcome, tuple), f"upgrade failed: {outcome!r}"
-        assert outcome[1] == "0003"
+        assert outcome[1] == "0004"
     assert fresh_pg.tables() == ALL_TABLES
-    assert current_revision(fresh_pg.storage()) == "0003"
+    assert current_revision(fresh_pg.storage()) == "0004"
 
 
 @pytest.mark.parametrize("start", [None, "0001", "0002"])
@@ -276,10 +277,10 @@ def test_concurrent_sqlite_upgrades_in_processes_all_succeed(
         storage.close()
     for outcome in upgrade_in_processes(url, n=4):
         assert isinstance(outcome, tuple), f"upgrade failed: {outcome!r}"
-        assert outcome[1] == "0003"
+        assert outcome[1] == "0004"
     storage = SqlStorage(url)
     try:
-        assert current_revision(storage) == "0003"
+        assert current_revision(storage) == "0004"
         assert storage.load_run("nothing") is None
     finally:
         storage.close()
@@ -394,15 +395,29 @@ def test_upgrading_sqlite_to_0003_keeps_stored_numbers_exact(tmp_path: Any) -> N
             "object": {"k": [1, 2.5]},
             "null": None,
         }
-        for name, value in stored.items():
-            run = a_run(f"old-{name}")
-            run.input = value
-            run.steps[0].output = value
-            assert storage.create_run(run, []) is True
+        with storage.engine.begin() as conn:  # rows as the 0002 code wrote them: JSON text
+            for name, value in stored.items():
+                text = json.dumps(value)
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO flux_runs (id, workflow, status, input, data, current_step, "
+                        "executor, version, created_at, updated_at) VALUES (:id, 'wf', "
+                        "'pending', :v, '{}', 0, 'local', 0, :t, :t)"
+                    ),
+                    {"id": f"old-{name}", "v": text, "t": "2026-11-30 00:00:00.000000"},
+                )
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO flux_steps (run_id, idx, name, kind, status, attempts, "
+                        "compensation_attempts, output) VALUES (:id, 0, 'a', 'step', "
+                        "'pending', 0, 0, :v)"
+                    ),
+                    {"id": f"old-{name}", "v": text},
+                )
         with storage.engine.connect() as conn:
             kinds = conn.execute(sa.text("SELECT typeof(input) FROM flux_runs ORDER BY id"))
             assert {k for (k,) in kinds} == {"integer", "real", "text"}  # what 0002 left
-        assert upgrade(storage) == ("0002", "0003")
+        assert upgrade(storage) == ("0002", "0004")  # through 0003
         for name, value in stored.items():
             state = storage.load_run(f"old-{name}")
             assert state is not None
@@ -452,7 +467,7 @@ def test_upgrading_from_0001_keeps_stored_runs(fresh_db: FreshDb) -> None:
             ),
             {"t": "2026-01-01 00:00:00"},
         )
-    assert upgrade(storage) == ("0001", "0003")
+    assert upgrade(storage) == ("0001", "0004")
     state = storage.load_run("old-1")
     assert state is not None and state.input == {"x": 1} and state.status == RunStatus.PENDING
     with storage.engine.connect() as conn:

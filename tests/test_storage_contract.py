@@ -685,6 +685,19 @@ def test_delete_run(any_storage: Any) -> None:
     assert reborn.version == 0
 
 
+def test_a_run_not_due_yet_is_not_stale(any_storage: Any) -> None:
+    """A run started with a countdown waits in the broker: ``recover`` must not start it
+    early, however long ago it was created."""
+    now = datetime.now(UTC)
+    scheduled = make_run("later", status=RunStatus.PENDING)
+    scheduled.not_before = now + timedelta(hours=1)
+    assert any_storage.create_run(scheduled, []) is True
+    assert any_storage.create_run(make_run("now", status=RunStatus.PENDING), []) is True
+    soon = now + timedelta(minutes=10)
+    assert ids(any_storage.stale_runs(soon)) == ["now"]
+    assert sorted(ids(any_storage.stale_runs(now + timedelta(hours=2)))) == ["later", "now"]
+
+
 def test_prune_runs_deletes_old_finished_runs_with_their_steps_and_traces(
     any_storage: Any,
 ) -> None:

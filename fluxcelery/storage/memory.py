@@ -153,7 +153,9 @@ class MemoryStorage:
             runs = [
                 r.copy()
                 for r in self._runs.values()
-                if r.status in active and r.updated_at < updated_before
+                if r.status in active
+                and r.updated_at < updated_before
+                and (r.not_before is None or r.not_before < updated_before)
             ]
         return sorted(runs, key=lambda r: r.updated_at)[:limit]
 

@@ -74,11 +74,11 @@ SAVE_SQL = (
 CREATE_SQL = (
     "WITH r AS (INSERT INTO flux_runs (id, workflow, workflow_version, definition_hash, "
     "status, input, data, current_step, error, executor, version, created_at, updated_at, "
-    "finished_at, start_meta) VALUES (%(id)s, %(workflow)s, %(workflow_version)s, "
+    "finished_at, start_meta, not_before) VALUES (%(id)s, %(workflow)s, %(workflow_version)s, "
     "%(definition_hash)s, %(status)s, %(input)s::jsonb, %(data)s::jsonb, "
     "%(current_step)s::integer, %(error)s, %(executor)s, %(version)s::integer, "
     "%(created_at)s::timestamptz, %(updated_at)s::timestamptz, %(finished_at)s::timestamptz, "
-    "%(start_meta)s::jsonb) "
+    "%(start_meta)s::jsonb, %(not_before)s::timestamptz) "
     "ON CONFLICT (id) DO NOTHING RETURNING id), "
     f"s AS (INSERT INTO flux_steps (run_id, {', '.join(STEP_COLS)}) "
     f"SELECT r.id, {', '.join('x.' + c for c in STEP_COLS)} "
@@ -284,6 +284,7 @@ def create_params(state: RunState, events: Sequence[TraceEvent], now: datetime) 
         "updated_at": now,
         "finished_at": state.finished_at,
         "start_meta": _json(state.start_meta),
+        "not_before": state.not_before,
         "steps": _rows([_step_row(s) for s in state.steps], "step rows"),
         "events": _rows([_trace_row(e) for e in events], "trace events"),
     }

@@ -32,6 +32,9 @@ runs = sa.Table(
     # run is created: a worker's claim (storage/postgres.py) emits that event in SQL, where the
     # redaction cannot be done. Never read back into ``RunState``.
     sa.Column("start_meta", JsonType),
+    # When a run started with a countdown is due: ``recover`` leaves it alone until then.
+    # Written when the run is created; never read back into ``RunState``.
+    sa.Column("not_before", TZ),
     sa.Index("ix_flux_runs_workflow_created", "workflow", "created_at"),
     sa.Index("ix_flux_runs_status_updated", "status", "updated_at"),
     sa.Index("ix_flux_runs_created", "created_at"),

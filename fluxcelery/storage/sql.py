@@ -95,7 +95,7 @@ def _engine_for(url: str) -> Engine:
 _RUN_COLS = tuple(
     c
     for c in schema.RUN_COLUMNS
-    if c not in ("id", "version", "created_at", "updated_at", "start_meta")
+    if c not in ("id", "version", "created_at", "updated_at", "start_meta", "not_before")
 )
 _STEP_COLS = schema.STEP_COLUMNS[1:]  # all but idx
 
@@ -582,6 +582,10 @@ class SqlStorage:
             .where(
                 schema.runs.c.status.in_(("pending", "running", "rolling_back")),
                 schema.runs.c.updated_at < _utc(updated_before),
+                sa.or_(
+                    schema.runs.c.not_before.is_(None),
+                    schema.runs.c.not_before < _utc(updated_before),
+                ),
             )
             .order_by(schema.runs.c.updated_at)
             .limit(limit)

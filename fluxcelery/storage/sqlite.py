@@ -292,6 +292,7 @@ def create(cur: Any, state: RunState, events: Sequence[TraceEvent], now: datetim
             _ts(now),
             _ts(state.finished_at),
             _json_in(state.start_meta),
+            _ts(state.not_before),
         ),
     )
     cur.executemany(INSERT_STEP_SQL, [(state.id, s.index, *_step_values(s)) for s in state.steps])

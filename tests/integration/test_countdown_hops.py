@@ -93,3 +93,20 @@ def test_a_start_countdown_longer_than_a_hop_starts_the_run_on_time(hopping) -> 
         if "flux.it-four.a[" in line and "received" in line
     ]
     assert len(received) >= 3  # held 1 s at a time, then run
+
+
+def test_recover_leaves_a_run_that_is_not_due_yet(hopping) -> None:
+    """A run started with a countdown is pending with no task started: ``recover`` used to
+    take it for stuck and start it at once."""
+    import it_workflows as w
+
+    c = hopping
+    handle = c.engine.start(w.four, {"add": 1}, countdown=60)
+    try:
+        assert handle.id not in c.engine.recover(older_than=0)
+        time.sleep(1.0)
+        state = c.engine.get(handle.id)
+        assert state is not None and state.status == RunStatus.PENDING
+        assert c.engine.traces(run_id=handle.id, type="step:start") == []
+    finally:
+        c.engine.cancel(handle.id, reason="test over")
