@@ -24,7 +24,6 @@ from .errors import (
     RunNotFound,
     SerializationError,
     SignalMismatch,
-    StepTimeout,
     WorkflowNotFound,
     describe_error,
 )
@@ -38,6 +37,7 @@ from .states import DONE_STEP, RunStatus, StepStatus
 from .storage.base import Storage
 from .trace.event import TraceEvent
 from .trace.fanout import TraceFanout
+from .upkeep import Upkeep
 
 if TYPE_CHECKING:
     from .celery.dispatch import CeleryDispatcher
@@ -102,6 +102,7 @@ class FluxEngine:
         self.sleep = sleep
         self.invoker = Invoker()
         self.runner = StepRunner(self)
+        self.upkeep = Upkeep(self)
         self._workflows: dict[str, Workflow] = {}
         self._app = app
         self._dispatcher: CeleryDispatcher | None = None
@@ -569,41 +570,16 @@ class FluxEngine:
 
     def expire_wait(self, run_id: str, index: int, now: datetime | None = None) -> bool:
         """Fail a suspended step whose wait deadline has passed; True if it did."""
-        state = self.storage.load_run(run_id)
-        if state is None or state.status != RunStatus.SUSPENDED:
-            return False
-        step = state.steps[index] if 0 <= index < len(state.steps) else None
-        now = now or utcnow()
-        if (
-            step is None
-            or step.status != StepStatus.SUSPENDED
-            or step.wait_deadline is None
-            or step.wait_deadline > now + timedelta(seconds=0.05)
-        ):
-            return False
-        wf = self.workflow_for(state)
-        sdef = wf.steps[index]
-        err = describe_error(
-            StepTimeout(
-                f"no signal {step.waiting_for!r} within the wait timeout of step {sdef.name!r}"
-            )
-        )
-        nxt = self.runner.fail_step(Change(self.runner, state), wf, sdef, step.attempts, err)
-        if nxt.action is Action.STOP:
-            return False
-        self._continue(state, nxt)
-        return True
+        return self.upkeep.expire_wait(run_id, index, now)
 
     def wait_remaining(self, run_id: str, index: int) -> float | None:
-        """Seconds until the wait of step ``index`` times out; None when it is not waiting
-        (signalled, cancelled, or without a timeout)."""
-        state = self.storage.load_run(run_id)
-        if state is None or state.status != RunStatus.SUSPENDED:
-            return None
-        step = state.steps[index] if 0 <= index < len(state.steps) else None
-        if step is None or step.status != StepStatus.SUSPENDED or step.wait_deadline is None:
-            return None
-        return max(0.0, (step.wait_deadline - utcnow()).total_seconds())
+        """Seconds until the wait of step ``index`` times out; None when it is not waiting."""
+        return self.upkeep.wait_remaining(run_id, index)
+
+    def recover(self, older_than: float | None = None, *, limit: int = 100) -> builtins.list[str]:
+        """Continue runs stuck mid-way (a worker or process died) and expire overdue waits;
+        the ids of the runs acted on (see upkeep.py)."""
+        return self.upkeep.recover(older_than, limit=limit)
 
     def prune(
         self,
@@ -624,54 +600,6 @@ class FluxEngine:
             dry_run=dry_run,
             progress=progress,
         )
-
-    def recover(self, older_than: float | None = None, *, limit: int = 100) -> builtins.list[str]:
-        """Continue runs stuck mid-way (a worker or process died) and expire overdue waits.
-
-        A run counts as stuck when it has not been updated for longer than its current step's
-        timeout plus a grace period (or ``older_than`` seconds, when given).
-        """
-        now = utcnow()
-        acted: builtins.list[str] = []
-        for state in self.storage.expired_waits(now, limit=limit):
-            if self.expire_wait(state.id, state.current_step, now):
-                acted.append(state.id)
-        threshold = older_than if older_than is not None else 60.0
-        live = self._live_task_ids()
-        for state in self.storage.stale_runs(now - timedelta(seconds=threshold), limit=limit):
-            if older_than is None and not self._overdue(state, now):
-                continue
-            step = (
-                state.steps[state.current_step] if state.current_step < len(state.steps) else None
-            )
-            if step is not None and step.task_id and step.task_id in live:
-                continue
-            try:
-                self.workflow_for(state)
-            except FluxError as exc:
-                log.warning("recover: run %s skipped: %s", state.id, exc)
-                continue
-            self._continue(state, self._resume_point(state))
-            acted.append(state.id)
-        return acted
-
-    def _overdue(self, state: RunState, now: datetime) -> bool:
-        try:
-            wf = self.workflow(state.workflow)
-        except FluxError:
-            return False
-        idx = min(state.current_step, len(wf.steps) - 1)
-        timeout = self.runner.timeout(wf.steps[idx])
-        if timeout is None:
-            return False
-        backoff = wf.steps[idx].backoff or self.backoff
-        grace = timeout + backoff.max + 30.0
-        return (now - state.updated_at).total_seconds() > grace
-
-    def _live_task_ids(self) -> set[str]:
-        if self._dispatcher is None:
-            return set()
-        return self._dispatcher.live_task_ids()
 
     def close(self) -> None:
         self.invoker.close()
