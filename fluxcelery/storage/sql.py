@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,10 @@ from sqlalchemy.orm import Session
 from ..errors import FluxError, StorageError
 from ..jsoncodec import dumps, dumps_for_jsonb
 from ..records import RunState, StepState, utcnow
-from ..states import RunStatus, StepStatus
 from ..trace.event import TraceEvent
 from . import postgres, schema, sqlite
 from .base import StepClaim, as_tuple
+from .core_rows import run_values, step_values, to_run, to_step, trace_values, utc
 from .pgdirect import DirectConnections
 
 log = logging.getLogger("fluxcelery.storage")
@@ -45,14 +45,6 @@ def redact_url(url: str) -> str:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def _storage_error(exc: sa.exc.StatementError, url: str) -> Exception:
@@ -302,103 +294,6 @@ class SqlStorage:
                 raise
             raise mapped from exc
 
-    # -- rows <-> records -----------------------------------------------------------------
-    @staticmethod
-    def _run_values(state: RunState) -> dict[str, Any]:
-        # Every datetime is written in UTC: SQLite keeps wall-clock text, not the offset.
-        return {
-            "workflow": state.workflow,
-            "workflow_version": state.workflow_version,
-            "definition_hash": state.definition_hash,
-            "status": state.status.value,
-            "input": state.input,
-            "data": state.data,
-            "current_step": state.current_step,
-            "error": state.error,
-            "executor": state.executor,
-            "finished_at": _utc(state.finished_at),
-        }
-
-    @staticmethod
-    def _step_values(run_id: str, s: StepState) -> dict[str, Any]:
-        return {
-            "run_id": run_id,
-            "idx": s.index,
-            "name": s.name,
-            "kind": s.kind,
-            "status": s.status.value,
-            "attempts": s.attempts,
-            "compensation_attempts": s.compensation_attempts,
-            "output": s.output,
-            "error": s.error,
-            "waiting_for": s.waiting_for,
-            "task_id": s.task_id,
-            "started_at": _utc(s.started_at),
-            "finished_at": _utc(s.finished_at),
-            "duration_ms": s.duration_ms,
-            "wait_deadline": _utc(s.wait_deadline),
-        }
-
-    @staticmethod
-    def _to_step(row: Any) -> StepState:
-        return StepState(
-            name=row.name,
-            index=row.idx,
-            kind=row.kind,
-            status=StepStatus(row.status),
-            attempts=row.attempts,
-            compensation_attempts=row.compensation_attempts,
-            output=row.output,
-            error=row.error,
-            waiting_for=row.waiting_for,
-            task_id=row.task_id,
-            started_at=_utc(row.started_at),
-            finished_at=_utc(row.finished_at),
-            duration_ms=row.duration_ms,
-            wait_deadline=_utc(row.wait_deadline),
-        )
-
-    @staticmethod
-    def _to_run(row: Any, steps: list[StepState]) -> RunState:
-        return RunState(
-            id=row.id,
-            workflow=row.workflow,
-            workflow_version=row.workflow_version,
-            definition_hash=row.definition_hash,
-            status=RunStatus(row.status),
-            input=row.input,
-            data=row.data if row.data is not None else {},
-            steps=steps,
-            current_step=row.current_step,
-            error=row.error,
-            executor=row.executor,
-            version=row.version,
-            created_at=_utc(row.created_at) or utcnow(),
-            updated_at=_utc(row.updated_at) or utcnow(),
-            finished_at=_utc(row.finished_at),
-        )
-
-    @staticmethod
-    def _trace_values(e: TraceEvent) -> dict[str, Any]:
-        return {
-            "id": e.id,
-            "ts": _utc(e.ts),
-            "run_id": e.run_id,
-            "workflow": e.workflow,
-            "type": e.type,
-            "status": e.status,
-            "step": e.step,
-            "step_index": e.step_index,
-            "kind": e.kind,
-            "attempt": e.attempt,
-            "max_attempts": e.max_attempts,
-            "duration_ms": e.duration_ms,
-            "error": e.error,
-            "task_id": e.task_id,
-            "worker": e.worker,
-            "meta": e.meta,
-        }
-
     # -- runs -----------------------------------------------------------------------------
     def create_run(self, state: RunState, events: Sequence[TraceEvent]) -> bool:
         now = utcnow()
@@ -462,7 +357,7 @@ class SqlStorage:
             state.version = expected_version + 1
             state.updated_at = now
             return True
-        params = self._run_values(state)
+        params = run_values(state)
         params.update(
             b_id=state.id,
             b_expected=expected_version,
@@ -474,14 +369,14 @@ class SqlStorage:
             return False
         rows = []
         for i in sorted(set(steps)):
-            values = self._step_values(state.id, state.steps[i])
+            values = step_values(state.id, state.steps[i])
             values["b_run_id"] = values.pop("run_id")
             values["b_idx"] = values.pop("idx")
             rows.append(values)
         if rows:
             conn.execute(_SAVE_STEP, rows)
         if events:
-            conn.execute(_INSERT_TRACES, [self._trace_values(e) for e in events])
+            conn.execute(_INSERT_TRACES, [trace_values(e) for e in events])
         state.version = expected_version + 1
         state.updated_at = now
         return True
@@ -545,8 +440,8 @@ class SqlStorage:
             .where(schema.steps.c.run_id.in_(ids))
             .order_by(schema.steps.c.run_id, schema.steps.c.idx)
         ):
-            by_run[srow.run_id].append(self._to_step(srow))
-        return [self._to_run(r, by_run[r.id]) for r in rows]
+            by_run[srow.run_id].append(to_step(srow))
+        return [to_run(r, by_run[r.id]) for r in rows]
 
     def list_runs(
         self,
@@ -581,10 +476,10 @@ class SqlStorage:
             sa.select(schema.runs)
             .where(
                 schema.runs.c.status.in_(("pending", "running", "rolling_back")),
-                schema.runs.c.updated_at < _utc(updated_before),
+                schema.runs.c.updated_at < utc(updated_before),
                 sa.or_(
                     schema.runs.c.not_before.is_(None),
-                    schema.runs.c.not_before < _utc(updated_before),
+                    schema.runs.c.not_before < utc(updated_before),
                 ),
             )
             .order_by(schema.runs.c.updated_at)
@@ -596,7 +491,7 @@ class SqlStorage:
     def expired_waits(self, now: datetime, limit: int = 100) -> list[RunState]:
         ids = (
             sa.select(schema.steps.c.run_id)
-            .where(schema.steps.c.status == "suspended", schema.steps.c.wait_deadline <= _utc(now))
+            .where(schema.steps.c.status == "suspended", schema.steps.c.wait_deadline <= utc(now))
             .limit(limit)
         )
         q = sa.select(schema.runs).where(
@@ -635,7 +530,7 @@ class SqlStorage:
         if not events:
             return
         with self._begin() as conn:
-            conn.execute(_INSERT_TRACES, [self._trace_values(e) for e in events])
+            conn.execute(_INSERT_TRACES, [trace_values(e) for e in events])
 
     def list_traces(
         self,
@@ -669,7 +564,7 @@ class SqlStorage:
         return [
             TraceEvent(
                 id=r.id,
-                ts=_utc(r.ts) or utcnow(),
+                ts=utc(r.ts) or utcnow(),
                 run_id=r.run_id,
                 workflow=r.workflow,
                 type=r.type,
