@@ -192,6 +192,9 @@ class Cli:
             self._app = None
 
 
+pass_cli = click.make_pass_decorator(Cli, ensure=True)
+
+
 def _split(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
