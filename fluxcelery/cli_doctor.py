@@ -205,6 +205,43 @@ def check_guest_account(broker_url: str) -> Check | None:
     )
 
 
+#: RabbitMQ's default ``consumer_timeout`` (3.8.17 and later): a step task holds its message
+#: unacknowledged while it runs (acks late), and past this the broker closes the channel.
+CONSUMER_TIMEOUT = 1800.0
+
+
+def check_step_timeouts(
+    settings: Settings, registered: Callable[[], Mapping[str, Any]]
+) -> Check | None:
+    """On RabbitMQ: steps that may run longer than the default ``consumer_timeout``."""
+    if not settings.broker_url.startswith(("amqp", "pyamqp")):
+        return None
+    from .celery.tasks import DEFAULT_TIMEOUT, HARD_LIMIT_MARGIN
+
+    long: list[str] = []
+    for name, wf in sorted(registered().items()):
+        try:
+            steps = wf.describe()["steps"]
+        except Exception:
+            continue  # reported by the workflows check
+        for step in steps:
+            timeout = DEFAULT_TIMEOUT if step["timeout_default"] else step["timeout"]
+            if timeout is None:
+                long.append(f"{name}.{step['name']} (no timeout)")
+            elif timeout + HARD_LIMIT_MARGIN > CONSUMER_TIMEOUT:
+                long.append(f"{name}.{step['name']} ({timeout:g} s)")
+    if not long:
+        return None
+    return Check(
+        "step timeouts",
+        "warn",
+        f"{len(long)} step(s) may run past RabbitMQ's consumer_timeout (30 min by default), "
+        f"and the worker running one would exit: {', '.join(long)}",
+        fix="raise consumer_timeout in rabbitmq.conf above the longest step, or shorten them",
+        data={"steps": long},
+    )
+
+
 def check_otel(settings: Settings) -> Check | None:
     """With ``FLUX_TRACE_OTEL=1``: can spans be made here, and does something export them?"""
     if not settings.trace_otel:
@@ -334,7 +371,7 @@ def run_checks(
         checks.append(guest)
     checks.append(check_workers(settings, app, broker.status == "ok"))
     checks.append(check_workflows(import_modules, registered))
-    otel = check_otel(settings)
-    if otel is not None:
-        checks.append(otel)
+    for optional in (check_step_timeouts(settings, registered), check_otel(settings)):
+        if optional is not None:
+            checks.append(optional)
     return checks

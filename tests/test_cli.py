@@ -378,6 +378,32 @@ def test_guest_account_warning(url: str, warns: bool) -> None:
     assert (check is not None and check.status == "warn") is warns
 
 
+def test_doctor_warns_of_steps_longer_than_rabbitmqs_consumer_timeout() -> None:
+    from fluxcelery import workflow
+    from fluxcelery.cli_doctor import check_step_timeouts
+    from fluxcelery.settings import Settings
+
+    wf = (
+        workflow("doctor-long")
+        .step("quick", lambda c: None)  # the 30 s default
+        .step("report", lambda c: None, timeout=3600)
+        .step("forever", lambda c: None, timeout=None)
+        .step("fits", lambda c: None, timeout=1700)
+    )
+    rabbit = Settings(broker_url="amqp://app:pw@rabbit:5672//")
+    check = check_step_timeouts(rabbit, lambda: {wf.name: wf})
+    assert check is not None and check.status == "warn"
+    assert check.data["steps"] == [
+        "doctor-long.report (3600 s)",
+        "doctor-long.forever (no timeout)",
+    ]
+    assert "consumer_timeout" in str(check.fix)
+    quick = workflow("doctor-quick").step("a", lambda c: None)
+    assert check_step_timeouts(rabbit, lambda: {quick.name: quick}) is None
+    redis = Settings(broker_url="redis://127.0.0.1:6379/0")  # no consumer timeout there
+    assert check_step_timeouts(redis, lambda: {wf.name: wf}) is None
+
+
 def test_commands_need_an_existing_database(tmp_path: Path) -> None:
     missing = f"sqlite:///{tmp_path}/nothing-here.db"
     assert_one_error(invoke_cli("--db", missing, "runs"), 1, "no database at")
@@ -566,7 +592,7 @@ def test_doctor_passes_with_services_and_a_worker(on_workers: Invoke, worker: st
     result = on_workers("doctor")
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
-    assert [line.split()[1] for line in lines] == [
+    assert [line.split()[1] for line in lines][:6] == [
         "settings",
         "database",
         "migrations",
@@ -574,6 +600,8 @@ def test_doctor_passes_with_services_and_a_worker(on_workers: Invoke, worker: st
         "workers",
         "workflows",
     ]
+    # Then at most advice: the suite's registry holds workflows with long or no timeouts.
+    assert [line.split(None, 2)[:2] for line in lines[6:]] in ([], [["!", "step"]])
     # Workflows may warn: the suite's process registry holds deliberately broken builders.
     assert all(line.startswith("✓") for line in lines[:5]), result.stdout
     assert not lines[5].startswith("✗")
