@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from ..records import RunState, StepState, utcnow
 from ..states import RunStatus, StepStatus
 from ..trace.event import TraceEvent
+from .schema import TRACE_COLUMNS
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -36,9 +38,10 @@ def run_values(state: RunState) -> dict[str, Any]:
     }
 
 
-def step_values(run_id: str, s: StepState) -> dict[str, Any]:
+def step_values(s: StepState, stamp: Callable[[datetime | None], Any] = utc) -> dict[str, Any]:
+    """A ``flux_steps`` row without its ``run_id``; ``stamp`` writes the timestamps (aware
+    UTC datetimes here, ISO text in postgres.py's JSON rows)."""
     return {
-        "run_id": run_id,
         "idx": s.index,
         "name": s.name,
         "kind": s.kind,
@@ -49,10 +52,10 @@ def step_values(run_id: str, s: StepState) -> dict[str, Any]:
         "error": s.error,
         "waiting_for": s.waiting_for,
         "task_id": s.task_id,
-        "started_at": utc(s.started_at),
-        "finished_at": utc(s.finished_at),
+        "started_at": stamp(s.started_at),
+        "finished_at": stamp(s.finished_at),
         "duration_ms": s.duration_ms,
-        "wait_deadline": utc(s.wait_deadline),
+        "wait_deadline": stamp(s.wait_deadline),
     }
 
 
@@ -96,21 +99,7 @@ def to_run(row: Any, steps: list[StepState]) -> RunState:
 
 
 def trace_values(e: TraceEvent) -> dict[str, Any]:
-    return {
-        "id": e.id,
-        "ts": utc(e.ts),
-        "run_id": e.run_id,
-        "workflow": e.workflow,
-        "type": e.type,
-        "status": e.status,
-        "step": e.step,
-        "step_index": e.step_index,
-        "kind": e.kind,
-        "attempt": e.attempt,
-        "max_attempts": e.max_attempts,
-        "duration_ms": e.duration_ms,
-        "error": e.error,
-        "task_id": e.task_id,
-        "worker": e.worker,
-        "meta": e.meta,
-    }
+    """The ``flux_traces`` row of an event (its columns are the event's fields)."""
+    row = {name: getattr(e, name) for name in TRACE_COLUMNS}
+    row["ts"] = utc(e.ts)
+    return row

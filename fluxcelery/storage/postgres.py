@@ -26,6 +26,7 @@ from ..records import RunState, StepState
 from ..states import RunStatus, StepStatus
 from ..trace.event import TraceEvent
 from . import schema
+from .core_rows import step_values, trace_values
 
 STEP_COLS = schema.STEP_COLUMNS
 TRACE_COLS = schema.TRACE_COLUMNS
@@ -151,43 +152,13 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _step_row(s: StepState) -> dict[str, Any]:
-    return {
-        "idx": s.index,
-        "name": s.name,
-        "kind": s.kind,
-        "status": s.status.value,
-        "attempts": s.attempts,
-        "compensation_attempts": s.compensation_attempts,
-        "output": s.output,
-        "error": s.error,
-        "waiting_for": s.waiting_for,
-        "task_id": s.task_id,
-        "started_at": _iso(s.started_at),
-        "finished_at": _iso(s.finished_at),
-        "duration_ms": s.duration_ms,
-        "wait_deadline": _iso(s.wait_deadline),
-    }
+    return step_values(s, stamp=_iso)
 
 
 def _trace_row(e: TraceEvent) -> dict[str, Any]:
-    return {
-        "id": e.id,
-        "ts": e.ts.isoformat(),
-        "run_id": e.run_id,
-        "workflow": e.workflow,
-        "type": e.type,
-        "status": e.status,
-        "step": e.step,
-        "step_index": e.step_index,
-        "kind": e.kind,
-        "attempt": e.attempt,
-        "max_attempts": e.max_attempts,
-        "duration_ms": e.duration_ms,
-        "error": e.error,
-        "task_id": e.task_id,
-        "worker": e.worker,
-        "meta": e.meta,
-    }
+    row = trace_values(e)
+    row["ts"] = e.ts.isoformat()  # a JSON document: jsonb_to_recordset reads the text
+    return row
 
 
 def _rows(rows: list[dict[str, Any]], what: str) -> str:

@@ -369,7 +369,7 @@ class SqlStorage:
             return False
         rows = []
         for i in sorted(set(steps)):
-            values = step_values(state.id, state.steps[i])
+            values = {"run_id": state.id, **step_values(state.steps[i])}
             values["b_run_id"] = values.pop("run_id")
             values["b_idx"] = values.pop("idx")
             rows.append(values)
