@@ -510,20 +510,25 @@ class SqlStorage:
     def prune_runs(
         self, updated_before: datetime, statuses: Sequence[str], limit: int | None = 500
     ) -> int:
-        r = schema.runs
-        due = sa.and_(r.c.status.in_(list(statuses)), r.c.updated_at < updated_before)
+        r, t = schema.runs, schema.traces
+        due = sa.and_(r.c.status.in_(list(statuses)), r.c.updated_at < utc(updated_before))
         if limit is None:
             with self.engine.connect() as conn:
                 return int(conn.execute(sa.select(sa.func.count()).where(due)).scalar() or 0)
-        batch = sa.select(r.c.id).where(due).order_by(r.c.updated_at).limit(limit)
+        batch = sa.select(r.c.id).where(due).order_by(r.c.updated_at, r.c.id).limit(limit)
+        # Steps go with their run (ON DELETE CASCADE).
         with self._begin() as conn:
-            # The condition again on the rows deleted: a run retried meanwhile stays. Steps
-            # go with their run (ON DELETE CASCADE).
-            ids = conn.execute(r.delete().where(r.c.id.in_(batch), due).returning(r.c.id))
-            pruned = [row[0] for row in ids]
-            if pruned:
-                conn.execute(schema.traces.delete().where(schema.traces.c.run_id.in_(pruned)))
-            return len(pruned)
+            if self._pg:
+                # The condition again on the rows deleted: a run retried meanwhile stays.
+                ids = conn.execute(r.delete().where(r.c.id.in_(batch), due).returning(r.c.id))
+                pruned = [row[0] for row in ids]
+                if pruned:
+                    conn.execute(t.delete().where(t.c.run_id.in_(pruned)))
+                return len(pruned)
+            # SQLite (where RETURNING needs 3.35): one writer at a time, so the first delete
+            # holds the write lock and both statements see the same batch.
+            conn.execute(t.delete().where(t.c.run_id.in_(batch)))
+            return int(conn.execute(r.delete().where(r.c.id.in_(batch))).rowcount)
 
     # -- traces ---------------------------------------------------------------------------
     def append_traces(self, events: Sequence[TraceEvent]) -> None:
