@@ -98,8 +98,9 @@ def to_run(row: Any, steps: list[StepState]) -> RunState:
     )
 
 
-def trace_values(e: TraceEvent) -> dict[str, Any]:
-    """The ``flux_traces`` row of an event (its columns are the event's fields)."""
+def trace_values(e: TraceEvent, stamp: Callable[[datetime], Any] = utc) -> dict[str, Any]:
+    """The ``flux_traces`` row of an event (its columns are the event's fields); ``stamp``
+    writes ``ts`` as ``step_values`` does."""
     row = {name: getattr(e, name) for name in TRACE_COLUMNS}
-    row["ts"] = utc(e.ts)
+    row["ts"] = stamp(e.ts)
     return row

@@ -156,9 +156,7 @@ def _step_row(s: StepState) -> dict[str, Any]:
 
 
 def _trace_row(e: TraceEvent) -> dict[str, Any]:
-    row = trace_values(e)
-    row["ts"] = e.ts.isoformat()  # a JSON document: jsonb_to_recordset reads the text
-    return row
+    return trace_values(e, stamp=datetime.isoformat)  # JSON text for jsonb_to_recordset
 
 
 def _rows(rows: list[dict[str, Any]], what: str) -> str:
