@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+import traceback
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
@@ -14,7 +16,11 @@ _DEFAULT_REDACTOR = Redactor()
 
 class _ScrubbingLog(logging.LoggerAdapter[logging.Logger]):
     """``ctx.log``: formats each message itself so that the run's secrets (values under
-    secret-looking keys of its input and data) are masked before any handler sees it."""
+    secret-looking keys of its input and data) are masked before any handler sees it.
+
+    With ``exc_info`` (``ctx.log.exception``) the traceback is formatted here too and masked
+    the same way: the record carries its text (``exc_text``, which logging's formatters
+    print) and no exception object, whose message a handler would format unmasked."""
 
     def __init__(
         self, logger: logging.Logger, extra: Mapping[str, object], scrub: Callable[[str], str]
@@ -33,12 +39,38 @@ class _ScrubbingLog(logging.LoggerAdapter[logging.Logger]):
         except (TypeError, ValueError, KeyError):
             text = f"{msg} {args!r}"  # what logging would report as a formatting error
         msg, kwargs = self.process(self._scrub(text), kwargs)
-        kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1  # the caller, not this method
-        self.logger.log(level, msg, **kwargs)
+        stacklevel = kwargs.pop("stacklevel", 1) + 1  # the caller, not this method
+        exc_info = _exc_info(kwargs.pop("exc_info", None))
+        if exc_info is None:
+            self.logger.log(level, msg, stacklevel=stacklevel, **kwargs)
+            return
+        logger = self.logger
+        stack_info = kwargs.get("stack_info", False)
+        fn, lno, func, sinfo = logger.findCaller(stack_info, stacklevel)
+        record = logger.makeRecord(
+            logger.name, level, fn, lno, msg, (), None, func, kwargs.get("extra"), sinfo
+        )
+        record.exc_text = self._scrub("".join(traceback.format_exception(*exc_info)).rstrip())
+        logger.handle(record)
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
         return msg, kwargs
+
+
+_ExcInfo = tuple[type[BaseException], BaseException, Any]
+
+
+def _exc_info(value: Any) -> _ExcInfo | None:
+    """``exc_info`` as logging reads it: True (the exception being handled), an exception,
+    or a ``sys.exc_info()`` tuple."""
+    if not value:
+        return None
+    if isinstance(value, BaseException):
+        return (type(value), value, value.__traceback__)
+    if not isinstance(value, tuple):
+        value = sys.exc_info()
+    return value if value[0] is not None else None
 
 
 class StepContext:

@@ -73,3 +73,37 @@ def test_a_redactor_without_keys_leaves_messages_alone(make_engine: Any) -> None
     engine = make_engine(redact=())
     result = engine.execute(workflow("no-redaction").step("charge", charge), INPUT)
     assert result.error == "NonRetryableError: card 4111111111111111 declined"
+
+
+def test_ctx_log_exception_masks_the_traceback_too(
+    make_engine: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def charge(ctx: Any) -> None:
+        token = ctx.input["api_token"]
+        try:
+            raise ValueError(f"gateway refused {token}")
+        except ValueError:
+            ctx.log.exception("charge failed for %s", ctx.input["user"])
+        try:
+            raise KeyError(token)
+        except KeyError as exc:
+            ctx.log.error("lookup failed", exc_info=exc)
+        ctx.log.warning("no traceback here", exc_info=False)
+
+    engine = make_engine()
+    with caplog.at_level(logging.INFO, logger="fluxcelery.step"):
+        assert engine.execute(workflow("log-tracebacks").step("charge", charge), INPUT).ok
+    records = [r for r in caplog.records if r.name == "fluxcelery.step"]
+    assert [r.getMessage() for r in records] == [
+        "charge failed for ann",
+        "lookup failed",
+        "no traceback here",
+    ]
+    formatted = [logging.Formatter().format(r) for r in records]
+    assert "ValueError: gateway refused ***" in formatted[0]
+    assert "Traceback (most recent call last)" in formatted[0]
+    assert "KeyError: '***'" in formatted[1]
+    assert "Traceback" not in formatted[2]
+    assert all("tok_live_9" not in text for text in [*formatted, caplog.text])
+    assert records[0].funcName == "charge" and records[1].funcName == "charge"
+    assert records[0].run_id and records[1].step == "charge"  # type: ignore[attr-defined]
