@@ -1088,3 +1088,21 @@ def test_transaction_without_save_run_commits_nothing(
     with sql_storage.transaction() as tx:
         tx.session.execute(side_table.insert().values(id=1, note="orphan"))
     assert side_rows(sql_storage, side_table) == []
+
+
+# -- MemoryStorage's own options ----------------------------------------------------------------
+
+
+def test_memory_max_traces_keeps_the_newest_events_in_order() -> None:
+    storage = MemoryStorage(max_traces=5)
+    evs = [event(f"r{i % 3}", "step:start", step=f"s{i}") for i in range(12)]
+    storage.create_run(make_run("r0"), evs[:2])
+    for i in range(2, 12, 3):
+        storage.append_traces(evs[i : i + 3])
+    assert storage.list_traces() == evs[-5:]
+    assert storage.list_traces(run_id="r1") == [e for e in evs[-5:] if e.run_id == "r1"]
+    assert storage.delete_run("r0") is True
+    kept = [e for e in evs[-5:] if e.run_id != "r0"]
+    assert storage.list_traces() == kept
+    storage.append_traces(evs[:5])  # still bounded after a delete rebuilt the buffer
+    assert storage.list_traces() == (kept + evs[:5])[-5:]

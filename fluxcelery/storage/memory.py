@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import operator
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -51,8 +52,9 @@ class MemoryStorage:
 
     def __init__(self, max_traces: int | None = None) -> None:
         self._runs: dict[str, RunState] = {}
-        self._traces: list[_Row] = []
-        self._max_traces = max_traces
+        # A bounded deque drops its oldest rows in O(1); deleting the head of a list moved
+        # every row at each save once the bound was reached.
+        self._traces: deque[_Row] = deque(maxlen=max_traces)
         self._lock = threading.RLock()
 
     def init(self) -> None:
@@ -117,8 +119,6 @@ class MemoryStorage:
             if row[_META] is not None:  # the caller keeps its dict: store a copy
                 row = (*row[:_META], copy_json(row[_META]), *row[_META + 1 :])
             traces.append(row)
-        if self._max_traces is not None and len(self._traces) > self._max_traces:
-            del self._traces[: len(self._traces) - self._max_traces]
 
     def list_runs(
         self,
@@ -177,7 +177,7 @@ class MemoryStorage:
     def delete_run(self, run_id: str) -> bool:
         with self._lock:
             found = self._runs.pop(run_id, None) is not None
-            self._traces = [r for r in self._traces if r[_RUN_ID] != run_id]
+            self._keep_traces(lambda r: r[_RUN_ID] != run_id)
             return found
 
     def prune_runs(
@@ -197,8 +197,11 @@ class MemoryStorage:
             pruned = {r.id for r in due[:limit]}
             for run_id in pruned:
                 del self._runs[run_id]
-            self._traces = [t for t in self._traces if t[_RUN_ID] not in pruned]
+            self._keep_traces(lambda t: t[_RUN_ID] not in pruned)
             return len(pruned)
+
+    def _keep_traces(self, keep: Callable[[_Row], bool]) -> None:
+        self._traces = deque(filter(keep, self._traces), maxlen=self._traces.maxlen)
 
     def append_traces(self, events: Sequence[TraceEvent]) -> None:
         with self._lock:
