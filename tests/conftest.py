@@ -54,7 +54,7 @@ def pg_schema_url() -> Iterator[str]:
     import sqlalchemy as sa
 
     schema = f"flux_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = sa.create_engine(PG_BASE)
+    admin = sa.create_engine(PG_BASE, pool_pre_ping=True)  # chaos tests kill connections
     with admin.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     url = f"{PG_BASE}?options=-csearch_path%3D{schema}"

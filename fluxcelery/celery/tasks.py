@@ -58,21 +58,31 @@ def _limits(sdef: StepDef) -> dict[str, Any]:
     return {"soft_time_limit": timeout, "time_limit": timeout + HARD_LIMIT_MARGIN}
 
 
+def outage_delay(outages: int) -> int:
+    """Seconds before the ``outages``-th retry of a task for an unreachable database or
+    broker: 1, 2, 4, ... up to 30."""
+    return min(2 ** min(outages, 5), 30)
+
+
 def _outage_retry(task: Task, exc: BaseException, *, mark: bool = False) -> Retry:
     """The database (or broker) is unreachable: try the same step again later. The step's
     stored state decides what that attempt does, so nothing runs twice by accident.
 
+    The backoff counts this task's outages (its ``outages`` argument), not Celery's
+    ``request.retries``, which also counts every step retry and every countdown hop: after
+    those an outage would have waited 30 s from its first retry.
+
     ``mark``: pass ``outage=True`` to the retried step task, so that an attempt left
     ``running`` by the outage is re-run rather than counted as a worker loss."""
-    countdown = min(2 ** min(task.request.retries, 5), 30)
+    kwargs = dict(task.request.kwargs or {})
+    outages = int(kwargs.get("outages") or 0)
+    countdown = outage_delay(outages)
     log.warning(
-        "%s for run %s: %s; retrying in %ss",
-        task.name,
-        task.request.kwargs.get("run_id"),
-        exc,
-        countdown,
+        "%s for run %s: %s; retrying in %ss", task.name, kwargs.get("run_id"), exc, countdown
     )
-    kwargs = {**(task.request.kwargs or {}), "outage": True} if mark else None
+    kwargs["outages"] = outages + 1
+    if mark:
+        kwargs["outage"] = True
     return task.retry(exc=exc, countdown=countdown, max_retries=None, kwargs=kwargs)
 
 
@@ -166,7 +176,11 @@ def _register_step(app: Celery, workflow: str, sdef: StepDef) -> str:
     index = sdef.index
 
     def run_step(
-        self: Task, run_id: str, outage: bool = False, not_before: str | None = None
+        self: Task,
+        run_id: str,
+        outage: bool = False,
+        not_before: str | None = None,
+        outages: int = 0,
     ) -> None:
         _hop(self, not_before)
         try:
@@ -200,7 +214,9 @@ def _register_compensation(app: Celery, workflow: str, sdef: StepDef) -> str:
         return name
     index = sdef.index
 
-    def compensate(self: Task, run_id: str, not_before: str | None = None) -> None:
+    def compensate(
+        self: Task, run_id: str, not_before: str | None = None, outages: int = 0
+    ) -> None:
         _hop(self, not_before)
         try:
             engine = worker_engine()  # inside the try: see run_step
@@ -224,7 +240,7 @@ def register_builtin_tasks(app: Celery) -> None:
         shared=False,
         max_retries=None,
     )
-    def wait_timeout(self: Task, run_id: str, index: int) -> bool:
+    def wait_timeout(self: Task, run_id: str, index: int, outages: int = 0) -> bool:
         """Fail a suspended step whose wait passed with no signal. Early (a wait longer than
         a message may be held is timed in hops), schedule the next hop."""
         try:

@@ -117,7 +117,7 @@ def it_schema() -> Iterator[str]:
     """A PostgreSQL schema for this session's workers, with the side-effect table."""
     require_service("postgres")
     schema = f"flux_it_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = sa.create_engine(PG_BASE)
+    admin = sa.create_engine(PG_BASE, pool_pre_ping=True)  # chaos tests kill connections
     with admin.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
         conn.execute(
