@@ -45,5 +45,8 @@ def prune(
         total += pruned
         if progress is not None and pruned:
             progress(total)
-        if pruned < batch:
+        # Not ``pruned < batch``: a short batch does not mean the end. Another prune may
+        # have taken part of this one, or a run in it was retried meanwhile (PostgreSQL
+        # re-checks the condition on each row); only an empty batch does.
+        if not pruned:
             return total
