@@ -1,6 +1,7 @@
 """fluxcelery on real Celery workers against plain Celery chains, measured in one run.
 
     python bench/celery_overhead.py [--runs 400] [--batch 100] [--latency 100] [--events]
+                                    [--concurrency 2] [--cpu]
 
 Both sides use the same setup: `celery worker -P prefork -c 2` on RabbitMQ (127.0.0.1:5672),
 one worker per side on its own queue, and batches interleaved (flux, plain, flux, ...) so
@@ -12,6 +13,10 @@ Prints throughput (runs/s) and round-trip latency p50/p95, and the ratios.
 
 Task events (what Flower shows) are off on both sides by default, as in a plain Celery
 install; ``--events`` turns them on for both (fluxcelery's own default, for Flower).
+
+``--cpu`` (Linux) also prints CPU per run of each process group during the throughput
+batches (worker parent, pool children, PostgreSQL, RabbitMQ, Redis, this producer) and how
+busy the cores were: all servers' processes are counted, so keep the machine otherwise idle.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from celery import chain  # noqa: E402
 
+from bench import cpu  # noqa: E402
 from fluxcelery import FluxEngine, SqlStorage  # noqa: E402
 from fluxcelery.celery.app import build_app  # noqa: E402
 from fluxcelery.settings import Settings  # noqa: E402
@@ -96,8 +102,13 @@ def main() -> int:
     parser.add_argument(
         "--concurrency", type=int, default=2, help="prefork processes of each side's worker"
     )
+    parser.add_argument(
+        "--cpu", action="store_true", help="CPU per run by process group (reads /proc)"
+    )
     parser.add_argument("--json", default="bench/results/celery_overhead.json")
     args = parser.parse_args()
+    if args.cpu and not cpu.available():
+        parser.error("--cpu reads /proc: Linux only")
 
     tag = uuid.uuid4().hex[:8]
     schema = f"flux_bench_{tag}"
@@ -135,6 +146,11 @@ def main() -> int:
         start_worker("fluxcelery", flux_q, env, logs / "flux.log", args.concurrency),
         start_worker("bench.bench_tasks", plain_q, env, logs / "plain.log", args.concurrency),
     ]
+    groups = {
+        "fluxcelery": cpu.CpuGroups(workers[0].pid),
+        "plain celery": cpu.CpuGroups(workers[1].pid),
+    }
+    used: dict[str, dict[str, float]] = {name: {} for name in groups}
     r = redis.Redis.from_url(REDIS)
     results: dict[str, Any] = {}
     try:
@@ -165,12 +181,16 @@ def main() -> int:
         for i in range(rounds):
             for name, fn in sides.items():
                 key = f"bench:{tag}:thr:{name}:{i}"
+                before = groups[name].snapshot() if args.cpu else {}
                 started = time.perf_counter()
                 for _ in range(args.batch):
                     fn(key)
                 wait_done(r, key, args.batch)
                 elapsed[name] += time.perf_counter() - started
                 done[name] += args.batch
+                if args.cpu:
+                    for group, spent in cpu.delta(before, groups[name].snapshot()).items():
+                        used[name][group] = used[name].get(group, 0.0) + spent
             print(
                 f"  round {i + 1}/{rounds}: "
                 + ", ".join(f"{n} {done[n] / elapsed[n]:.0f} runs/s" for n in sides),
@@ -194,6 +214,13 @@ def main() -> int:
                 "p50_ms": round(statistics.median(lat), 2),
                 "p95_ms": round(lat[int(len(lat) * 0.95) - 1], 2),
             }
+        if args.cpu:
+            for name in sides:
+                results[name]["cpu_ms_per_run"] = {
+                    group: round(spent / done[name] * 1000, 2)
+                    for group, spent in used[name].items()
+                }
+                results[name]["cores_busy"] = round(sum(used[name].values()) / elapsed[name], 2)
         results["task_events"] = args.events
         f, p = results["fluxcelery"], results["plain celery"]
         results["ratios"] = {
@@ -228,6 +255,19 @@ def main() -> int:
             f"{name:<16}{row['runs_per_s']:>10}{row['tasks_per_s']:>10}"
             f"{row['p50_ms']:>10}{row['p95_ms']:>10}"
         )
+    if args.cpu:
+        names = ("fluxcelery", "plain celery")
+        print(f"\n{'CPU ms per run':<16}" + "".join(f"{n:>14}" for n in names))
+        for group in results["fluxcelery"]["cpu_ms_per_run"]:
+            print(
+                f"{group:<16}"
+                + "".join(f"{results[n]['cpu_ms_per_run'][group]:>14.2f}" for n in names)
+            )
+        print(
+            f"{'total':<16}"
+            + "".join(f"{sum(results[n]['cpu_ms_per_run'].values()):>14.2f}" for n in names)
+        )
+        print(f"{'cores busy':<16}" + "".join(f"{results[n]['cores_busy']:>14.2f}" for n in names))
     ratios = results["ratios"]
     print(f"\nthroughput ratio (flux / plain): {ratios['throughput_flux_over_plain']}")
     print(
