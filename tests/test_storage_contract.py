@@ -1106,3 +1106,27 @@ def test_memory_max_traces_keeps_the_newest_events_in_order() -> None:
     assert storage.list_traces() == kept
     storage.append_traces(evs[:5])  # still bounded after a delete rebuilt the buffer
     assert storage.list_traces() == (kept + evs[:5])[-5:]
+
+
+def test_memory_store_keeps_runs_out_of_the_garbage_collectors_way() -> None:
+    """Stored runs are tuples, not objects: a run as objects was ~14 objects that every full
+    collection walked, and embedded runs slowed down as the store grew (25% of the time
+    went to collections with 20,000 runs stored)."""
+    import gc
+
+    storage = MemoryStorage()
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(2000):
+        run = make_run(f"gc-{i}")
+        run.data = {"n": i, "tags": ["a", "b"]}
+        assert storage.create_run(run, [event(f"gc-{i}", "workflow:start")])
+        state = storage.load_run(f"gc-{i}")
+        assert state is not None
+        state.steps[0].status = StepStatus.COMPLETED
+        state.steps[0].output = {"ok": True}
+        assert storage.save_run(state, state.version, [0], [event(f"gc-{i}", "step:complete")])
+        del state, run
+    gc.collect()
+    per_run = (len(gc.get_objects()) - before) / 2000
+    assert per_run < 7, per_run  # 11 as objects; 5 here: the dicts and lists stored
