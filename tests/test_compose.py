@@ -346,3 +346,49 @@ def test_docker_compose_config_parses(tmp_path: Path) -> None:
     rendered = yaml.safe_load(result.stdout)
     assert set(rendered["services"]) == ALL_SERVICES
     assert "change-me-flower" in " ".join(rendered["services"]["flower"]["command"])
+
+
+def rabbitmq_conf(services: dict[str, Any]) -> dict[str, str]:
+    """The RabbitMQ settings the compose file mounts into ``conf.d`` (``key = value`` lines)."""
+    mounts = [v for v in services["rabbitmq"]["volumes"] if "/etc/rabbitmq/conf.d/" in v]
+    assert mounts, "the rabbitmq service mounts no conf.d file"
+    settings: dict[str, str] = {}
+    for mount in mounts:
+        source, target, *mode = mount.split(":")
+        assert target.startswith("/etc/rabbitmq/conf.d/") and target.endswith(".conf")
+        assert mode == ["ro"], mount
+        for line in (ROOT / source).read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                key, _, value = line.partition("=")
+                settings[key.strip()] = value.strip()
+    return settings
+
+
+def test_rabbitmq_lets_every_step_of_the_stack_hold_its_message(
+    services: dict[str, Any],
+) -> None:
+    """A step task holds its message while it runs (acks late) and a delayed message until
+    it is due: past ``consumer_timeout`` RabbitMQ closes the worker's channel. The stack's
+    consumer_timeout covers the longest step of the workflows it runs, and the longest hold
+    of a delayed message."""
+    from fluxcelery.builder import registered_workflows
+    from fluxcelery.celery.tasks import DEFAULT_TIMEOUT, HARD_LIMIT_MARGIN
+    from fluxcelery.settings import Settings
+
+    consumer_timeout_s = int(rabbitmq_conf(services)["consumer_timeout"]) / 1000
+    assert consumer_timeout_s > Settings().max_countdown
+    modules = services["worker"]["environment"]["FLUX_WORKFLOWS"].split(",")
+    for module in modules:
+        importlib.import_module(module)
+    names = {importlib.import_module(m).__name__ for m in modules}
+    checked = 0
+    for wf in registered_workflows().values():
+        if wf.steps and wf.steps[0].handler.__module__ not in names:
+            continue  # a workflow some other test defined
+        for step in wf.describe()["steps"]:
+            timeout = DEFAULT_TIMEOUT if step["timeout_default"] else step["timeout"]
+            assert timeout is not None, f"{wf.name}.{step['name']} has no timeout"
+            assert timeout + HARD_LIMIT_MARGIN < consumer_timeout_s, f"{wf.name}.{step['name']}"
+            checked += 1
+    assert checked >= 10
