@@ -88,9 +88,15 @@ CREATE_SQL = (
     + " SELECT count(*) FROM r"
 )
 
+# One row per step. The run's JSON columns come on the first row only (steps are numbered
+# from 0; a run without steps has one row with a NULL idx): psycopg parses every jsonb value
+# it receives, and a 20-step run with a 48 KB input took 7 ms of client CPU per load when
+# each row carried them.
 LOAD_SQL = (
-    "SELECT r.id, r.workflow, r.workflow_version, r.definition_hash, r.status, r.input, "
-    "r.data, r.current_step, r.error, r.executor, r.version, r.created_at, r.updated_at, "
+    "SELECT r.id, r.workflow, r.workflow_version, r.definition_hash, r.status, "
+    "CASE WHEN s.idx IS NULL OR s.idx = 0 THEN r.input END, "
+    "CASE WHEN s.idx IS NULL OR s.idx = 0 THEN r.data END, "
+    "r.current_step, r.error, r.executor, r.version, r.created_at, r.updated_at, "
     "r.finished_at, s.idx, s.name, s.kind, s.status, s.attempts, s.compensation_attempts, "
     "s.output, s.error, s.waiting_for, s.task_id, s.started_at, s.finished_at, "
     "s.duration_ms, s.wait_deadline "
