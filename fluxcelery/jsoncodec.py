@@ -166,15 +166,26 @@ def copy_json(value: Any) -> Any:
     return value
 
 
+_KNOWN_KEYS = 4096
+
+
 class Redactor:
     """Masks values whose key contains a secret-looking word (case-insensitive)."""
 
     def __init__(self, keys: Iterable[str] = DEFAULT_REDACT) -> None:
         self.keys = tuple(k.lower() for k in keys)
+        # A run's JSON repeats the same few keys (600 items, 3 keys each): each is looked
+        # at once. Bounded, so that data with ever new keys cannot grow it without end.
+        self._known: dict[str, bool] = {}
 
     def is_secret(self, key: str) -> bool:
-        low = key.lower()
-        return any(k in low for k in self.keys)
+        known = self._known.get(key)
+        if known is None:
+            low = key.lower()
+            known = any(k in low for k in self.keys)
+            if len(self._known) < _KNOWN_KEYS:
+                self._known[key] = known
+        return known
 
     def secret_texts(self, *values: Any) -> list[str]:
         """The text of every scalar under a secret-looking key in ``values``, longest first
@@ -212,9 +223,13 @@ class Redactor:
             return value
         if isinstance(value, dict):
             return {
-                k: (MASK if isinstance(k, str) and self.is_secret(k) else self(v))
+                k: (
+                    MASK
+                    if isinstance(k, str) and self.is_secret(k)
+                    else (self(v) if isinstance(v, (dict, list)) else v)
+                )
                 for k, v in value.items()
             }
         if isinstance(value, list):
-            return [self(v) for v in value]
+            return [self(v) if isinstance(v, (dict, list)) else v for v in value]
         return value

@@ -107,3 +107,16 @@ def test_ctx_log_exception_masks_the_traceback_too(
     assert all("tok_live_9" not in text for text in [*formatted, caplog.text])
     assert records[0].funcName == "charge" and records[1].funcName == "charge"
     assert records[0].run_id and records[1].step == "charge"  # type: ignore[attr-defined]
+
+
+def test_redaction_remembers_keys_within_a_bound() -> None:
+    """Each key is looked at once (a run's JSON repeats the same few), and data with ever new
+    keys cannot grow what is remembered without end."""
+    redactor = Redactor()
+    rows = [{"sku": f"A{i}", "Api_Token": f"tok-{i}", f"field_{i}": i} for i in range(5000)]
+    masked = redactor({"items": rows, "nested": [[{"PASSWORD": "x"}]]})
+    assert masked["items"][4999] == {"sku": "A4999", "Api_Token": "***", "field_4999": 4999}
+    assert masked["nested"] == [[{"PASSWORD": "***"}]]
+    assert rows[0]["Api_Token"] == "tok-0"  # the input itself is left alone
+    assert len(redactor._known) <= 4096
+    assert redactor.is_secret("my_secret_field") and not redactor.is_secret("field_1")
