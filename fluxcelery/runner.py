@@ -256,7 +256,8 @@ class StepRunner:
                 status="running",
                 task_id=task_id,
                 worker=worker,
-                meta={"input": self.engine.redact(state.input)},
+                # Made when the run was (``start_meta``) unless it was loaded since.
+                meta=state.start_meta or {"input": self.engine.redact(state.input)},
             )
         if step.status in DONE_STEP:
             # Kept ``completed`` across a retry (a commit step): never run it again.
