@@ -372,23 +372,20 @@ def test_rabbitmq_lets_every_step_of_the_stack_hold_its_message(
     it is due: past ``consumer_timeout`` RabbitMQ closes the worker's channel. The stack's
     consumer_timeout covers the longest step of the workflows it runs, and the longest hold
     of a delayed message."""
-    from fluxcelery.builder import registered_workflows
+    from fluxcelery import Workflow
     from fluxcelery.celery.tasks import DEFAULT_TIMEOUT, HARD_LIMIT_MARGIN
     from fluxcelery.settings import Settings
 
     consumer_timeout_s = int(rabbitmq_conf(services)["consumer_timeout"]) / 1000
     assert consumer_timeout_s > Settings().max_countdown
-    modules = services["worker"]["environment"]["FLUX_WORKFLOWS"].split(",")
-    for module in modules:
-        importlib.import_module(module)
-    names = {importlib.import_module(m).__name__ for m in modules}
     checked = 0
-    for wf in registered_workflows().values():
-        if wf.steps and wf.steps[0].handler.__module__ not in names:
-            continue  # a workflow some other test defined
-        for step in wf.describe()["steps"]:
-            timeout = DEFAULT_TIMEOUT if step["timeout_default"] else step["timeout"]
-            assert timeout is not None, f"{wf.name}.{step['name']} has no timeout"
-            assert timeout + HARD_LIMIT_MARGIN < consumer_timeout_s, f"{wf.name}.{step['name']}"
-            checked += 1
+    for module in services["worker"]["environment"]["FLUX_WORKFLOWS"].split(","):
+        defined = vars(importlib.import_module(module)).values()
+        for wf in (v for v in defined if isinstance(v, Workflow)):
+            for step in wf.describe()["steps"]:
+                timeout = DEFAULT_TIMEOUT if step["timeout_default"] else step["timeout"]
+                name = f"{wf.name}.{step['name']}"
+                assert timeout is not None, f"{name} has no timeout"
+                assert timeout + HARD_LIMIT_MARGIN < consumer_timeout_s, name
+                checked += 1
     assert checked >= 10
