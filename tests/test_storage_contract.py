@@ -1109,7 +1109,7 @@ def test_memory_max_traces_keeps_the_newest_events_in_order() -> None:
 
 
 def test_memory_store_keeps_runs_out_of_the_garbage_collectors_way() -> None:
-    """Stored runs are tuples, not objects: a run as objects was ~14 objects that every full
+    """Stored runs are tuples, not objects: a run as objects was about a dozen that every full
     collection walked, and embedded runs slowed down as the store grew (25% of the time
     went to collections with 20,000 runs stored)."""
     import gc
