@@ -117,6 +117,13 @@ class StorageError(FluxError):
     code = "storage_error"
 
 
+class MissingExtra(FluxError):
+    """A configured URL needs an optional package that is not installed (``message`` names
+    the extra to install)."""
+
+    code = "missing_extra"
+
+
 def describe_error(exc: BaseException) -> str:
     """The ``"<ExceptionType>: <message>"`` form stored in ``error`` columns."""
     return f"{type(exc).__name__}: {exc}"

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import MissingExtra
 
 EMBEDDED_BROKER = "memory://"
 #: The longest a delayed message (a wait timeout, a retry's backoff) is held by a worker.
@@ -13,6 +16,38 @@ EMBEDDED_BROKER = "memory://"
 #: its ``consumer_timeout`` (30 minutes by default, 15 in 3.8.15), and the worker exits;
 #: Redis delivers it again after its ``visibility_timeout`` (1 hour). Longer delays hop.
 DEFAULT_MAX_COUNTDOWN = 600.0
+
+
+#: URL schemes that need an optional package: (module imported, extra that installs it).
+_SCHEME_EXTRAS = {
+    "postgresql": ("psycopg", "postgres"),
+    "postgres": ("psycopg", "postgres"),
+    "redis": ("redis", "redis"),
+    "rediss": ("redis", "redis"),
+    "sentinel": ("redis", "redis"),
+}
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: blocked in sys.modules (tests do that)
+        return False
+
+
+def require_extra(url: str | None, what: str) -> None:
+    """Raise ``MissingExtra`` naming the extra to install when ``url`` needs a package that
+    is missing: the core install has neither psycopg nor redis, and the error from deep in
+    SQLAlchemy or kombu (``No module named 'packaging'`` for Redis) does not say why."""
+    if not url:
+        return
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower()
+    need = _SCHEME_EXTRAS.get(scheme)
+    if need is not None and not _importable(need[0]):
+        raise MissingExtra(
+            f"{what} {scheme}:// needs the {need[0]!r} package, which is not installed: "
+            f"pip install 'fluxcelery[{need[1]}]'"
+        )
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ EXPECTED = {
     "FluxError",
     "InvalidInput",
     "InvalidTransition",
+    "MissingExtra",
     "NonRetryableError",
     "PayloadTooLarge",
     "RunNotFound",
@@ -83,7 +84,7 @@ def test_errors_share_one_base_with_stable_codes() -> None:
             assert issubclass(obj, fluxcelery.FluxError), name
             codes.add(obj.code)
             classes += 1
-    assert len(codes) == classes == 15  # one stable, distinct code per error
+    assert len(codes) == classes == 16  # one stable, distinct code per error
 
 
 def test_importing_fluxcelery_does_not_import_flower_or_build_the_app() -> None:

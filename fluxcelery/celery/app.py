@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from ..settings import Settings, env_flag, load_settings
+from ..settings import Settings, env_flag, load_settings, require_extra
 
 log = logging.getLogger("fluxcelery.celery")
 
@@ -25,6 +25,8 @@ _lock = threading.Lock()
 
 def build_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
+    require_extra(settings.broker_url, "the broker URL")
+    require_extra(settings.result_backend, "the result backend URL")
     app = Celery("fluxcelery", set_as_current=False)
     conf: dict[str, Any] = {
         "broker_url": settings.broker_url,

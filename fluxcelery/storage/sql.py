@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -18,11 +18,14 @@ from sqlalchemy.orm import Session
 from ..errors import FluxError, StorageError
 from ..jsoncodec import dumps, dumps_for_jsonb
 from ..records import RunState, StepState, utcnow
+from ..settings import require_extra
 from ..trace.event import TraceEvent
 from . import postgres, schema, sqlite
 from .base import StepClaim, as_tuple
 from .core_rows import run_values, step_values, to_run, to_step, trace_values, utc
-from .pgdirect import DirectConnections
+
+if TYPE_CHECKING:  # psycopg is an extra: imported only once a PostgreSQL URL is used
+    from .pgdirect import DirectConnections
 
 log = logging.getLogger("fluxcelery.storage")
 
@@ -152,6 +155,7 @@ class SqlStorage:
                 f"SqlStorage supports {' and '.join(SUPPORTED.values())}, not {backend!r} "
                 f"({redact_url(self.url)})"
             )
+        require_extra(self.url, "the database URL")
         self.auto_migrate = auto_migrate
         self._engine: Engine | None = None
         self._pid = os.getpid()
@@ -275,6 +279,8 @@ class SqlStorage:
         self.init()
         direct = self._direct
         if direct is None:
+            from .pgdirect import DirectConnections  # needs psycopg (the postgres extra)
+
             with self._lock:
                 if self._direct is None:
                     self._direct = DirectConnections(self.url, redact_url(self.url))
