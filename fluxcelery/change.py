@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from .builder import StepDef
+from .failure import Failure
 from .records import RunState, StepState
 from .states import check_run_change, check_step_transition
 from .trace.event import TraceEvent
@@ -41,6 +42,8 @@ class Next:
     phase: str = "step"  # "step" or "compensate": what a RETRY repeats
     wait_timeout: float | None = None
     reason: str = ""
+    #: The attempt failed (RETRY, or for good): what the Celery task shows (celery/tasks.py).
+    failure: Failure | None = None
 
 
 STOP = Next(Action.STOP)

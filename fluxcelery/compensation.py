@@ -9,6 +9,7 @@ A commit step's compensator writes through ``ctx.session`` in the same transacti
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -127,6 +128,7 @@ class Compensation:
         s = change.step(sdef.index)
         s.status = StepStatus.COMPENSATED
         s.error = None
+        s.traceback = None
         # finished_at/duration_ms keep describing the forward run; the undo is in the trace.
         change.step_event(
             "step:compensate",
@@ -152,6 +154,8 @@ class Compensation:
     ) -> Next:
         s = change.step(sdef.index)
         err = self.runner.error_text(exc, change.state)
+        failure = self.runner.failure(exc, err, change.state)
+        s.traceback = failure.traceback
         retry = should_retry(exc, attempt, self.runner.max_attempts(sdef))
         delay = (sdef.backoff or self.runner.engine.backoff).delay(attempt) if retry else 0.0
         change.step_event(
@@ -167,11 +171,12 @@ class Compensation:
             meta={"will_retry": retry, "delay_s": delay},
         )
         if retry:
-            nxt = Next(Action.RETRY, sdef.index, delay=delay, phase="compensate")
+            nxt = Next(Action.RETRY, sdef.index, delay=delay, phase="compensate", failure=failure)
             return nxt if change.save() else STOP
         s.status = StepStatus.COMPENSATION_FAILED
         s.error = f"compensation failed: {err}"
-        return self._next_compensation(change, wf, sdef.index)
+        nxt = self._next_compensation(change, wf, sdef.index)
+        return nxt if nxt.action is Action.STOP else replace(nxt, failure=failure)
 
     def _next_compensation(self, change: Change, wf: Workflow, index: int, tx: Any = None) -> Next:
         state = change.state

@@ -37,6 +37,8 @@ class StepState:
     compensation_attempts: int = 0
     output: Any = None
     error: str | None = None
+    #: The failing attempt's traceback, secrets masked (None while the step has not failed).
+    traceback: str | None = None
     waiting_for: str | None = None
     task_id: str | None = None
     started_at: datetime | None = None
@@ -60,6 +62,7 @@ class StepState:
         self.compensation_attempts = 0
         self.output = None
         self.error = None
+        self.traceback = None
         self.waiting_for = None
         self.task_id = None
         self.started_at = None
@@ -77,6 +80,7 @@ class StepState:
             "compensation_attempts": self.compensation_attempts,
             "output": self.output,
             "error": self.error,
+            "traceback": self.traceback,
             "waiting_for": self.waiting_for,
             "task_id": self.task_id,
             "started_at": iso(self.started_at),

@@ -26,6 +26,7 @@ from .claim import load_claiming
 from .compensation import Compensation
 from .context import StepContext
 from .errors import FluxError, SerializationError, describe_error
+from .failure import Failure, capture
 from .jsoncodec import roundtrip
 from .policy import compensation_plan, should_retry
 from .records import RunState, ms_between, utcnow
@@ -96,6 +97,13 @@ class StepRunner:
         """``describe_error`` with the run's secrets masked: an exception message is stored
         and traced, and a handler may have put a token in it."""
         return self.engine.redact.scrub(describe_error(exc), state.input, state.data)
+
+    def failure(self, exc: BaseException | None, err: str, state: RunState) -> Failure:
+        """The attempt's failure for Celery and the step's stored traceback, masked like
+        ``error_text``."""
+        return capture(
+            exc, err, lambda text: self.engine.redact.scrub(text, state.input, state.data)
+        )
 
     def call_hook(self, name: str, state: RunState, *args: Any) -> None:
         """Call a hook; a raising hook is logged and traced, never changes the outcome."""
@@ -466,6 +474,7 @@ class StepRunner:
         s.status = StepStatus.COMPLETED
         s.output = output
         s.error = None
+        s.traceback = None
         s.finished_at = now
         s.duration_ms = ms_between(started, now)
         state.current_step = sdef.index + 1
@@ -499,9 +508,11 @@ class StepRunner:
         err = self.error_text(exc, change.state)
         if should_retry(exc, attempt, max_attempts, sdef.retry_on, sdef.no_retry_on):
             delay = (sdef.backoff or self.engine.backoff).delay(attempt)
+            failure = self.failure(exc, err, change.state)
             s = change.step(sdef.index)
             s.status = StepStatus.PENDING
             s.error = err
+            s.traceback = failure.traceback
             s.duration_ms = ms_between(started, utcnow())
             change.step_event(
                 "step:retry",
@@ -515,7 +526,8 @@ class StepRunner:
                 worker=worker,
                 meta={"delay_s": delay, "next_attempt": attempt + 1},
             )
-            return Next(Action.RETRY, sdef.index, delay=delay) if change.save() else STOP
+            nxt = Next(Action.RETRY, sdef.index, delay=delay, failure=failure)
+            return nxt if change.save() else STOP
         nxt = self._apply_fail(change, wf, sdef, attempt, err, exc, task_id, worker, started)
         return nxt if change.save() else STOP
 
@@ -538,12 +550,15 @@ class StepRunner:
         worker: str | None,
         started: datetime | None = None,
     ) -> Next:
-        """The step failed for good: compensate earlier steps, or fail the run."""
+        """The step failed for good: compensate earlier steps, or fail the run. The next
+        action carries the failure, which a Celery task raises once it is stored."""
         state = change.state
+        failure = self.failure(exc, err, state)
         s = change.step(sdef.index)
         now = utcnow()
         s.status = StepStatus.FAILED
         s.error = err
+        s.traceback = failure.traceback
         s.finished_at = now
         s.wait_deadline = None
         if started is not None:
@@ -575,18 +590,19 @@ class StepRunner:
                 error=err,
                 meta={"plan": [state.steps[i].name for i in plan]},
             )
-            return Next(Action.COMPENSATE, plan[0])
+            return Next(Action.COMPENSATE, plan[0], failure=failure)
         self._finish_run(change, RunStatus.FAILED, err)
         change.hook("workflow_error", ctx, error)
-        return DONE
+        return Next(Action.DONE, failure=failure)
 
     def _fail_unrunnable(self, state: RunState, exc: FluxError) -> Next:
         """The worker cannot run this run (unknown workflow, changed definition)."""
         change = Change(self, state)
-        self._finish_run(change, RunStatus.FAILED, describe_error(exc))
+        err = describe_error(exc)
+        self._finish_run(change, RunStatus.FAILED, err)
         log.error("run %s cannot continue here: %s", state.id, exc)
-        change.save()
-        return DONE
+        landed = change.save()
+        return Next(Action.DONE, failure=self.failure(exc, err, state)) if landed else STOP
 
     # -- compensation ---------------------------------------------------------------------
 

@@ -138,6 +138,7 @@ def make_full_run(run_id: str) -> RunState:
                 compensation_attempts=4,
                 output=["a", 1, {"b": "ü"}],
                 error="RuntimeError: compensation failed: boom ✗",
+                traceback='Traceback (most recent call last):\n  File "x.py"\nRuntimeError: ✗',
                 finished_at=T0 + timedelta(seconds=9),
             ),
         ],
@@ -239,6 +240,7 @@ def test_create_then_load_round_trips_every_field(any_storage: Any) -> None:
         "€": "€",
     }
     assert loaded.steps[1].wait_deadline == T0 + timedelta(hours=1)
+    assert loaded.steps[3].traceback == state.steps[3].traceback
     assert loaded.finished_at == T0 + timedelta(seconds=5, microseconds=7)
     for value in datetimes_of(loaded):
         assert_utc(value)
@@ -421,10 +423,12 @@ def test_save_run_with_right_version_lands(any_storage: Any) -> None:
     state.steps[1].status = StepStatus.SUSPENDED
     state.steps[1].waiting_for = "go"
     state.steps[1].wait_deadline = T0 + timedelta(hours=2)
+    state.steps[1].traceback = "Traceback (most recent call last):\nValueError: ✗"
     # Modified but not listed: must not be persisted.
     state.steps[2].status = StepStatus.FAILED
     state.steps[2].error = "not listed"
     state.steps[2].attempts = 9
+    state.steps[2].traceback = "not listed"
     new_events = [
         event("save-1", "step:complete", status="completed", step="s0", step_index=0),
         event(
@@ -459,6 +463,8 @@ def test_save_run_with_right_version_lands(any_storage: Any) -> None:
     assert loaded.steps[2].status is StepStatus.PENDING
     assert loaded.steps[2].error is None
     assert loaded.steps[2].attempts == 0
+    assert loaded.steps[2].traceback is None
+    assert loaded.steps[1].traceback == "Traceback (most recent call last):\nValueError: ✗"
     assert any_storage.list_traces(run_id="save-1") == created_events + new_events
 
 

@@ -1,7 +1,13 @@
 """One Celery task per step (``flux.<workflow>.<step>``) and per compensator
 (``flux.<workflow>.<step>.compensate``). The task body is a thin shell around
 ``StepRunner``: it maps the runner's next action onto Celery (continue the chain, retry with a
-countdown, stop the chain, dispatch compensation)."""
+countdown, stop the chain, dispatch compensation).
+
+A failed attempt is visible where Celery users look: an attempt that will be retried ends its
+task in RETRY with the handler's exception, and the last one in FAILURE by raising the
+handler's exception (secrets masked, see failure.py) once the failure is stored and any
+compensation sent, so that Flower's task page, its Failed filter and the worker's ERROR line
+tell the truth. Raising also stops the chain."""
 
 from __future__ import annotations
 
@@ -9,12 +15,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
-from celery.exceptions import Retry
+from celery.exceptions import Ignore, Reject, Retry
+from celery.utils.serialization import get_pickleable_exception
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..builder import StepDef, Workflow, _Unset
 from ..change import Action, Next
 from ..errors import DefinitionError, StorageError
+from ..failure import Failure, stand_in
 from .countdown import first_hop, max_countdown, seconds_left
 
 if TYPE_CHECKING:
@@ -99,16 +107,40 @@ def _hop(task: Task, due: str | None) -> None:
         raise task.retry(countdown=min(left, max_countdown(task.app)), max_retries=None)
 
 
-def _apply(task: Task, engine: FluxEngine, run_id: str, nxt: Next) -> None:
-    """Map the runner's next action onto Celery."""
+#: Exceptions that steer Celery itself: a handler's is shown as a stand-in of the same name.
+_CELERY_CONTROL = (Retry, Ignore, Reject)
+
+
+def _shown(failure: Failure) -> BaseException:
+    """The exception a task ends with for ``failure``."""
+    exc = failure.exception
+    return stand_in(exc) if isinstance(exc, _CELERY_CONTROL) else exc
+
+
+def _apply(task: Task, engine: FluxEngine, run_id: str, nxt: Next) -> BaseException | None:
+    """Map the runner's next action onto Celery. Returns the exception the task must end
+    with (a step failed for good), for the caller to raise outside its outage handling: a
+    handler's own ``OSError`` or ``SQLAlchemyError`` is a failure, not a database outage."""
     action = nxt.action
     if action is Action.RETRY:
         countdown, due = first_hop(task.app, nxt.delay)
         # A fresh attempt: no outage mark, no earlier due time.
         kwargs = {"run_id": run_id, **due}
-        raise task.retry(countdown=countdown, max_retries=None, kwargs=kwargs)
+        if nxt.failure is None:
+            raise task.retry(countdown=countdown, max_retries=None, kwargs=kwargs)
+        # RETRY with the handler's exception; chained, so that the traceback Flower shows
+        # for the retry is the handler's, not only this module's.
+        exc = _shown(nxt.failure)
+        retry = task.retry(
+            countdown=countdown,
+            max_retries=None,
+            kwargs=kwargs,
+            exc=get_pickleable_exception(exc),
+            throw=False,
+        )
+        raise retry from exc
     if action is Action.CONTINUE and task.request.chain:
-        return  # Celery sends the next task of the chain.
+        return None  # Celery sends the next task of the chain.
     task.request.chain = None  # every other outcome ends this chain
     if action in (Action.CONTINUE, Action.COMPENSATE):
         state = engine.get(run_id)
@@ -116,6 +148,8 @@ def _apply(task: Task, engine: FluxEngine, run_id: str, nxt: Next) -> None:
             engine.dispatcher().dispatch(state, nxt)
     elif action is Action.SUSPEND and nxt.wait_timeout:
         engine.dispatcher().schedule_wait_timeout(run_id, nxt.index or 0, nxt.wait_timeout)
+    # Stored, and compensation sent: the task ends in FAILURE with the handler's exception.
+    return None if nxt.failure is None else _shown(nxt.failure)
 
 
 def register_workflow(app: Celery, wf: Workflow) -> list[str]:
@@ -199,9 +233,11 @@ def _register_step(app: Celery, workflow: str, sdef: StepDef) -> str:
                 outage=outage and not _redelivered(self),
                 workflow=workflow,
             )
-            _apply(self, engine, run_id, nxt)
+            failed = _apply(self, engine, run_id, nxt)
         except (StorageError, SQLAlchemyError, OSError) as exc:
             raise _outage_retry(self, exc, mark=True)
+        if failed is not None:
+            raise failed
 
     run_step.__name__ = f"step_{index}"
     return _define(app, name, sdef, run_step, target)
@@ -223,9 +259,11 @@ def _register_compensation(app: Celery, workflow: str, sdef: StepDef) -> str:
             nxt = engine.runner.run_compensation(
                 run_id, index, task_id=self.request.id, worker=self.request.hostname
             )
-            _apply(self, engine, run_id, nxt)
+            failed = _apply(self, engine, run_id, nxt)
         except (StorageError, SQLAlchemyError, OSError) as exc:
             raise _outage_retry(self, exc)
+        if failed is not None:
+            raise failed
 
     compensate.__name__ = f"compensate_{index}"
     return _define(app, name, sdef, compensate, target)

@@ -56,6 +56,7 @@ def step_values(s: StepState, stamp: Callable[[datetime | None], Any] = utc) -> 
         "finished_at": stamp(s.finished_at),
         "duration_ms": s.duration_ms,
         "wait_deadline": stamp(s.wait_deadline),
+        "traceback": s.traceback,
     }
 
 
@@ -75,6 +76,7 @@ def to_step(row: Any) -> StepState:
         finished_at=utc(row.finished_at),
         duration_ms=row.duration_ms,
         wait_deadline=utc(row.wait_deadline),
+        traceback=row.traceback,
     )
 
 

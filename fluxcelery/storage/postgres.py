@@ -99,7 +99,7 @@ LOAD_SQL = (
     "r.current_step, r.error, r.executor, r.version, r.created_at, r.updated_at, "
     "r.finished_at, s.idx, s.name, s.kind, s.status, s.attempts, s.compensation_attempts, "
     "s.output, s.error, s.waiting_for, s.task_id, s.started_at, s.finished_at, "
-    "s.duration_ms, s.wait_deadline "
+    "s.duration_ms, s.wait_deadline, s.traceback "
     "FROM flux_runs r LEFT JOIN flux_steps s ON s.run_id = r.id "
     "WHERE r.id = %(id)s ORDER BY s.idx"
 )
@@ -192,6 +192,7 @@ def state_from_rows(rows: Sequence[Any]) -> RunState | None:
             finished_at=row[25],
             duration_ms=row[26],
             wait_deadline=row[27],
+            traceback=row[28],
         )
         for row in rows
         if row[14] is not None

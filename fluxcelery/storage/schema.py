@@ -63,6 +63,7 @@ steps = sa.Table(
     sa.Column("finished_at", TZ),
     sa.Column("duration_ms", sa.Integer),
     sa.Column("wait_deadline", TZ),
+    sa.Column("traceback", sa.Text),  # migration 0005: last, so that older columns keep places
     sa.Index("ix_flux_steps_wait_deadline", "wait_deadline"),
 )
 

@@ -60,7 +60,7 @@ LOAD_SQL = (
     "r.data, r.current_step, r.error, r.executor, r.version, r.created_at, r.updated_at, "
     "r.finished_at, s.idx, s.name, s.kind, s.status, s.attempts, s.compensation_attempts, "
     "s.output, s.error, s.waiting_for, s.task_id, s.started_at, s.finished_at, "
-    "s.duration_ms, s.wait_deadline "
+    "s.duration_ms, s.wait_deadline, s.traceback "
     "FROM flux_runs r LEFT JOIN flux_steps s ON s.run_id = r.id "
     "WHERE r.id = ? ORDER BY s.idx"
 )
@@ -168,6 +168,7 @@ def _step_values(s: StepState) -> tuple[Any, ...]:
         _ts(s.finished_at),
         s.duration_ms,
         _ts(s.wait_deadline),
+        s.traceback,
     )
 
 
@@ -213,6 +214,7 @@ def load(cur: Any, run_id: str) -> RunState | None:
             finished_at=_parse_ts(row[25]),
             duration_ms=row[26],
             wait_deadline=_parse_ts(row[27]),
+            traceback=row[28],
         )
         for row in rows
         if row[14] is not None

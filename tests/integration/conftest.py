@@ -249,4 +249,6 @@ def _it_workflows() -> list[Any]:
         w.timeouts,
         w.long_wait,
         w.slow_retry,
+        w.declined,
+        w.missing,
     ]

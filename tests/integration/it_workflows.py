@@ -146,3 +146,29 @@ slow_retry = (
     )
     .step("after", noop)
 )
+
+
+class PaymentDeclined(Exception):
+    """A user's own exception type: Celery and Flower must show it, not fluxcelery's."""
+
+
+def decline(ctx):
+    token = ctx.input["api_token"]
+    if ctx.attempt == 1:
+        raise ConnectionError(f"gateway timed out for {token}")  # retried (an OSError)
+    raise PaymentDeclined(f"card declined for {token}")
+
+
+declined = (
+    workflow("it-declined")
+    .step("reserve", add, compensate=undo_commit)
+    .step("charge", decline, retries=1, backoff=FAST)
+    .step("ship", noop)
+)
+
+
+def missing_file(ctx):
+    raise FileNotFoundError(2, "No such file or directory", "/nonexistent/flux-it")
+
+
+missing = workflow("it-missing").step("read", missing_file, retries=0).step("after", noop)
