@@ -350,7 +350,7 @@ class Chaos:
     # -- producer
     def start_run(self, run_id: str, order: dict[str, Any], stop: threading.Event) -> None:
         """``engine.start`` with the same run id until it lands (it is idempotent)."""
-        from fluxcelery.errors import DispatchError, StorageError
+        from fluxcelery.core.errors import DispatchError, StorageError
 
         delay = 0.1
         while True:

@@ -9,6 +9,12 @@ difference. Each backend is timed in blocks: the table shows the median block (w
 typically gets) and the best (the code's own cost, least disturbed by the machine). SQL
 backends write every state change durably: one transaction per step, state and trace rows
 together. PostgreSQL is measured when reachable (FLUX_BENCH_PG).
+
+With PostgreSQL, the same workflow written with DBOS Transact (``bench/dbos_side.py``: a
+``@DBOS.workflow()`` calling four ``@DBOS.step()`` no-ops, its system database a bench-only
+database on the same server) is timed the same way, right after fluxcelery's PostgreSQL
+side, and the ratio of the two is printed. It needs ``dbos`` (``pip install -e ".[bench]"``)
+and is skipped without it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,20 +56,30 @@ def plain_loop(runs: int) -> float:
     return (time.perf_counter() - started) / (runs * len(handlers))
 
 
-def measure(engine: FluxEngine, runs: int, blocks: int) -> list[float]:
-    """Steps/s of each of ``blocks`` consecutive blocks of ``runs // blocks`` runs. On a
-    shared machine one long block mixes the code's cost with whatever else ran meanwhile;
-    the best block shows the code's, the median what a user typically gets."""
+def flux_run(engine: FluxEngine) -> Callable[[], None]:
+    """One run of ``WF`` on ``engine``, to its end."""
+
+    def run() -> None:
+        result = engine.execute(WF, {})
+        assert result.ok, result.error
+
+    return run
+
+
+def measure(run: Callable[[], None], runs: int, blocks: int) -> list[float]:
+    """Steps/s of each of ``blocks`` consecutive blocks of ``runs // blocks`` calls of
+    ``run`` (one 4-step run each). On a shared machine one long block mixes the code's cost
+    with whatever else ran meanwhile; the best block shows the code's, the median what a
+    user typically gets."""
     for _ in range(min(50, runs)):  # warm up: imports, caches, prepared statements
-        engine.execute(WF, {})
+        run()
     per_block = max(1, runs // blocks)
     rates = []
     for _ in range(blocks):
         started = time.perf_counter()
         for _ in range(per_block):
-            result = engine.execute(WF, {})
+            run()
         rates.append(per_block * len(WF.steps) / (time.perf_counter() - started))
-        assert result.ok, result.error
     return rates
 
 
@@ -72,6 +89,24 @@ def pg_available() -> bool:
             return True
     except OSError:
         return False
+
+
+DBOS_ROW = "dbos (postgresql)"
+
+
+def record_dbos(record: Callable[[str, Callable[[], None], int], None], runs: int) -> None:
+    """Time the DBOS side like fluxcelery's PostgreSQL side, or say why it is skipped."""
+    try:
+        from bench.dbos_side import DbosSide
+    except ImportError as exc:
+        print(
+            f"  {DBOS_ROW}: skipped, {exc.name or 'dbos'} is not installed "
+            '(pip install -e ".[bench]")',
+            file=sys.stderr,
+        )
+        return
+    with DbosSide(PG) as side:
+        record(DBOS_ROW, side.run, runs)
 
 
 def main() -> int:
@@ -86,9 +121,9 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     base = plain_loop(args.runs * 10)
 
-    def record(name: str, engine: FluxEngine, runs: int) -> None:
+    def record(name: str, run: Callable[[], None], runs: int) -> None:
         print(f"  {name} ...", end="", flush=True, file=sys.stderr)
-        rates = measure(engine, runs, args.blocks)
+        rates = measure(run, runs, args.blocks)
         steps_s = statistics.median(rates)
         rows.append(
             {
@@ -101,15 +136,20 @@ def main() -> int:
             }
         )
         print(f" {steps_s:,.0f} steps/s (best block {max(rates):,.0f})", file=sys.stderr)
-        engine.close()
 
-    record("memory", FluxEngine(MemoryStorage()), args.runs)
-    record(
+    def record_flux(name: str, engine: FluxEngine, runs: int) -> None:
+        try:
+            record(name, flux_run(engine), runs)
+        finally:
+            engine.close()
+
+    record_flux("memory", FluxEngine(MemoryStorage()), args.runs)
+    record_flux(
         "memory + NDJSON trace",
         FluxEngine(MemoryStorage(), trace=[JsonFileTraceSink(tmp / "trace.ndjson")]),
         args.runs,
     )
-    record("sqlite (WAL)", FluxEngine(SqlStorage(f"sqlite:///{tmp}/bench.db")), args.sql_runs)
+    record_flux("sqlite (WAL)", FluxEngine(SqlStorage(f"sqlite:///{tmp}/bench.db")), args.sql_runs)
     if pg_available():
         import sqlalchemy as sa
 
@@ -119,11 +159,12 @@ def main() -> int:
             conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
         try:
             url = f"{PG}?options=-csearch_path%3D{schema}"
-            record("postgresql", FluxEngine(SqlStorage(url)), args.sql_runs)
+            record_flux("postgresql", FluxEngine(SqlStorage(url)), args.sql_runs)
         finally:
             with admin.begin() as conn:
                 conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
             admin.dispose()
+        record_dbos(record, args.sql_runs)
     else:
         print("  postgresql: not reachable on 127.0.0.1:5432, skipped", file=sys.stderr)
 
@@ -135,6 +176,20 @@ def main() -> int:
             f"{row['backend']:<24}{row['steps_per_s']:>12,}{row['best_block_steps_per_s']:>12,}"
             f"{row['engine_cost_us_per_step']:>17.1f} us"
         )
+    by_name = {row["backend"]: row for row in rows}
+    ratios = {}
+    if "postgresql" in by_name and DBOS_ROW in by_name:
+        flux, dbos = by_name["postgresql"], by_name[DBOS_ROW]
+        ratios = {
+            "postgresql_over_dbos": round(flux["steps_per_s"] / dbos["steps_per_s"], 2),
+            "best_block_postgresql_over_dbos": round(
+                flux["best_block_steps_per_s"] / dbos["best_block_steps_per_s"], 2
+            ),
+        }
+        print(
+            f"\nfluxcelery on PostgreSQL / DBOS: {ratios['postgresql_over_dbos']}x steps/s "
+            f"(median blocks), {ratios['best_block_postgresql_over_dbos']}x (best blocks)"
+        )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
@@ -142,6 +197,7 @@ def main() -> int:
             {
                 "plain_loop_us_per_step": round(base * 1e6, 3),
                 "rows": rows,
+                "ratios": ratios,
                 "python": sys.version.split()[0],
             },
             indent=2,
