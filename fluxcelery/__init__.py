@@ -9,12 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 # Definitions
-from .builder import StepDef, WaitFor, Workflow, wait_for, workflow
-from .context import StepContext
-
-# Running
-from .engine import FluxEngine
-from .errors import (
+from .core.builder import StepDef, WaitFor, Workflow, wait_for, workflow
+from .core.context import StepContext
+from .core.errors import (
     ConcurrentUpdate,
     DefinitionChanged,
     DefinitionError,
@@ -32,16 +29,22 @@ from .errors import (
     StorageError,
     WorkflowNotFound,
 )
+from .core.policy import Backoff
+from .core.records import FluxResult, RunState, StepState
+from .core.states import RunStatus, StepStatus
+
+# Running (defaults.py is the composition root: it plugs the Celery dispatcher into the
+# engine and the default engine into ``Workflow.delay``; it builds nothing on import)
+from .defaults import default_app
+from .engine import FluxEngine
 from .handle import RunHandle, RunTimeout
-from .policy import Backoff
-from .records import FluxResult, RunState, StepState
-from .states import RunStatus, StepStatus
 
 # Storage and traces
 from .storage import MemoryStorage, SqlStorage
-from .trace import ConsoleLogger, JsonFileTraceSink, OpenTelemetrySink, SqlTraceSink, TraceEvent
-
-__version__ = "0.1.0"
+from .trace.event import TraceEvent
+from .trace.otel import OpenTelemetrySink
+from .trace.sinks import ConsoleLogger, JsonFileTraceSink, SqlTraceSink
+from .version import __version__
 
 __all__ = [
     # definitions
@@ -96,7 +99,5 @@ def __getattr__(name: str) -> Any:
     # The Celery app is built on first access so that importing fluxcelery stays cheap and
     # `celery -A fluxcelery worker` still finds `fluxcelery.app`.
     if name == "app":
-        from .celery.app import get_app
-
-        return get_app()
+        return default_app()
     raise AttributeError(f"module 'fluxcelery' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """``python -m fluxcelery``: the same as the ``fluxcelery`` command."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

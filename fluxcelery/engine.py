@@ -1,4 +1,9 @@
-"""``FluxEngine``: define once, run in-process (``execute``) or on Celery (``start``)."""
+"""``FluxEngine``: define once, run in-process (``execute``) or on Celery (``start``).
+
+The engine is handed its storage, a dispatcher (what sends work to workers) and a clock; it
+never imports celery/. The Celery dispatcher is plugged in by the composition root
+(``fluxcelery/__init__.py``: ``FluxEngine.dispatcher_factory``) and by defaults.py, where the
+default engine is built."""
 
 from __future__ import annotations
 
@@ -9,13 +14,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Protocol
 
-from .builder import Workflow, registered_workflows
-from .change import Action, Change, Next
-from .errors import (
+from .core import transitions as t
+from .core.builder import Workflow
+from .core.errors import (
     ConcurrentUpdate,
-    DefinitionChanged,
     DispatchError,
     FluxError,
     InvalidInput,
@@ -24,28 +28,57 @@ from .errors import (
     RunNotFound,
     SerializationError,
     SignalMismatch,
-    WorkflowNotFound,
     describe_error,
 )
+from .core.jsoncodec import DEFAULT_MAX_BYTES, DEFAULT_REDACT, Redactor, roundtrip
+from .core.policy import Backoff, Defaults, compensation_plan
+from .core.records import FluxResult, RunState, StepState, utcnow
+from .core.states import (
+    CANCELLABLE_RUN,
+    DONE_STEP,
+    MOVING_RUN,
+    RETRYABLE_RUN,
+    UNCOMPENSATED_STEP,
+    RunStatus,
+    StepStatus,
+)
 from .handle import RunHandle
-from .invoke import Invoker
-from .jsoncodec import DEFAULT_MAX_BYTES, DEFAULT_REDACT, Redactor, roundtrip
-from .policy import Backoff, compensation_plan
-from .records import FluxResult, RunState, StepState, ms_between, utcnow
-from .runner import StepRunner, first_unfinished
-from .states import DONE_STEP, RunStatus, StepStatus
-from .storage.base import Storage
+from .retention import FINISHED, prune
+from .runner.catalog import Catalog
+from .runner.change import Action, Next
+from .runner.invoke import Invoker
+from .runner.notify import Notifier
+from .runner.runtime import Runtime
+from .runner.steps import StepRunner, first_unfinished, resume_point
+from .runner.upkeep import Upkeep
+from .settings import load_settings
+from .storage.base import ClaimingStorage, Storage
+from .storage.sql import SqlStorage
 from .trace.event import TraceEvent
 from .trace.fanout import TraceFanout
-from .upkeep import Upkeep
-
-if TYPE_CHECKING:
-    from .celery.dispatch import CeleryDispatcher
 
 log = logging.getLogger("fluxcelery.engine")
 
-HOOKS = ("step_start", "step_complete", "step_error", "workflow_complete", "workflow_error")
 EXECUTORS = ("local", "celery")
+
+
+class Dispatcher(Protocol):
+    """Sends a run's next work to workers (celery/dispatch.py: ``CeleryDispatcher``)."""
+
+    def register(self, wf: Workflow, default_timeout: float | None) -> None:
+        """Make ``wf``'s steps runnable by workers, with time limits resolved against
+        ``default_timeout``."""
+
+    def dispatch(
+        self, state: RunState, wf: Workflow, nxt: Next, countdown: float | None = None
+    ) -> None:
+        """Send what ``nxt`` says (steps from an index, a compensation, a retry)."""
+
+    def schedule_wait_timeout(self, run_id: str, index: int, seconds: float) -> None:
+        """Fail step ``index``'s wait after ``seconds`` unless a signal comes first."""
+
+    def live_task_ids(self) -> set[str]:
+        """Task ids workers hold now (best effort): ``recover`` leaves their runs alone."""
 
 
 class FluxEngine:
@@ -70,6 +103,8 @@ class FluxEngine:
         hook_timeout: float | None = 10.0,
         sleep: Callable[[float], None] = time.sleep,
         app: Any = None,
+        dispatcher: Dispatcher | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         if (
             isinstance(default_retries, bool)
@@ -79,35 +114,65 @@ class FluxEngine:
             raise ValueError(f"default_retries must be an int >= 0, got {default_retries!r}")
         if default_timeout is not None and default_timeout <= 0:
             raise ValueError(f"default_timeout must be > 0 or None, got {default_timeout!r}")
-        unknown = set(on or {}) - set(HOOKS)
-        if unknown:
-            raise ValueError(f"unknown hook(s) {sorted(unknown)}; hooks are {list(HOOKS)}")
         if storage is None:
-            from .settings import load_settings
-            from .storage.sql import SqlStorage
-
             storage = SqlStorage(load_settings().database_url)
         self.storage: Storage = storage
         sinks = (
             [] if trace is None else (list(trace) if isinstance(trace, (list, tuple)) else [trace])
         )
         self.sinks = TraceFanout(sinks)
-        self.default_retries = default_retries
-        self.default_timeout = default_timeout
-        self.backoff = backoff or Backoff()
-        self.hooks: dict[str, Callable[..., Any]] = dict(on or {})
+        self.defaults = Defaults(default_retries, default_timeout, backoff or Backoff())
         self.redact = Redactor(redact)
         self.max_payload_bytes = max_payload_bytes
-        self.hook_timeout = hook_timeout
         self.sleep = sleep
+        self.clock = clock
         self.invoker = Invoker()
-        self.runner = StepRunner(self)
-        self.upkeep = Upkeep(self)
-        self._workflows: dict[str, Workflow] = {}
+        self.notifier = Notifier(
+            storage, self.sinks, on or {}, self.invoker, self.redact, hook_timeout
+        )
+        self.catalog = Catalog()
+        self.rt = Runtime(
+            storage=storage,
+            catalog=self.catalog,
+            defaults=self.defaults,
+            invoker=self.invoker,
+            notifier=self.notifier,
+            redact=self.redact,
+            max_payload_bytes=max_payload_bytes,
+            clock=clock,
+            claiming=storage if isinstance(storage, ClaimingStorage) else None,
+        )
+        self.runner = StepRunner(self.rt)
+        self.upkeep = Upkeep(self.rt, self.runner, self.continue_run, self._live_task_ids)
         self._app = app
-        self._dispatcher: CeleryDispatcher | None = None
+        self._dispatcher: Dispatcher | None = dispatcher
         self._lock = threading.Lock()
         self.storage.init()
+
+    #: Makes the dispatcher of an engine given none (``factory(engine, app)``): plugged in
+    #: by the composition root (fluxcelery/__init__.py) with the Celery dispatcher.
+    dispatcher_factory: ClassVar[Callable[[FluxEngine, Any], Dispatcher] | None] = None
+
+    # -- settings (read-only views of ``defaults`` and the notifier) ------------------------
+    @property
+    def default_retries(self) -> int:
+        return self.defaults.retries
+
+    @property
+    def default_timeout(self) -> float | None:
+        return self.defaults.timeout
+
+    @property
+    def backoff(self) -> Backoff:
+        return self.defaults.backoff
+
+    @property
+    def hooks(self) -> dict[str, Callable[..., Any]]:
+        return self.notifier.hooks
+
+    @property
+    def hook_timeout(self) -> float | None:
+        return self.notifier.hook_timeout
 
     def __repr__(self) -> str:
         return f"<FluxEngine storage={self.storage!r}>"
@@ -116,69 +181,34 @@ class FluxEngine:
     def register(self, *workflows: Workflow) -> FluxEngine:
         """Make workflows known by name (for signal/retry/resume and workers)."""
         for wf in workflows:
-            wf.freeze()
-            self._workflows[wf.name] = wf
+            wf = self.catalog.register(wf)
             if self._dispatcher is not None:
-                self._dispatcher.register(wf)
+                self._dispatcher.register(wf, self.default_timeout)
         return self
 
     @property
     def workflows(self) -> dict[str, Workflow]:
-        known = registered_workflows()
-        known.update(self._workflows)
-        return known
+        return self.catalog.all()
 
     def workflow(self, name: str) -> Workflow:
-        wf = self._workflows.get(name) or registered_workflows().get(name)
-        if wf is None:
-            raise WorkflowNotFound(name, list(self.workflows))
-        return wf.freeze()
+        return self.catalog.get(name)
 
     def workflow_for(self, state: RunState) -> Workflow:
         """The definition a stored run continues with; refuses a changed definition."""
-        wf = self.workflow(state.workflow)
-        if state.definition_hash and wf.definition_hash != state.definition_hash:
-            raise DefinitionChanged(
-                f"Run {state.id} was started with definition {state.definition_hash} of "
-                f"workflow {state.workflow!r}; the current definition is "
-                f"{wf.definition_hash}. Retry with force=True (CLI: --force) to continue "
-                "with the current definition."
-            )
-        return wf
-
-    def _forced(self, state: RunState) -> Workflow:
-        wf = self.workflow(state.workflow)
-        names = [(s.name, s.kind) for s in state.steps]
-        if names != [(s.name, s.kind) for s in wf.steps]:
-            raise DefinitionChanged(
-                f"Run {state.id}: the steps of {state.workflow!r} changed "
-                f"({[n for n, _ in names]} -> {[s.name for s in wf.steps]}); "
-                "a run cannot continue across a change of its steps"
-            )
-        state.definition_hash = wf.definition_hash
-        state.workflow_version = wf.version
-        return wf
+        return self.catalog.for_run(state)
 
     # -- traces ---------------------------------------------------------------------------
     def publish(self, events: Sequence[TraceEvent]) -> None:
         """Send already-stored events to the extra sinks."""
-        if self.sinks:
-            self.sinks.emit_all(events)
+        self.notifier.publish(events)
 
     def record(self, events: Sequence[TraceEvent]) -> None:
         """Store and publish events that are not part of a state change (``hook:error``)."""
-        try:
-            self.storage.append_traces(events)
-        except Exception as exc:
-            log.warning("could not store trace events: %s", exc)
-        self.publish(events)
+        self.notifier.record(events)
 
     # -- starting runs --------------------------------------------------------------------
     def _new_run(self, wf: Workflow, input: Any, executor: str, run_id: str | None) -> RunState:
-        wf = wf.freeze()
-        self._workflows.setdefault(wf.name, wf)
-        if self._workflows[wf.name] is not wf:
-            self._workflows[wf.name] = wf
+        wf = self.catalog.register(wf)
         try:
             stored = roundtrip(
                 wf.validate_input(input), what="workflow input", max_bytes=self.max_payload_bytes
@@ -226,12 +256,13 @@ class FluxEngine:
         (idempotent start, e.g. keyed on a message id)."""
         state = self._new_run(workflow, input, "celery", run_id)
         if countdown:
-            state.not_before = utcnow() + timedelta(seconds=countdown)  # recover waits for it
+            state.not_before = self.clock() + timedelta(seconds=countdown)  # recover waits
         dispatcher = self.dispatcher()
-        dispatcher.register(self.workflow(state.workflow))
+        wf = self.workflow(state.workflow)
+        dispatcher.register(wf, self.default_timeout)
         if self.storage.create_run(state, []):
             try:
-                dispatcher.dispatch(state, Next(Action.CONTINUE, 0), countdown=countdown)
+                dispatcher.dispatch(state, wf, Next(Action.CONTINUE, 0), countdown=countdown)
             except Exception as exc:
                 # Start either enqueues the run or leaves nothing behind, so that starting
                 # again (with the same run_id) works once the broker is back.
@@ -242,24 +273,40 @@ class FluxEngine:
                 ) from exc
         return RunHandle(self, state.id)
 
-    def dispatcher(self) -> CeleryDispatcher:
+    def dispatcher(self) -> Any:
+        """The dispatcher that sends runs to workers (made on first use when none was
+        given: see ``dispatcher_factory``)."""
         with self._lock:
             if self._dispatcher is None:
-                from .celery.dispatch import CeleryDispatcher
-
-                self._dispatcher = CeleryDispatcher(self, self._app)
-                for wf in self._workflows.values():
-                    self._dispatcher.register(wf)
+                factory = type(self).dispatcher_factory
+                if factory is None:
+                    raise DispatchError(
+                        "this engine has no dispatcher: pass FluxEngine(dispatcher=...) "
+                        "to start runs on workers"
+                    )
+                self._dispatcher = factory(self, self._app)
+                for wf in self.catalog.own():
+                    self._dispatcher.register(wf, self.default_timeout)
             return self._dispatcher
 
+    def _live_task_ids(self) -> set[str]:
+        return set() if self._dispatcher is None else self._dispatcher.live_task_ids()
+
     # -- driving --------------------------------------------------------------------------
-    def _continue(self, state: RunState, nxt: Next) -> None:
+    def continue_run(self, state: RunState, nxt: Next) -> None:
+        """Carry a run on where it runs: dispatch its next work to workers (a run started
+        with ``start``), or drive it in this process (``execute``)."""
         if nxt.action in (Action.DONE, Action.STOP):
             return
-        if state.executor == "celery":
-            self.dispatcher().dispatch(state, nxt)
-        else:
+        if state.executor != "celery":
             self._drive_local(state.id, nxt)
+            return
+        wf = self.workflow(state.workflow)
+        if nxt.action is Action.COMPENSATE and wf.steps[nxt.index or 0].compensate is None:
+            # Nothing to run at this index: finalize the rollback here.
+            self.continue_run(state, self.runner.run_compensation(state.id, nxt.index or 0))
+            return
+        self.dispatcher().dispatch(state, wf, nxt)
 
     def _drive_local(
         self, run_id: str, nxt: Next, state: RunState | None = None, create: bool = False
@@ -369,7 +416,7 @@ class FluxEngine:
             raise InvalidTransition(
                 state.status.value, "running", detail=f"run {run_id} is not suspended"
             )
-        wf = self._forced(state) if force else self.workflow_for(state)
+        wf = self.catalog.forced(state) if force else self.workflow_for(state)
         index = state.current_step
         step = state.steps[index] if index < len(state.steps) else None
         if step is None or step.status != StepStatus.SUSPENDED:
@@ -381,29 +428,16 @@ class FluxEngine:
                 f"Run {run_id} is waiting for signal {step.waiting_for!r}, received {name!r}"
             )
         value = roundtrip(payload, what="signal payload", max_bytes=self.max_payload_bytes)
-        change = Change(self.runner, state)
-        s = change.step(index)
-        now = utcnow()
-        s.status = StepStatus.COMPLETED
-        s.output = value
-        s.finished_at = now
-        s.duration_ms = ms_between(s.started_at, now)
-        s.wait_deadline = None
-        state.status = RunStatus.RUNNING
-        state.current_step = index + 1
-        change.step_event(
-            "signal:received",
-            s,
-            status="completed",
-            meta={"signal": name, "payload": self.redact(value)},
-        )
+        change = self.rt.change(state)
+        now = self.clock()
+        change.apply(t.deliver_signal(state, index, name, value, self.redact(value), now))
         finished = state.current_step >= len(wf.steps)
         if finished:
-            self.runner._finish_run(change, RunStatus.COMPLETED)
+            change.apply(t.finish_run(state, RunStatus.COMPLETED, self.clock()))
         if not change.save():
             raise ConcurrentUpdate(f"Run {run_id} was changed concurrently; signal not applied")
         if not finished:
-            self._continue(state, Next(Action.CONTINUE, index + 1))
+            self.continue_run(state, Next(Action.CONTINUE, index + 1))
         return self._handle(state)
 
     def retry(
@@ -416,64 +450,35 @@ class FluxEngine:
         compensations (unless ``from_step`` is given).
         """
         state = self._load(run_id)
-        if state.status not in (RunStatus.FAILED, RunStatus.ROLLED_BACK):
+        if state.status not in RETRYABLE_RUN:
             raise InvalidTransition(
                 state.status.value,
                 "running",
                 detail="only failed or rolled_back runs can be retried",
             )
-        wf = self._forced(state) if force else self.workflow_for(state)
-        change = Change(self.runner, state)
+        wf = self.catalog.forced(state) if force else self.workflow_for(state)
+        change = self.rt.change(state)
         failed_idx = next((s.index for s in state.steps if s.status == StepStatus.FAILED), None)
-        comp_failed = [
-            s.index
-            for s in state.steps
-            if s.status in (StepStatus.COMPENSATION_FAILED, StepStatus.COMPENSATING)
-        ]
+        comp_failed = [s.index for s in state.steps if s.status in UNCOMPENSATED_STEP]
         if comp_failed and from_step is None:
             limit = failed_idx if failed_idx is not None else len(state.steps)
             plan = compensation_plan(wf.steps, [s.status for s in state.steps], limit)
-            state.status = RunStatus.ROLLING_BACK
-            state.finished_at = None
-            for i in plan:
-                change.step(i).compensation_attempts = 0
-            change.event(
-                "workflow:rollback_start",
-                status="rolling_back",
-                error=state.error,
-                meta={"retry": True, "plan": [state.steps[i].name for i in plan]},
-            )
+            change.apply(t.begin_rollback(state, plan, state.error, retry=True))
             if not change.save():
                 raise ConcurrentUpdate(f"Run {run_id} was changed concurrently; not retried")
-            self._continue(state, Next(Action.COMPENSATE, plan[0]) if plan else Next(Action.DONE))
+            self.continue_run(
+                state, Next(Action.COMPENSATE, plan[0]) if plan else Next(Action.DONE)
+            )
             return self._handle(state)
 
         start = self._retry_index(state, wf, from_step, failed_idx)
         compensated = [s.index for s in state.steps if s.status == StepStatus.COMPENSATED]
         if compensated:
             start = min(start, compensated[0])  # undone effects are redone
-        landed = (StepStatus.COMPLETED, StepStatus.COMPENSATION_FAILED, StepStatus.COMPENSATING)
-        for s in state.steps[start:]:
-            if s.kind == "commit" and s.status in landed:
-                # A commit whose effect landed (and was not undone) is never re-run.
-                if s.status != StepStatus.COMPLETED:
-                    change.step(s.index).status = StepStatus.COMPLETED
-                continue
-            if s.status != StepStatus.PENDING or s.attempts:
-                s.reset()
-                change.steps.add(s.index)
-        state.status = RunStatus.RUNNING
-        state.current_step = start
-        state.error = None
-        state.finished_at = None
-        change.event(
-            "workflow:start",
-            status="running",
-            meta={"retry": True, "from_step": state.steps[start].name},
-        )
+        change.apply(t.reset_for_retry(state, start))
         if not change.save():
             raise ConcurrentUpdate(f"Run {run_id} was changed concurrently; not retried")
-        self._continue(state, Next(Action.CONTINUE, start))
+        self.continue_run(state, Next(Action.CONTINUE, start))
         return self._handle(state)
 
     @staticmethod
@@ -513,57 +518,33 @@ class FluxEngine:
         Completed steps are not re-run; a step found ``running`` counts a new attempt.
         """
         state = self._load(run_id)
-        if state.status not in (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.ROLLING_BACK):
+        if state.status not in MOVING_RUN:
             raise InvalidTransition(
                 state.status.value,
                 "running",
                 detail="only pending, running or rolling_back runs resume",
             )
         if force:
-            self._forced(state)
-            change = Change(self.runner, state)
+            self.catalog.forced(state)
+            change = self.rt.change(state)
             if not change.save():
                 raise ConcurrentUpdate(f"Run {run_id} was changed concurrently; not resumed")
         else:
             self.workflow_for(state)
-        self._continue(state, self._resume_point(state))
+        self.continue_run(state, resume_point(state, self.workflow(state.workflow)))
         return self._handle(state)
-
-    def _resume_point(self, state: RunState) -> Next:
-        if state.status == RunStatus.ROLLING_BACK:
-            wf = self.workflow(state.workflow)
-            failed = next(
-                (s.index for s in state.steps if s.status == StepStatus.FAILED), len(state.steps)
-            )
-            plan = compensation_plan(wf.steps, [s.status for s in state.steps], failed)
-            if plan:
-                return Next(Action.COMPENSATE, plan[0])
-            return Next(Action.COMPENSATE, 0)  # finalizes the rollback
-        return Next(Action.CONTINUE, first_unfinished(state))
 
     def cancel(self, run_id: str, reason: str = "cancelled") -> RunState:
         """Stop a run for good. A step still running on a worker is discarded when it ends."""
         state = self._load(run_id)
-        if state.status not in (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.SUSPENDED):
+        if state.status not in CANCELLABLE_RUN:
             raise InvalidTransition(
                 state.status.value,
                 "cancelled",
                 detail=f"run {run_id} is already {state.status.value}",
             )
-        change = Change(self.runner, state)
-        for s in state.steps:
-            if s.status in (StepStatus.RUNNING, StepStatus.SUSPENDED):
-                step = change.step(s.index)
-                step.status = StepStatus.FAILED
-                step.error = f"Cancelled: {reason}"
-                step.finished_at = utcnow()
-                step.wait_deadline = None
-        state.status = RunStatus.CANCELLED
-        state.error = f"Cancelled: {reason}"
-        state.finished_at = utcnow()
-        change.event(
-            "workflow:cancel", status="cancelled", error=state.error, meta={"reason": reason}
-        )
+        change = self.rt.change(state)
+        change.apply(t.cancel_run(state, reason, self.clock()))
         if not change.save():
             raise ConcurrentUpdate(f"Run {run_id} was changed concurrently; not cancelled")
         return state
@@ -591,8 +572,6 @@ class FluxEngine:
     ) -> int:
         """Delete finished runs (and their steps and traces) not updated for
         ``older_than``; see retention.py."""
-        from .retention import FINISHED, prune
-
         return prune(
             self.storage,
             older_than,

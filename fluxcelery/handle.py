@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from .errors import RunNotFound
-from .records import FluxResult, RunState
-from .states import SETTLED_RUN
+from .core.errors import RunNotFound
+from .core.records import FluxResult, RunState
+from .core.states import SETTLED_RUN
 
 if TYPE_CHECKING:
     from .engine import FluxEngine

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
-from .records import utcnow
-from .states import TERMINAL_RUN
+from .core.records import utcnow
+from .core.states import TERMINAL_RUN
 from .storage.base import Storage
 
 #: Runs that can be pruned: finished ones (a failed run can still be retried until then).

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import MissingExtra
+from .core.errors import MissingExtra
 
 EMBEDDED_BROKER = "memory://"
 #: The longest a delayed message (a wait timeout, a retry's backoff) is held by a worker.
@@ -60,6 +60,12 @@ class Settings:
     trace_otel: bool = False
     result_backend: str | None = None
     max_countdown: float = DEFAULT_MAX_COUNTDOWN
+    #: The default engine's ``default_timeout`` (``FLUX_DEFAULT_TIMEOUT``; ``none``: no
+    #: limit): step attempts and, on prefork workers, Celery's time limits of steps without
+    #: a timeout of their own.
+    default_timeout: float | None = 30.0
+    #: The default engine's ``default_retries`` (``FLUX_DEFAULT_RETRIES``).
+    default_retries: int = 3
     celery: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -92,6 +98,26 @@ def _seconds(name: str, value: Any, default: float) -> float:
     if not seconds > 0 or seconds == float("inf"):
         raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
     return seconds
+
+
+def _timeout(value: Any, default: float | None) -> float | None:
+    if isinstance(value, str) and value.strip().lower() in ("none", "off"):
+        return None
+    if value is None:
+        return default
+    return _seconds("FLUX_DEFAULT_TIMEOUT", value, default or 30.0)
+
+
+def _retries(value: Any, default: int) -> int:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        retries = int(value)
+    except (TypeError, ValueError):
+        retries = -1
+    if retries < 0:
+        raise ValueError(f"FLUX_DEFAULT_RETRIES must be an integer >= 0, got {value!r}")
+    return retries
 
 
 def load_settings(module: str | None = None) -> Settings:
@@ -129,6 +155,12 @@ def load_settings(module: str | None = None) -> Settings:
             "FLUX_MAX_COUNTDOWN",
             env.get("FLUX_MAX_COUNTDOWN") or conf.get("flux_max_countdown"),
             DEFAULT_MAX_COUNTDOWN,
+        ),
+        default_timeout=_timeout(
+            env.get("FLUX_DEFAULT_TIMEOUT") or conf.get("flux_default_timeout"), 30.0
+        ),
+        default_retries=_retries(
+            env.get("FLUX_DEFAULT_RETRIES") or conf.get("flux_default_retries"), 3
         ),
         celery=celery_conf,
     )

@@ -370,20 +370,20 @@ def test_task_names_that_meet_are_a_definition_error_not_a_wrong_handler() -> No
 
     app = build_app(Settings())
     first = workflow("a").step("b.c", noop).freeze()
-    assert register_workflow(app, first) == ["flux.a.b.c"]
-    assert register_workflow(app, first) == ["flux.a.b.c"]  # again: the same task, fine
+    assert register_workflow(app, first, 30.0) == ["flux.a.b.c"]
+    assert register_workflow(app, first, 30.0) == ["flux.a.b.c"]  # again: the same task, fine
     with pytest.raises(DefinitionError, match=r"'flux\.a\.b\.c' is already step 'b\.c'"):
-        register_workflow(app, workflow("a.b").step("c", noop).freeze())
+        register_workflow(app, workflow("a.b").step("c", noop).freeze(), 30.0)
     own = workflow("x").step("s.compensate", noop).step("s", noop, compensate=noop).freeze()
     with pytest.raises(DefinitionError, match="cannot also run the compensation of step 's'"):
-        register_workflow(app, own)
+        register_workflow(app, own, 30.0)
 
     @app.task(name="flux.y.z")
     def not_ours() -> None:
         return None
 
     with pytest.raises(DefinitionError, match="not a fluxcelery step"):
-        register_workflow(app, workflow("y").step("z", noop).freeze())
+        register_workflow(app, workflow("y").step("z", noop).freeze(), 30.0)
 
 
 def test_bad_wait_for_and_backoff_values_raise_definition_error() -> None:

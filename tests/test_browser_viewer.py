@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from helpers import IN_CI, ZERO_BACKOFF, no_sleep
+from test_viewer import raised_traceback, store_traceback
 
 from fluxcelery import (
     FluxEngine,
@@ -26,11 +27,13 @@ from fluxcelery import (
     JsonFileTraceSink,
     MemoryStorage,
     NonRetryableError,
+    SqlStorage,
     TraceEvent,
     wait_for,
     workflow,
 )
 from fluxcelery.web import create_server
+from fluxcelery.web.sources import DbSource
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -249,6 +252,7 @@ def test_run_path_and_timeline(page: Any, showcase: Site) -> None:
     assert bars.count() == 8  # 2 charge attempts + 2 compensations + 3 steps + 1 skip
     assert page.locator("#gantt .bar.out-retry").count() == 1
     assert page.locator("#gantt .bar.phase-compensate").count() == 2
+    assert page.locator("#tracebacks-panel").is_hidden()  # trace files carry none
 
     DOCS_IMG.mkdir(parents=True, exist_ok=True)
     page.wait_for_timeout(200)
@@ -352,3 +356,49 @@ def test_page_follows_the_trace_without_needless_redraws(page: Any, tmp_path: Pa
         second = engine.execute(live)
         page.wait_for_selector(f'.run-item[data-run-id="{second.id}"]', timeout=5000)
         assert page.locator(".run-item").count() == 2
+
+
+def test_failed_step_traceback_is_text(page: Any, tmp_path: Path) -> None:
+    """From a database: the failed step's traceback, collapsed, shown as text when opened,
+    and still open after the page redraws the run."""
+    url = f"sqlite:///{tmp_path}/flux.db"
+    engine = FluxEngine(storage=SqlStorage(url), backoff=ZERO_BACKOFF, sleep=no_sleep)
+
+    def parse(ctx: Any) -> None:
+        raise ValueError(XSS)
+
+    wf = workflow(f"import-{TAG}").step("fetch", _work(2)).step("parse", parse, retries=0)
+    run = engine.execute(wf)
+    engine.close()
+    server = create_server(db_url=url, port=0)
+    assert isinstance(server.source, DbSource)
+    text = raised_traceback(ValueError(XSS))
+    store_traceback(server.source.storage, run.id, "parse", text)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        page.goto(f"{server.url}#run={run.id}")
+        page.wait_for_selector("#tracebacks-panel:not([hidden]) details.traceback")
+        block = page.locator('#tracebacks details.traceback[data-step="parse"]')
+        assert page.locator("#tracebacks details").count() == 1
+        assert not block.evaluate("d => d.open")
+        assert block.locator(".traceback-error").text_content() == f"ValueError: {XSS}"
+        block.locator("summary").click()
+        pre = block.locator("pre")
+        assert pre.is_visible() and pre.text_content() == text
+        assert f"ValueError: {XSS}" in pre.inner_text()
+        # The run changes (saved again): the page redraws it and keeps the block open.
+        block.evaluate("d => { d.dataset.marker = 'old'; }")
+        store_traceback(server.source.storage, run.id, "parse", text)
+        page.wait_for_function(
+            "() => !document.querySelector('#tracebacks details[data-marker]')", timeout=5000
+        )
+        assert block.evaluate("d => d.open")
+        page.wait_for_timeout(300)  # a script that ran would have opened its dialog by now
+        assert page.evaluate("document.scripts.length") == 1  # only viewer.js
+        assert page.locator("#tracebacks script, #tracebacks img").count() == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

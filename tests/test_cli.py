@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_workflows import ORDER_EVENTS, order
+from cli_workflows import ORDER_EVENTS, approval, order
 from click.testing import CliRunner, Result
 from helpers import AMQP_URL, require_service
 
 from fluxcelery import FluxEngine, RunState, RunStatus, SqlStorage, StepState
 from fluxcelery.cli import cli
-from fluxcelery.cli_doctor import check_guest_account
+from fluxcelery.cli.doctor import check_guest_account
 from fluxcelery.storage.migrate import head_revision
 
 TESTS = Path(__file__).parent
@@ -67,7 +67,8 @@ def assert_one_error(result: Result, code: int, fragment: str) -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: "), lines
     assert fragment in lines[0], lines[0]
-    assert "Traceback" not in result.output
+    # No crash dump (a step's stored traceback may be in the --json document on stdout).
+    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture
@@ -147,16 +148,19 @@ def test_run_local_then_runs_show_and_trace(run: Invoke, store: FluxEngine) -> N
     assert [e["type"] for e in first] == ORDER_EVENTS[:3]
     assert ok_json(run("trace", "list", "--status", "failed", "--json")) == []
 
-    # The readable forms: tables with the ids and names, and no secret.
+    # The readable forms: tables with short ids and the names, `show` with the full id,
+    # and no secret anywhere.
     table = run("runs")
-    assert table.exit_code == 0 and run_id in table.stdout and "completed 1" in table.stdout
-    shown = run("show", run_id)
+    assert table.exit_code == 0 and "completed 1" in table.stdout
+    assert run_id[:8] in table.stdout and run_id not in table.stdout
+    shown = run("show", run_id[:8])
     assert shown.exit_code == 0
     for text in (run_id, "cli-order", "record", "commit", "workflow:complete"):
         assert text in shown.stdout
     assert "hunter2" not in shown.stdout + table.stdout
     listed = run("trace", "list", "--workflow", "cli-order")
     assert listed.exit_code == 0 and "step:complete" in listed.stdout
+    assert run_id[:8] in listed.stdout and run_id not in listed.stdout
 
 
 def test_failed_run_exits_1_and_retry_completes_it(
@@ -225,10 +229,18 @@ def test_signal_then_cancel(run: Invoke, store: FluxEngine, tmp_path: Path) -> N
         (["--broker", CLOSED_BROKER, "run", "cli-order"], 1, "cannot connect to broker"),
         (["run", "cli-order", "--input", "[1, 2", "--local"], 2, "--input is not valid JSON"),
         (
-            ["run", "demo-order", "--input", "[]", "--local"],
+            ["run", "demo-order", "--input", '{{"order_id": 7}}', "--local"],
             2,
             "Invalid input for workflow 'demo-order'",
         ),
+        (
+            ["run", "cli-order", "--input", "[1, 2]"],
+            2,
+            "--input must be a JSON object, got an array",
+        ),
+        (["run", "cli-order", "--input", '"x"', "--local"], 2, "got a string"),
+        (["run", "cli-order", "--input", "null", "--local"], 2, "got null"),
+        (["show", "{run_prefix}"], 1, "Run not found: {run_prefix}"),
         (["runs", "--status", "finished"], 2, "'finished'"),
         (["runs", "--limit", "0"], 2, "--limit"),
         (["trace", "list", "--type", "step:done"], 2, "'step:done'"),
@@ -242,18 +254,80 @@ def test_bad_input_is_one_line_and_changes_nothing(
 ) -> None:
     run_id = ok_json(run("run", "cli-approval", "--local", "--json"))["id"]
     missing = str(uuid.uuid4())
-    argv = [a.format(run=run_id, missing=missing) for a in args]
+    names = {"run": run_id, "missing": missing, "run_prefix": "zz" + run_id[:6]}
+    argv = [a.format(**names) for a in args]
     before = snapshot(store, run_id)
     result = run(*argv)
-    assert_one_error(result, code, fragment.format(run=run_id, missing=missing))
+    assert_one_error(result, code, fragment.format(**names))
     assert snapshot(store, run_id) == before
 
     as_json = run("--json", *argv)
     assert as_json.exit_code == code
     error = json.loads(as_json.stdout)["error"]
-    assert fragment.format(run=run_id, missing=missing) in error["message"]
+    assert fragment.format(**names) in error["message"]
     assert error["exit_code"] == code
     assert snapshot(store, run_id) == before
+
+
+def test_input_file_that_is_not_an_object_is_refused(
+    run: Invoke, store: FluxEngine, tmp_path: Path
+) -> None:
+    body = tmp_path / "order.json"
+    body.write_text("[1, 2]")
+    before = snapshot(store)
+    result = run("run", "cli-order", "--input", f"@{body}", "--local")
+    assert_one_error(result, 2, f"--input @{body} must be a JSON object, got an array")
+    assert (
+        json.loads(run("--json", "run", "cli-order", "--input", f"@{body}").stdout)["error"]["code"]
+        == "invalid_input"
+    )
+    assert snapshot(store) == before
+
+
+def test_a_unique_prefix_stands_for_the_run_id(
+    run: Invoke, store: FluxEngine, tmp_path: Path
+) -> None:
+    """show, retry, signal, cancel and trace list --run take the short id tables show (or
+    any unique prefix of 4+ characters); an ambiguous prefix is exit 2, none matching 1."""
+    first = "feedface-0000-4000-8000-000000000001"
+    second = "feedface-1111-4000-8000-000000000002"
+    gate = json.dumps({"gate": str(tmp_path / "closed")})
+    store.execute(order, json.loads(gate), run_id=first)  # rolls back: the gate is closed
+    store.execute(approval, None, run_id=second)  # suspends
+    assert_one_error(run("show", "feedface"), 2, "'feedface' is ambiguous")
+    assert first in run("show", "feedface").stderr and second in run("show", "feedface").stderr
+    assert ok_json(run("show", "feedface-0", "--json"))["id"] == first
+    assert ok_json(run("show", "feedface-0…", "--json"))["id"] == first  # pasted from a table
+    events = ok_json(run("trace", "list", "--run", "feedface-1", "--json"))
+    assert {e["run_id"] for e in events} == {second}
+    for missing in ("fee", "FEEDFACE-0", "feed%", "feed_ace", "feed*", "feed?ace", "feed[f]"):
+        assert_one_error(run("show", missing), 1, f"Run not found: {missing}")
+    assert_one_error(run("retry", first[:8] + "-0"), 1, "ended rolled_back")
+    assert_one_error(run("cancel", first[:10]), 1, "rolled_back -> cancelled")
+    done = ok_json(run("signal", second[:10], "approval", "--payload", '{"by": "al"}', "--json"))
+    assert (done["id"], done["status"]) == (second, "completed")
+    third = store.execute(approval).id
+    cancelled = run("cancel", third[:8])
+    assert cancelled.exit_code == 0, cancelled.output
+    assert f"run {third} cancelled" in cancelled.stdout
+
+
+def test_prefix_lookup_on_memory_storage() -> None:
+    from fluxcelery import MemoryStorage
+    from fluxcelery.cli.context import Cli
+
+    engine = FluxEngine(storage=MemoryStorage())
+    for run_id in ("cafe0001-x", "cafe0002-x", "beef0001-x"):
+        engine.execute(order, {"n": 1}, run_id=run_id)
+
+    def show(prefix: str) -> Result:
+        argv = ["--workflows", "cli_workflows", "show", prefix, "--json"]
+        return CliRunner().invoke(cli, argv, env=BASE_ENV, obj=Cli(_engine=engine))
+
+    assert ok_json(show("beef"))["id"] == "beef0001-x"
+    assert ok_json(show("cafe0002"))["id"] == "cafe0002-x"
+    assert_one_error(show("cafe"), 2, "it matches cafe0001-x, cafe0002-x")
+    assert_one_error(show("dead"), 1, "Run not found: dead")
 
 
 def test_retry_with_unknown_step_changes_nothing(
@@ -328,13 +402,17 @@ def test_doctor_embedded_passes(run: Invoke, sql_storage: SqlStorage) -> None:
     assert checks["database"]["status"] == "ok"
     assert checks["migrations"]["status"] == "ok"
     assert checks["migrations"]["data"]["current"] == head_revision(sql_storage)
-    assert checks["broker"]["status"] == checks["workers"]["status"] == "skip"
+    assert checks["broker"]["status"] == "skip"
+    assert checks["workers"]["status"] == "info"  # no remote workers: a fact, not a failure
+    assert "no remote workers" in checks["workers"]["detail"]
+    assert "queue" not in checks and "tasks" not in checks
     hashes = {w["name"]: w["definition_hash"] for w in checks["workflows"]["data"]["workflows"]}
     assert hashes["cli-order"] == order.definition_hash
     readable = run("--broker", "memory://", "doctor")
     assert readable.exit_code == 0
     assert len(readable.stdout.strip().splitlines()) == len(report["checks"])
     assert readable.stdout.startswith("✓ settings")
+    assert "i workers     embedded broker memory://: no remote workers" in readable.stdout
 
 
 def test_doctor_fails_naming_a_closed_broker(run: Invoke) -> None:
@@ -344,9 +422,24 @@ def test_doctor_fails_naming_a_closed_broker(run: Invoke) -> None:
     assert broker_line.startswith("✗ broker")
     assert "amqp://guest:***@127.0.0.1:1//" in broker_line and "fix:" in broker_line
     assert "guest:guest" not in result.output
+    assert "start the broker" in broker_line
     report = json.loads(run("--broker", CLOSED_BROKER, "doctor", "--json").stdout)
     assert report["ok"] is False
-    assert {c["name"]: c["status"] for c in report["checks"]}["workers"] == "skip"
+    statuses = {c["name"]: c["status"] for c in report["checks"]}
+    assert statuses["workers"] == statuses["queue"] == statuses["tasks"] == "skip"
+
+
+def test_doctor_names_the_credentials_when_the_broker_refuses_them(run: Invoke) -> None:
+    require_service("rabbitmq")
+    wrong = "amqp://guest:wr0ng-pass@127.0.0.1:5672//"
+    result = run("--broker", wrong, "doctor")
+    assert_one_error(result, 1, "refused the login")
+    broker_line = next(line for line in result.stdout.splitlines() if "broker" in line[:9])
+    assert broker_line.startswith("✗ broker") and "ACCESS_REFUSED" in broker_line
+    assert "check the user and password in FLUX_BROKER_URL" in broker_line
+    assert "start the broker" not in result.output and "wr0ng-pass" not in result.output
+    started = run("--broker", wrong, "run", "cli-order")  # the same hint, before storing
+    assert_one_error(started, 1, "check the user and password in FLUX_BROKER_URL")
 
 
 def test_doctor_fails_on_unreachable_or_unmigrated_database(tmp_path: Path) -> None:
@@ -380,7 +473,7 @@ def test_guest_account_warning(url: str, warns: bool) -> None:
 
 def test_doctor_warns_of_steps_longer_than_rabbitmqs_consumer_timeout() -> None:
     from fluxcelery import workflow
-    from fluxcelery.cli_doctor import check_step_timeouts
+    from fluxcelery.cli.doctor import check_step_timeouts
     from fluxcelery.settings import Settings
 
     wf = (
@@ -462,6 +555,7 @@ COMMANDS = [
     ["db", "upgrade"],
     ["dev"],
     ["flower"],
+    ["consume"],
 ]
 
 
@@ -580,33 +674,79 @@ def _delete_queue(queue: str) -> None:
 def on_workers(worker: str, pg_storage: SqlStorage) -> Invoke:
     """The CLI pointed at RabbitMQ and the worker's database and queue."""
 
-    def call(*args: str) -> Result:
+    def call(*args: str, env: dict[str, str | None] | None = None) -> Result:
         return invoke_cli(
-            "--broker", AMQP_URL, *args, db=pg_storage.url, env={"FLUX_QUEUE": worker}
+            "--broker",
+            AMQP_URL,
+            *args,
+            db=pg_storage.url,
+            env={"FLUX_QUEUE": worker, **(env or {})},
         )
 
     return call
 
 
-def test_doctor_passes_with_services_and_a_worker(on_workers: Invoke, worker: str) -> None:
-    result = on_workers("doctor")
-    assert result.exit_code == 0, result.output
+def test_doctor_passes_with_services_and_a_worker(worker: str, pg_storage: SqlStorage) -> None:
+    """The console script in a clean process, so that the workflows it checks the worker's
+    tasks against are the configured ones (the suite's registry holds many more)."""
+    result = subprocess.run(
+        [FLUXCELERY, "doctor"],
+        cwd=ROOT,
+        env=_clean_env(
+            FLUX_BROKER_URL=AMQP_URL,
+            FLUX_DATABASE_URL=pg_storage.url,
+            FLUX_WORKFLOWS="cli_workflows",
+            FLUX_QUEUE=worker,
+            PYTHONPATH=os.pathsep.join([str(TESTS), str(ROOT)]),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()
-    assert [line.split()[1] for line in lines][:6] == [
-        "settings",
-        "database",
-        "migrations",
-        "broker",
-        "workers",
-        "workflows",
-    ]
-    # Then at most advice: the suite's registry holds workflows with long or no timeouts.
-    assert [line.split(None, 2)[:2] for line in lines[6:]] in ([], [["!", "step"]])
-    # Workflows may warn: the suite's process registry holds deliberately broken builders.
-    assert all(line.startswith("✓") for line in lines[:5]), result.stdout
-    assert not lines[5].startswith("✗")
-    assert worker in result.stdout  # the worker answered the ping by name
-    assert "guest:guest" not in result.output
+    assert [line.split()[:2] for line in lines] == [
+        ["✓", "settings"],
+        ["✓", "database"],
+        ["✓", "migrations"],
+        ["✓", "broker"],
+        ["✓", "workers"],
+        ["✓", "queue"],
+        ["✓", "workflows"],
+        ["✓", "tasks"],
+    ], result.stdout
+    assert worker in lines[4]  # the worker answered by name
+    assert f"'{worker}' (FLUX_QUEUE) consumed by {worker}@" in lines[5]
+    assert "have the tasks of all 2 registered workflow(s)" in lines[7]
+    assert "guest:guest" not in result.stdout + result.stderr
+
+
+def test_doctor_fails_when_nobody_consumes_the_step_queue(on_workers: Invoke) -> None:
+    """A live worker on another queue: runs would wait on this one for good."""
+    nobody = f"flux_nobody_{uuid.uuid4().hex[:8]}"
+    result = on_workers("doctor", env={"FLUX_QUEUE": nobody})
+    assert_one_error(result, 1, f"doctor: queue: no live worker consumes the step queue {nobody!r}")
+    lines = result.stdout.splitlines()
+    assert next(line for line in lines if "workers" in line[:10]).startswith("✓ workers")
+    queue_line = next(line for line in lines if line[2:].startswith("queue"))
+    assert queue_line.startswith("✗ queue") and f"FLUX_QUEUE={nobody}" in queue_line
+    assert next(line for line in lines if line[2:].startswith("tasks")).startswith("- tasks")
+    report = json.loads(on_workers("doctor", "--json", env={"FLUX_QUEUE": nobody}).stdout)
+    queue_check = next(c for c in report["checks"] if c["name"] == "queue")
+    assert queue_check["data"]["consumers"] == [] and report["ok"] is False
+
+
+def test_doctor_fails_when_the_workers_lack_a_workflows_tasks(on_workers: Invoke) -> None:
+    from fluxcelery import workflow
+
+    workflow("cli-doctor-unknown-to-workers").step("only", lambda ctx: None)
+    result = on_workers("doctor")
+    assert result.exit_code == 1, result.output
+    tasks = [line for line in result.stdout.splitlines() if line[2:].startswith("tasks")]
+    missing = next(line for line in tasks if "'cli-doctor-unknown-to-workers'" in line)
+    assert missing.startswith("✗ tasks") and "flux.cli-doctor-unknown-to-workers.only" in missing
+    assert "FLUX_WORKFLOWS" in missing
+    assert not any("'cli-order'" in line or "'cli-approval'" in line for line in tasks)
 
 
 def test_run_and_signal_on_a_real_worker(on_workers: Invoke, pg_storage: SqlStorage) -> None:

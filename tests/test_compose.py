@@ -191,7 +191,7 @@ def test_commands_name_real_cli_commands_and_modules(services: dict[str, Any]) -
 
 
 def test_consumer_command_parses(services: dict[str, Any]) -> None:
-    from fluxcelery.ingress.command import _parser
+    from fluxcelery.cli.consume import _parser
 
     cmd = command(services["consumer"])
     assert cmd[:2] == ["fluxcelery", "consume"]
@@ -264,7 +264,7 @@ def test_settings_module_reads_what_compose_sets(services: dict[str, Any], monke
 
 
 def test_workflow_modules_import_and_register(services: dict[str, Any]) -> None:
-    from fluxcelery.builder import registered_workflows
+    from fluxcelery.core.builder import registered_workflows
 
     modules = services["worker"]["environment"]["FLUX_WORKFLOWS"].split(",")
     for module in modules:
@@ -373,7 +373,7 @@ def test_rabbitmq_lets_every_step_of_the_stack_hold_its_message(
     consumer_timeout covers the longest step of the workflows it runs, and the longest hold
     of a delayed message."""
     from fluxcelery import Workflow
-    from fluxcelery.celery.tasks import DEFAULT_TIMEOUT, HARD_LIMIT_MARGIN
+    from fluxcelery.celery.tasks import HARD_LIMIT_MARGIN
     from fluxcelery.settings import Settings
 
     consumer_timeout_s = int(rabbitmq_conf(services)["consumer_timeout"]) / 1000
@@ -383,7 +383,7 @@ def test_rabbitmq_lets_every_step_of_the_stack_hold_its_message(
         defined = vars(importlib.import_module(module)).values()
         for wf in (v for v in defined if isinstance(v, Workflow)):
             for step in wf.describe()["steps"]:
-                timeout = DEFAULT_TIMEOUT if step["timeout_default"] else step["timeout"]
+                timeout = Settings().default_timeout if step["timeout_default"] else step["timeout"]
                 name = f"{wf.name}.{step['name']}"
                 assert timeout is not None, f"{name} has no timeout"
                 assert timeout + HARD_LIMIT_MARGIN < consumer_timeout_s, name

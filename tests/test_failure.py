@@ -10,7 +10,7 @@ from celery.exceptions import Ignore, Retry
 
 from fluxcelery import Backoff, FluxEngine, MemoryStorage, StepStatus, workflow
 from fluxcelery.celery.tasks import _shown
-from fluxcelery.failure import StepFailed, capture, masked_exception, stand_in
+from fluxcelery.core.failure import StepFailed, capture, masked_exception, stand_in
 
 SECRET = "sk-live-0123456789"
 
@@ -119,6 +119,10 @@ def test_the_failing_steps_traceback_is_stored_masked_and_cleared_by_a_success()
     assert step.status == StepStatus.FAILED
     assert step.traceback is not None
     assert "in charge" in step.traceback
+    # It starts at the handler: fluxcelery's calling frames (runner, invoke, the thread
+    # pool the timeout runs it on) are cut.
+    assert step.traceback.splitlines()[1].endswith(", in charge")
+    assert "fluxcelery" not in step.traceback and "concurrent" not in step.traceback
     assert step.traceback.endswith("RuntimeError: gateway refused key ***")
     assert SECRET not in step.traceback
     assert failed.steps[0].to_dict()["traceback"] == step.traceback

@@ -22,11 +22,11 @@ from fluxcelery import (
     NonRetryableError,
     RunStatus,
     StepStatus,
-    invoke,
     wait_for,
     workflow,
 )
-from fluxcelery.records import utcnow
+from fluxcelery.core.records import utcnow
+from fluxcelery.runner import invoke
 
 R = RunStatus
 S = StepStatus

@@ -23,28 +23,34 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
 pytest.importorskip("flower")
 
 from helpers import AMQP_URL, ZERO_BACKOFF, no_sleep, require_service
+from test_viewer import raised_traceback, store_traceback
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
-from fluxcelery import FluxEngine, SqlStorage, wait_for, workflow
+from fluxcelery import FluxEngine, MemoryStorage, SqlStorage, wait_for, workflow
 from fluxcelery.celery import tasks as flux_tasks
 from fluxcelery.celery.app import build_app
 from fluxcelery.contrib import flower as flux_flower
 from fluxcelery.contrib.flower import make_app
-from fluxcelery.ops import status_counts, trace_rows
+from fluxcelery.ops import RunFilter, find_runs, status_counts, trace_rows
 from fluxcelery.settings import Settings
 
 XSS_STEP = "<script>alert(1)</script>"
 XSS_ERROR = "<img src=x onerror=alert(2)>"
+#: The failed step's traceback: a real one, with a script tag in its message.
+XSS_TRACEBACK = raised_traceback(ValueError("<script>alert(4)</script>"))
 #: Nothing listens on port 1: eager tasks never touch the broker, and Flower must not either.
 NO_BROKER = "amqp://guest:guest@127.0.0.1:1//"
 
@@ -97,15 +103,12 @@ def seed_runs(db_path: Path) -> Seeded:
     )
     bulk = workflow(f"flowertab-bulk-{tag}").step("one", lambda ctx: 1).step("two", lambda ctx: 2)
 
-    previous = flux_tasks._worker_engine
-    flux_tasks.set_worker_engine(engine)
-    try:
-        ok = engine.start(orders, {"order": 1, "password": "hunter2"})
-        failed = engine.start(orders, {"order": 2, "decline": True})
-    finally:
-        flux_tasks.set_worker_engine(previous)
+    flux_tasks.use_engine(capp, engine)  # eager tasks run with this engine
+    ok = engine.start(orders, {"order": 1, "password": "hunter2"})
+    failed = engine.start(orders, {"order": 2, "decline": True})
     suspended = engine.execute(approval, {"order": 3})
     bad = engine.execute(xss)
+    store_traceback(engine.storage, bad.id, XSS_STEP, XSS_TRACEBACK)
     bulk_ids = [engine.execute(bulk, {"n": n}).id for n in range(3)]
 
     assert engine.get(ok.id).status.value == "completed"  # type: ignore[union-attr]
@@ -282,7 +285,7 @@ def test_run_page_shows_steps_linked_to_flower_tasks(client: Client, seeded: See
     assert status == 200
     state = seeded.engine.get(seeded.failed_id)
     assert state is not None
-    steps = re.findall(r'<tr data-step="([^"]+)">(.*?)</tr>', body, re.S)
+    steps = re.findall(r'<tr data-step="([^"]+)"[^>]*>(.*?)</tr>', body, re.S)
     assert [name for name, _ in steps] == ["reserve", "charge", "ship"]
     cells = dict(steps)
     assert "compensated" in cells["reserve"]
@@ -316,6 +319,122 @@ def test_script_names_and_errors_are_escaped(client: Client, seeded: Seeded) -> 
     _, _, reflected = client.get("/workflows?workflow=%3Cscript%3Ealert(3)%3C/script%3E")
     assert "<script>alert(3)" not in reflected
     assert "&lt;script&gt;alert(3)&lt;/script&gt;" in reflected
+
+
+def test_failed_step_traceback_is_collapsed_and_escaped(client: Client, seeded: Seeded) -> None:
+    _, _, body = client.get(f"/workflows/run/{seeded.xss_id}")
+    rows = re.findall(
+        r'<tr class="flux-traceback-row" data-traceback-for="([^"]+)">(.*?)</tr>', body, re.S
+    )
+    assert [name for name, _ in rows] == ["&lt;script&gt;alert(1)&lt;/script&gt;"]
+    block = rows[0][1]
+    assert '<details class="flux-traceback" id="flux-traceback-0">' in block  # closed
+    assert "<script>alert(4)" not in body
+    assert "&lt;script&gt;alert(4)&lt;/script&gt;" in block
+    assert "Traceback (most recent call last):" in block
+    assert 'class="flux-has-traceback"' in body
+    # Steps without a traceback get no row for it.
+    _, _, other = client.get(f"/workflows/run/{seeded.ok_id}")
+    assert '<tr class="flux-traceback-row"' not in other
+
+
+def test_filters_by_prefix_run_id_and_time_range(client: Client, seeded: Seeded) -> None:
+    everything = {seeded.ok_id, seeded.failed_id, seeded.suspended_id, seeded.xss_id}
+    everything |= set(seeded.bulk_ids)
+    _, _, body = client.get("/workflows?workflow_prefix=flowertab-")
+    assert set(row_ids(body)) == everything
+    _, _, body = client.get(f"/workflows?workflow_prefix={seeded.bulk[:-3]}")
+    assert set(row_ids(body)) == set(seeded.bulk_ids)
+    assert pill_count(body, "") == 3 and pill_count(body, "completed") == 3  # counts follow
+    assert f'value="{seeded.bulk[:-3]}"' in body  # the form shows the filter
+    _, _, body = client.get("/workflows?workflow_prefix=nothing-starts-so")
+    assert row_ids(body) == [] and "matching the filters" in body
+
+    # Run id: its start, or all of it; combined with the status.
+    _, _, body = client.get(f"/workflows?run_id={seeded.ok_id[:8]}")
+    assert row_ids(body) == [seeded.ok_id]
+    _, _, body = client.get(f"/workflows?run_id={seeded.failed_id}")
+    assert row_ids(body) == [seeded.failed_id] and pill_count(body, "rolled_back") == 1
+    _, _, body = client.get(f"/workflows?run_id={seeded.failed_id}&status=completed")
+    assert row_ids(body) == [] and pill_count(body, "") == 1
+
+    # Created from (inclusive) and before (exclusive), in UTC.
+    created = [seeded.engine.get(i).created_at for i in seeded.bulk_ids]  # type: ignore[union-attr]
+    query = {"created_from": created[1].isoformat(), "workflow_prefix": "flowertab-"}
+    _, _, body = client.get("/workflows?" + urlencode(query))
+    assert set(row_ids(body)) == set(seeded.bulk_ids[1:])
+    query["created_to"] = created[2].isoformat()
+    _, _, body = client.get("/workflows?" + urlencode(query))
+    assert row_ids(body) == [seeded.bulk_ids[1]]
+    assert 'name="created_from"' in body and created[1].strftime("%Y-%m-%dT%H:%M") in body
+    naive = (created[0] - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")  # a datetime-local
+    _, _, body = client.get(f"/workflows?created_to={naive}")
+    assert row_ids(body) == []
+
+    # Every link keeps the other filters; the status pills combine with them.
+    _, _, body = client.get(f"/workflows?workflow_prefix=flowertab-&run_id={seeded.ok_id[:8]}")
+    wanted = f"status=completed&amp;workflow_prefix=flowertab-&amp;run_id={seeded.ok_id[:8]}"
+    assert f'href="/workflows?{wanted}"' in body
+    _, _, body = client.get(f"/workflows?{wanted.replace('&amp;', '&')}")
+    assert row_ids(body) == [seeded.ok_id]
+
+    # The form's empty fields redirect to the same view's clean URL.
+    status, headers, _ = client.get("/workflows?workflow_prefix=flowertab-&run_id=&created_to=")
+    assert status == 302 and headers["location"] == "/workflows?workflow_prefix=flowertab-"
+
+    for bad in (
+        "created_from=yesterday",
+        "created_from=2025-06-02&created_to=2025-06-01",
+        "run_id=" + "x" * 65,
+        "workflow_prefix=" + "w" * 201,
+    ):
+        status, _, text = client.get(f"/workflows?{bad}")
+        assert status == 400, (bad, text[:200])
+
+
+def test_auto_refresh_is_off_unless_asked_for(client: Client, seeded: Seeded) -> None:
+    for path in ("/workflows", f"/workflows/run/{seeded.ok_id}"):
+        _, _, body = client.get(path)
+        switch = re.search(r'<input[^>]*id="flux-autorefresh"[^>]*>', body)
+        assert switch and "checked" not in switch.group(0), path
+        _, _, body = client.get(path + "?refresh=1")
+        switch = re.search(r'<input[^>]*id="flux-autorefresh"[^>]*>', body)
+        assert switch and " checked" in switch.group(0), path
+        assert 'data-seconds="5"' in switch.group(0)
+    # The runs list keeps it on in its links and its filter form.
+    _, _, body = client.get("/workflows?refresh=1&workflow_prefix=flowertab-")
+    assert 'href="/workflows?status=failed&amp;workflow_prefix=flowertab-&amp;refresh=1"' in body
+    assert '<input type="hidden" name="refresh" value="1">' in body
+    # No inline event handlers anywhere on the pages.
+    assert not re.search(r"<[^>]*\son[a-z]+=", body)
+
+
+def test_scan_limit_is_reported(
+    seeded: Seeded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FluxEngine(storage=MemoryStorage())
+    wf = workflow(f"flowertab-scan-{uuid.uuid4().hex[:6]}").step("one", lambda ctx: 1)
+    ids = [engine.execute(wf).id for _ in range(5)]
+    page = find_runs(engine, RunFilter(workflow_prefix="flowertab-scan-"), scan_limit=3)
+    assert page.truncated and page.scanned == 3 and page.total == 3
+    assert [r["id"] for r in page.runs] == ids[::-1][:3]
+    page = find_runs(engine, RunFilter(workflow_prefix="flowertab-scan-"), limit=2, offset=2)
+    assert not page.truncated and page.scanned == 5 and page.total == 5
+    assert [r["id"] for r in page.runs] == ids[::-1][2:4]
+    assert page.counts["completed"] == 5
+    # A full uuid is looked up, not scanned for; storage answers plain filters itself.
+    page = find_runs(engine, RunFilter(run_id=ids[0]))
+    assert [r["id"] for r in page.runs] == [ids[0]] and page.scanned == 1
+    page = find_runs(engine, RunFilter(workflow=wf.name), ["completed"], limit=1)
+    assert page.total == 5 and page.scanned is None and len(page.runs) == 1
+
+    monkeypatch.setattr(flux_flower, "find_runs", partial(find_runs, scan_limit=2))
+    with serve(engine, seeded.capp) as c:
+        _, _, body = c.get("/workflows?workflow_prefix=flowertab-scan-")
+        assert len(row_ids(body)) == 2 and 'id="flux-scan-note"' in body
+        _, _, body = c.get(f"/workflows?workflow={wf.name}")
+        assert len(row_ids(body)) == 5 and 'id="flux-scan-note"' not in body
+    engine.close()
 
 
 def test_flower_pages_still_work_and_show_the_tab(client: Client) -> None:
@@ -361,6 +480,33 @@ def test_api_runs_counts_and_filters(client: Client, seeded: Seeded) -> None:
 
     assert client.get("/api/flux/runs?limit=0")[0] == 400
     assert client.get("/api/flux/runs?status=nope")[0] == 400
+
+
+@pytest.mark.usefixtures("open_api")
+def test_api_filters_by_prefix_run_id_and_time(client: Client, seeded: Seeded) -> None:
+    data = client.json(f"/api/flux/runs?workflow_prefix={seeded.bulk[:-3]}&limit=2")
+    assert len(data["runs"]) == 2 and data["total"] == 3
+    assert data["workflow_prefix"] == seeded.bulk[:-3] and data["workflow"] is None
+    assert data["scanned"] == 7 and data["truncated"] is False
+
+    data = client.json(f"/api/flux/runs?run_id={seeded.xss_id[:6]}&status=failed")
+    assert [r["id"] for r in data["runs"]] == [seeded.xss_id] and data["run_id"] == seeded.xss_id[
+        :6
+    ]
+
+    created = seeded.engine.get(seeded.bulk_ids[2]).created_at  # type: ignore[union-attr]
+    data = client.json("/api/flux/runs?" + urlencode({"created_from": created.isoformat()}))
+    assert [r["id"] for r in data["runs"]] == [seeded.bulk_ids[2]]
+    data = client.json("/api/flux/runs?" + urlencode({"created_to": created.isoformat()}))
+    assert data["total"] == 6 and seeded.bulk_ids[2] not in {r["id"] for r in data["runs"]}
+
+    counts = client.json("/api/flux/counts?workflow_prefix=flowertab-orders-")
+    assert counts["total"] == 2 and counts["counts"]["rolled_back"] == 1
+    assert counts["workflow_prefix"] == "flowertab-orders-" and counts["scanned"] == 7
+    plain = client.json("/api/flux/counts")
+    assert plain["workflow"] is None and "scanned" not in plain  # unchanged shape
+    status, _, body = client.get("/api/flux/runs?created_from=soon")
+    assert status == 400 and "created_from must be an ISO 8601 time" in body
 
 
 @pytest.mark.usefixtures("open_api")

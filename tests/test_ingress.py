@@ -23,8 +23,9 @@ from helpers import AMQP_URL, require_service
 from pydantic import BaseModel, ConfigDict, Field
 
 from fluxcelery import InvalidInput, RunStatus, StepStatus, StorageError, workflow
+from fluxcelery.cli.consume import main
 from fluxcelery.contrib.http_producer import ProducerApp
-from fluxcelery.errors import DispatchError, WorkflowNotFound
+from fluxcelery.core.errors import DispatchError, WorkflowNotFound
 from fluxcelery.ingress import (
     Accepted,
     ConsumeStats,
@@ -38,7 +39,6 @@ from fluxcelery.ingress import (
     dead_letter_headers,
     derive_run_id,
     is_transient,
-    main,
 )
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from fluxcelery import FluxEngine, NonRetryableError, OpenTelemetrySink, wait_for, workflow
-from fluxcelery.cli_doctor import check_otel
+from fluxcelery.cli.doctor import check_otel
 from fluxcelery.settings import Settings
 from fluxcelery.trace.configured import sinks_from_settings
 from fluxcelery.trace.otel import run_trace_ids

@@ -12,7 +12,7 @@ from celery.exceptions import Retry
 from fluxcelery import workflow
 from fluxcelery.celery.app import build_app
 from fluxcelery.celery.tasks import _outage_retry, outage_delay, register_workflow
-from fluxcelery.errors import StorageError
+from fluxcelery.core.errors import StorageError
 from fluxcelery.settings import Settings
 
 
@@ -42,7 +42,7 @@ def test_outage_retry_counts_its_own_outages(
     kwargs: dict[str, Any], mark: bool, delay: int, sent: dict[str, Any]
 ) -> None:
     app = build_app(Settings())  # memory:// broker: the retry message stays in-process
-    [name] = register_workflow(app, workflow("outage-backoff").step("s", noop).freeze())
+    [name] = register_workflow(app, workflow("outage-backoff").step("s", noop).freeze(), 30.0)
     task = app.tasks[name]
     task.push_request(id="t-1", retries=7, kwargs=kwargs, delivery_info={}, called_directly=False)
     try:

@@ -14,11 +14,11 @@ import sqlalchemy as sa
 from psycopg.conninfo import conninfo_to_dict
 
 from fluxcelery import SqlStorage, workflow
-from fluxcelery.change import Action
-from fluxcelery.errors import StorageError
-from fluxcelery.jsoncodec import dumps, dumps_for_jsonb
-from fluxcelery.records import RunState, StepState, utcnow
-from fluxcelery.states import RunStatus, StepStatus
+from fluxcelery.core.errors import StorageError
+from fluxcelery.core.jsoncodec import dumps, dumps_for_jsonb
+from fluxcelery.core.records import RunState, StepState, utcnow
+from fluxcelery.core.states import RunStatus, StepStatus
+from fluxcelery.runner.change import Action
 from fluxcelery.storage.base import StepClaim
 from fluxcelery.storage.pgdirect import conninfo
 from fluxcelery.trace.event import TraceEvent, new_event_id

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from fluxcelery import Backoff, DefinitionError, NonRetryableError, StepStatus, workflow
-from fluxcelery.errors import PayloadTooLarge, SerializationError
-from fluxcelery.policy import compensation_plan, should_retry
+from fluxcelery.core.errors import PayloadTooLarge, SerializationError
+from fluxcelery.core.policy import compensation_plan, should_retry
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fluxcelery import FluxEngine, JsonFileTraceSink, NonRetryableError, workflow
-from fluxcelery.jsoncodec import Redactor
+from fluxcelery.core.jsoncodec import Redactor
 
 INPUT = {"user": "ann", "payment": {"card_number": "4111111111111111"}, "api_token": "tok_live_9"}
 

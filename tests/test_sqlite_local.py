@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from fluxcelery import SqlStorage
-from fluxcelery.records import RunState, StepState
-from fluxcelery.states import RunStatus
+from fluxcelery.core.records import RunState, StepState
+from fluxcelery.core.states import RunStatus
 
 
 def new_run(run_id: str) -> RunState:
@@ -34,20 +34,29 @@ def connection_of(storage: SqlStorage) -> Any:
     return storage._local_sqlite.get()
 
 
+def pragmas(conn: Any) -> tuple[Any, ...]:
+    return tuple(
+        conn.execute(f"PRAGMA {name}").fetchone()[0]
+        for name in ("journal_mode", "busy_timeout", "foreign_keys", "synchronous")
+    )
+
+
 def test_each_thread_has_its_own_configured_connection(sqlite_storage: SqlStorage) -> None:
     mine = connection_of(sqlite_storage)
     assert connection_of(sqlite_storage) is mine
     theirs: list[Any] = []
-    thread = threading.Thread(target=lambda: theirs.append(connection_of(sqlite_storage)))
+
+    def other() -> None:  # read while the thread lives: its connection closes as it ends
+        conn = connection_of(sqlite_storage)
+        theirs.append((conn is mine, pragmas(conn)))
+
+    thread = threading.Thread(target=other)
     thread.start()
     thread.join()
-    assert theirs[0] is not mine
-    for conn in (mine, theirs[0]):
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
-        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-        # FULL (2): the WAL is synced at every commit, so a power loss keeps every step.
-        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    # WAL, a 30 s busy timeout, foreign keys, and FULL (2): the WAL is synced at every
+    # commit, so a power loss keeps every step.
+    assert theirs == [(False, ("wal", 30000, 1, 2))]
+    assert pragmas(mine) == ("wal", 30000, 1, 2)
 
 
 def test_pooled_connections_sync_every_commit_too(sqlite_storage: SqlStorage) -> None:
@@ -65,8 +74,8 @@ def test_close_then_use_again(sqlite_storage: SqlStorage) -> None:
 FORK_SCRIPT = """
 import os, sys
 from fluxcelery import SqlStorage
-from fluxcelery.records import RunState, StepState
-from fluxcelery.states import RunStatus
+from fluxcelery.core.records import RunState, StepState
+from fluxcelery.core.states import RunStatus
 
 storage = SqlStorage(sys.argv[1])
 run = RunState(id="local-fork", workflow="w", status=RunStatus.PENDING, input={}, data={},

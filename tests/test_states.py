@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fluxcelery import FluxEngine, InvalidTransition, RunStatus, StepStatus, workflow
-from fluxcelery.change import Change
-from fluxcelery.states import (
+from fluxcelery.core import transitions
+from fluxcelery.core.states import (
     RUN_TRANSITIONS,
     STEP_TRANSITIONS,
     TERMINAL_RUN,
@@ -58,11 +58,21 @@ def test_completed_and_cancelled_are_final() -> None:
     assert {R.COMPLETED, R.CANCELLED, R.FAILED, R.ROLLED_BACK} == TERMINAL_RUN
 
 
-def test_a_change_may_pass_through_running() -> None:
-    check_run_change(R.PENDING, R.COMPLETED)  # start and skip the only step
-    check_run_change(R.SUSPENDED, R.COMPLETED)  # a signal to the last step
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (R.PENDING, R.COMPLETED),  # start and skip the only step: two transitions
+        (R.SUSPENDED, R.COMPLETED),  # a signal to the last step: two transitions
+        (R.FAILED, R.COMPLETED),  # was accepted "through running"
+        (R.COMPLETED, R.FAILED),
+    ],
+)
+def test_a_change_is_one_edge_of_the_table(before: RunStatus, after: RunStatus) -> None:
+    """Strict: a write that passes through ``running`` is checked edge by edge where its
+    transitions are made (core/transitions.py, tests/test_transitions.py)."""
     with pytest.raises(InvalidTransition):
-        check_run_change(R.COMPLETED, R.FAILED)
+        check_run_change(before, after)
+    check_run_change(before, before)  # no change of status
 
 
 def test_every_step_status_has_a_row() -> None:
@@ -76,10 +86,23 @@ def test_invalid_change_is_refused_before_it_is_stored(engine: FluxEngine) -> No
     result = engine.execute(wf)
     state = engine.get(result.id)
     assert state is not None
-    change = Change(engine.runner, state)
-    change.step(0).status = S.SUSPENDED  # completed -> suspended is not in the table
-    with pytest.raises(InvalidTransition):
-        change.save()
+    change = engine.rt.change(state)
+    with pytest.raises(InvalidTransition, match="completed -> suspended"):
+        # completed -> suspended is not in the table: refused before anything changes
+        change.apply(
+            transitions.suspend_step(
+                state,
+                0,
+                "go",
+                None,
+                attempt=1,
+                started=state.created_at,
+                at=state.created_at,
+                task_id=None,
+                worker=None,
+            )
+        )
+    assert state.steps[0].status == S.COMPLETED and state.status == R.COMPLETED
     stored = engine.get(result.id)
     assert stored is not None and stored.version == state.version
     assert stored.steps[0].status == S.COMPLETED

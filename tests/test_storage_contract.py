@@ -1136,3 +1136,36 @@ def test_memory_store_keeps_runs_out_of_the_garbage_collectors_way() -> None:
     gc.collect()
     per_run = (len(gc.get_objects()) - before) / 2000
     assert per_run < 7, per_run  # 11 as objects; 5 here: the dicts and lists stored
+
+
+def test_workflow_names_are_those_with_runs_sorted(any_storage: Any) -> None:
+    assert any_storage.workflow_names() == []
+    for run_id, name in (("wn-1", "zeta"), ("wn-2", "alpha ✓"), ("wn-3", "zeta")):
+        assert any_storage.create_run(make_run(run_id, workflow=name), []) is True
+    assert any_storage.workflow_names() == ["alpha ✓", "zeta"]
+
+
+def test_run_ids_with_prefix_is_exact_case_and_wildcard_safe(any_storage: Any) -> None:
+    for run_id in ("ab12-one", "ab12-two", "AB12-upper", "ab1%x", "ab1_y", "ab1*z", "ab1[q"):
+        assert any_storage.create_run(make_run(run_id), []) is True
+    assert any_storage.run_ids_with_prefix("ab12") == ["ab12-one", "ab12-two"]
+    assert any_storage.run_ids_with_prefix("ab12", limit=1) == ["ab12-one"]
+    assert any_storage.run_ids_with_prefix("AB12") == ["AB12-upper"]
+    # LIKE and GLOB wildcards in a prefix match themselves only.
+    assert any_storage.run_ids_with_prefix("ab1%") == ["ab1%x"]
+    assert any_storage.run_ids_with_prefix("ab1_") == ["ab1_y"]
+    assert any_storage.run_ids_with_prefix("ab1*") == ["ab1*z"]
+    assert any_storage.run_ids_with_prefix("ab1[") == ["ab1[q"]
+    assert any_storage.run_ids_with_prefix("zz") == []
+
+
+def test_list_traces_since_a_time(any_storage: Any) -> None:
+    assert any_storage.create_run(make_run("since-1"), []) is True
+    events = [
+        event("since-1", ts=T0 + timedelta(seconds=i), step_index=i, step=f"s{i}") for i in range(4)
+    ]
+    any_storage.append_traces(events)
+    later = any_storage.list_traces(run_id="since-1", since=T0 + timedelta(seconds=1))
+    assert [e.step for e in later] == ["s2", "s3"]
+    newest = any_storage.list_traces(run_id="since-1", since=T0, newest_first=True, limit=2)
+    assert [e.step for e in newest] == ["s3", "s2"]

@@ -35,7 +35,7 @@ from fluxcelery import (
     wait_for,
     workflow,
 )
-from fluxcelery.states import (
+from fluxcelery.core.states import (
     RUN_TRANSITIONS,
     TERMINAL_RUN,
     can_transition_run,
@@ -62,7 +62,7 @@ def statuses(result: Any) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------
-# StateMachine (T1-T6) -> the pure transition table in fluxcelery.states
+# StateMachine (T1-T6) -> the pure transition table in fluxcelery.core.states
 # ---------------------------------------------------------------------------------------
 
 

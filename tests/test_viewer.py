@@ -6,6 +6,7 @@ import inspect
 import json
 import re
 import threading
+import traceback
 import urllib.error
 import urllib.request
 import uuid
@@ -28,8 +29,9 @@ from fluxcelery import (
     wait_for,
     workflow,
 )
-from fluxcelery.errors import StorageError
+from fluxcelery.core.errors import StorageError
 from fluxcelery.web import ViewerServer, create_server, serve
+from fluxcelery.web.sources import DbSource
 from fluxcelery.web.viewer import derive_run_status
 
 XSS = "<script>alert(1)</script>"
@@ -66,6 +68,43 @@ def saga_workflow() -> Any:
 
 def _engine(storage: Any, trace: Any = None) -> FluxEngine:
     return FluxEngine(storage=storage, trace=trace, backoff=ZERO_BACKOFF, sleep=no_sleep)
+
+
+def raised_traceback(exc: BaseException) -> str:
+    """The text of a real traceback (two frames) of ``exc`` raised inside a function."""
+
+    def fail() -> None:
+        raise exc
+
+    try:
+        fail()
+    except BaseException as raised:
+        return "".join(traceback.format_exception(raised))
+    raise AssertionError("fail() returned")
+
+
+def store_traceback(storage: Any, run_id: str, step: str, text: str) -> None:
+    """Store ``text`` as the traceback of ``step``, as the runner does for a failed step.
+
+    A storage that does not keep the field yet (SQL, until its column lands) gets
+    ``load_run`` wrapped on this instance to add it back, so that pages still read it
+    through the engine and ``ops`` like any stored value."""
+    state = storage.load_run(run_id)
+    assert state is not None
+    target = state.step(step)
+    target.traceback = text
+    assert storage.save_run(state, state.version, [target.index], [])
+    if storage.load_run(run_id).step(step).traceback == text:
+        return
+    load = storage.load_run
+
+    def load_run(wanted: str) -> Any:
+        got = load(wanted)
+        if got is not None and wanted == run_id:
+            got.step(step).traceback = text
+        return got
+
+    storage.load_run = load_run
 
 
 @contextmanager
@@ -238,6 +277,32 @@ def test_run_detail_from_database_is_redacted(db_server: str, db_runs: dict[str,
     assert [r["id"] for r in get_json(db_server + "api/runs?status=suspended")["runs"]] == [
         waiting.id
     ]
+
+
+def test_step_traceback_in_run_detail(tmp_path: Path, file_server: str, file_runs: Any) -> None:
+    """A failed step's traceback comes with the database source's run (as plain JSON text);
+    trace files carry none, and their steps say so."""
+    url = f"sqlite:///{tmp_path}/flux.db"
+    engine = _engine(SqlStorage(url))
+
+    def boom(ctx: Any) -> None:
+        raise NonRetryableError(XSS)
+
+    run = engine.execute(workflow(_name("tb")).step("ok", lambda ctx: 1).step("boom", boom))
+    engine.close()
+    text = raised_traceback(ValueError(XSS))
+    server = create_server(db_url=url, port=0)
+    assert isinstance(server.source, DbSource)
+    store_traceback(server.source.storage, run.id, "boom", text)
+    with running(server) as base:
+        status, _, raw = fetch(base + f"api/runs/{run.id}")
+        assert status == 200 and b"<script>" not in raw  # JSON escapes it, same value
+        steps = {s["name"]: s for s in json.loads(raw)["steps"]}
+    assert steps["boom"]["traceback"] == text and "<script>alert(1)</script>" in text
+    assert steps["ok"]["traceback"] is None
+
+    saga = get_json(file_server + f"api/runs/{file_runs['runs']['saga'].id}")
+    assert {s["traceback"] for s in saga["steps"]} == {None}
 
 
 @pytest.mark.parametrize("source", ["file", "db"])

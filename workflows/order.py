@@ -176,9 +176,9 @@ def _database_for(fingerprint: str) -> Engine:
     if engine is not None:
         return engine
     from fluxcelery import SqlStorage
-    from fluxcelery.celery.tasks import worker_engine
+    from fluxcelery.defaults import default_engine
 
-    storage = worker_engine().storage
+    storage = default_engine().storage
     if isinstance(storage, SqlStorage) and db_fingerprint(storage.engine) == fingerprint:
         return storage.engine
     raise RuntimeError(

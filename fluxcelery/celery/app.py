@@ -1,4 +1,5 @@
-"""The Celery app behind ``celery -A fluxcelery worker``.
+"""Building the Celery app behind ``celery -A fluxcelery worker`` (the process-wide one is
+``defaults.default_app``).
 
 Settings come from ``celeryconfig.py`` or ``FLUX_*`` variables (see ``fluxcelery.settings``).
 Workers import the modules in ``FLUX_WORKFLOWS`` at start and register one task per step,
@@ -10,17 +11,16 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import threading
 from typing import Any
 
 from celery import Celery, signals
 
+from ..core.builder import registered_workflows
+from ..runner.invoke import use_native_time_limits
 from ..settings import Settings, env_flag, load_settings, require_extra
+from .tasks import default_timeout_for, register_builtin_tasks, register_workflow
 
 log = logging.getLogger("fluxcelery.celery")
-
-_app: Celery | None = None
-_lock = threading.Lock()
 
 
 def build_app(settings: Settings | None = None) -> Celery:
@@ -62,47 +62,34 @@ def build_app(settings: Settings | None = None) -> Celery:
     app.conf.update(conf)
     app.conf.flux_workflows = list(settings.workflows)
     app.conf.flux_max_countdown = settings.max_countdown
-
-    from .tasks import register_builtin_tasks
-
     register_builtin_tasks(app)
     return app
 
 
-def get_app() -> Celery:
-    """The process-wide app (built on first use)."""
-    global _app
-    with _lock:
-        if _app is None:
-            _app = build_app()
-            _connect_worker_signals(_app)
-        return _app
-
-
 def import_workflow_modules(app: Celery) -> list[str]:
     """Import ``FLUX_WORKFLOWS`` modules and register a task for every step defined."""
-    from ..builder import registered_workflows
-    from .tasks import register_workflow
-
     modules = list(app.conf.get("flux_workflows") or [])
     for name in modules:
         importlib.import_module(name)
+    default_timeout = default_timeout_for(app)  # after the modules: one may set the engine
     for wf in registered_workflows().values():
         try:
-            register_workflow(app, wf.freeze())
+            register_workflow(app, wf.freeze(), default_timeout)
         except Exception as exc:  # an incomplete definition must not stop the worker
             log.error("workflow %r not registered: %s", wf.name, exc)
     return modules
 
 
-def _connect_worker_signals(app: Celery) -> None:
+def connect_worker_signals(app: Celery) -> None:
+    """What ``celery worker`` on ``app`` does at start: import the workflow modules and
+    register their tasks, let prefork children stop handlers at their soft time limit, and
+    warn of pools that cannot."""
+
     def on_import_modules(sender: Any = None, **_: Any) -> None:
         if sender is app:
             import_workflow_modules(app)
 
     def on_process_init(**_: Any) -> None:
-        from ..invoke import use_native_time_limits
-
         use_native_time_limits()
 
     def on_worker_ready(sender: Any = None, **_: Any) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..records import utcnow
+from ..core.records import utcnow
 from ..settings import DEFAULT_MAX_COUNTDOWN
 
 #: Closer than this to its due time, a hop runs its work instead of hopping again.

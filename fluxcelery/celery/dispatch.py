@@ -1,4 +1,5 @@
-"""Sends a run's next work to Celery: a chain of step tasks, or one compensation task."""
+"""Sends a run's next work to Celery: a chain of step tasks, or one compensation task
+(the engine's ``Dispatcher``)."""
 
 from __future__ import annotations
 
@@ -8,36 +9,38 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery, chain
 
-from ..change import Action, Next
+from ..core.builder import Workflow
+from ..core.records import RunState
+from ..runner.change import Action, Next
 from .countdown import first_hop, max_countdown
-from .tasks import compensate_task_name, register_workflow, step_task_name
+from .embedded import EmbeddedWorker
+from .tasks import compensate_task_name, register_workflow, step_task_name, use_engine
 
 if TYPE_CHECKING:
-    from ..builder import Workflow
     from ..engine import FluxEngine
-    from ..records import RunState
 
 log = logging.getLogger("fluxcelery.celery")
 
 
 class CeleryDispatcher:
-    def __init__(self, engine: FluxEngine, app: Celery | None = None) -> None:
-        from .app import get_app
+    """``engine``: what an embedded worker (``memory://``) runs tasks with, when the app has
+    no engine of its own yet; the dispatcher calls nothing else on it."""
 
+    def __init__(self, app: Celery, engine: FluxEngine | None = None) -> None:
+        self.app = app
         self.engine = engine
-        self.app = app or get_app()
         self._registered: set[str] = set()
-        self._embedded: Any = None
+        self._embedded: EmbeddedWorker | None = None
         self._lock = threading.Lock()
 
     @property
     def embedded(self) -> bool:
         return str(self.app.conf.broker_url or "").startswith("memory://")
 
-    def register(self, wf: Workflow) -> None:
-        key = f"{wf.name}:{wf.definition_hash}"
+    def register(self, wf: Workflow, default_timeout: float | None) -> None:
+        key = f"{wf.name}:{wf.definition_hash}:{default_timeout}"
         if key not in self._registered:
-            register_workflow(self.app, wf)
+            register_workflow(self.app, wf, default_timeout)
             self._registered.add(key)
             if self._embedded is not None:
                 self._embedded.refresh()
@@ -48,14 +51,14 @@ class CeleryDispatcher:
             return
         with self._lock:
             if self._embedded is None:
-                from .embedded import EmbeddedWorker
-
-                self._embedded = EmbeddedWorker(self.app, self.engine)
+                if self.engine is not None:
+                    use_engine(self.app, self.engine, replace=False)
+                self._embedded = EmbeddedWorker(self.app)
                 self._embedded.start()
 
-    def dispatch(self, state: RunState, nxt: Next, countdown: float | None = None) -> None:
-        wf = self.engine.workflow(state.workflow)
-        self.register(wf)
+    def dispatch(
+        self, state: RunState, wf: Workflow, nxt: Next, countdown: float | None = None
+    ) -> None:
         self._ensure_worker()
         kwargs = {"run_id": state.id}
         options: dict[str, Any] = {}
@@ -78,13 +81,7 @@ class CeleryDispatcher:
             canvas = sigs[0] if len(sigs) == 1 else chain(*sigs)
             canvas.apply_async(**options)
         elif nxt.action is Action.COMPENSATE:
-            sdef = wf.steps[nxt.index or 0]
-            if sdef.compensate is None:
-                # Nothing to run at this index: let the runner finalize the rollback inline.
-                follow = self.engine.runner.run_compensation(state.id, sdef.index)
-                if follow.action is Action.COMPENSATE:
-                    self.dispatch(state, follow)
-                return
+            sdef = wf.steps[nxt.index or 0]  # one with a compensator (the engine checks)
             self.app.signature(
                 compensate_task_name(wf.name, sdef.name), kwargs=first, immutable=True
             ).apply_async(**options)

@@ -5,30 +5,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
 
 from celery import Celery
-
-if TYPE_CHECKING:
-    from ..engine import FluxEngine
+from celery.worker import WorkController
 
 log = logging.getLogger("fluxcelery.celery")
 
 
 class EmbeddedWorker:
-    def __init__(self, app: Celery, engine: FluxEngine, concurrency: int = 2) -> None:
+    """A worker thread on ``app``; its tasks run with the app's engine (tasks.use_engine)."""
+
+    def __init__(self, app: Celery, concurrency: int = 2) -> None:
         self.app = app
-        self.engine = engine
         self.concurrency = concurrency
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._worker: object | None = None
 
     def start(self) -> None:
-        from .tasks import _worker_engine, set_worker_engine
-
-        if _worker_engine is None:
-            set_worker_engine(self.engine)
         self._thread = threading.Thread(target=self._run, name="flux-embedded-worker", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout=30):
@@ -41,8 +35,6 @@ class EmbeddedWorker:
             consumer.update_strategies()
 
     def _run(self) -> None:
-        from celery.worker import WorkController
-
         ready = self._ready
 
         class _Worker(WorkController):

@@ -12,6 +12,7 @@ tell the truth. Raising also stops the chain."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
@@ -19,10 +20,11 @@ from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.serialization import get_pickleable_exception
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..builder import StepDef, Workflow, _Unset
-from ..change import Action, Next
-from ..errors import DefinitionError, StorageError
-from ..failure import Failure, stand_in
+from ..core.builder import StepDef, Workflow, _Unset
+from ..core.errors import DefinitionError, StorageError
+from ..core.failure import Failure, stand_in
+from ..runner.change import Action, Next
+from ..settings import load_settings
 from .countdown import first_hop, max_countdown, seconds_left
 
 if TYPE_CHECKING:
@@ -30,25 +32,45 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fluxcelery.celery")
 
-DEFAULT_TIMEOUT = 30.0
 #: Seconds past the soft limit before the pool kills a step stuck in C code.
 HARD_LIMIT_MARGIN = 10.0
 
-_worker_engine: FluxEngine | None = None
+
+def use_engine(app: Celery, engine: FluxEngine, *, replace: bool = True) -> None:
+    """Run ``app``'s step tasks with ``engine`` (``replace=False``: unless it has one)."""
+    if replace or getattr(app, "flux_engine", None) is None:
+        provide_engine(app, lambda: engine, lambda: engine.default_timeout)
 
 
-def worker_engine() -> FluxEngine:
-    """The engine step tasks run with (the default engine unless one was set)."""
-    if _worker_engine is not None:
-        return _worker_engine
-    from ..defaults import default_engine
+def provide_engine(
+    app: Celery,
+    engine: Callable[[], FluxEngine],
+    default_timeout: Callable[[], float | None],
+) -> None:
+    """Run ``app``'s step tasks with what ``engine()`` returns, called per task (the
+    default engine is built on first use, inside the task, where an outage is retried).
+    ``default_timeout()`` resolves the time limits of steps without a timeout, at worker
+    start, without building the engine."""
+    app.flux_engine = engine
+    app.flux_default_timeout = default_timeout
 
-    return default_engine()
+
+def engine_for(app: Celery) -> FluxEngine:
+    """The engine ``app``'s step tasks run with (see ``use_engine``)."""
+    provider = getattr(app, "flux_engine", None)
+    if provider is None:
+        raise RuntimeError(
+            f"Celery app {app.main!r} has no fluxcelery engine: run workers with "
+            "`celery -A fluxcelery worker`, or call fluxcelery.celery.tasks.use_engine(app, "
+            "engine)"
+        )
+    return provider()
 
 
-def set_worker_engine(engine: FluxEngine | None) -> None:
-    global _worker_engine
-    _worker_engine = engine
+def default_timeout_for(app: Celery) -> float | None:
+    """The ``default_timeout`` of the engine ``app``'s tasks run with, without building it."""
+    provider = getattr(app, "flux_default_timeout", None)
+    return provider() if provider is not None else load_settings().default_timeout
 
 
 def step_task_name(workflow: str, step: str) -> str:
@@ -59,8 +81,10 @@ def compensate_task_name(workflow: str, step: str) -> str:
     return f"flux.{workflow}.{step}.compensate"
 
 
-def _limits(sdef: StepDef) -> dict[str, Any]:
-    timeout = DEFAULT_TIMEOUT if isinstance(sdef.timeout, _Unset) else sdef.timeout
+def _limits(sdef: StepDef, default_timeout: float | None) -> dict[str, Any]:
+    """Celery's time limits of a step: its resolved timeout (the step's, else the engine's
+    ``default_timeout``), with a hard limit a margin later."""
+    timeout = default_timeout if isinstance(sdef.timeout, _Unset) else sdef.timeout
     if timeout is None:
         return {"soft_time_limit": None, "time_limit": None}
     return {"soft_time_limit": timeout, "time_limit": timeout + HARD_LIMIT_MARGIN}
@@ -145,25 +169,35 @@ def _apply(task: Task, engine: FluxEngine, run_id: str, nxt: Next) -> BaseExcept
     if action in (Action.CONTINUE, Action.COMPENSATE):
         state = engine.get(run_id)
         if state is not None:
-            engine.dispatcher().dispatch(state, nxt)
+            engine.continue_run(state, nxt)
     elif action is Action.SUSPEND and nxt.wait_timeout:
         engine.dispatcher().schedule_wait_timeout(run_id, nxt.index or 0, nxt.wait_timeout)
     # Stored, and compensation sent: the task ends in FAILURE with the handler's exception.
-    return None if nxt.failure is None else _shown(nxt.failure)
+    # Not in eager mode (task_always_eager): an eager chain re-raises a failed task's
+    # exception into the caller of ``start``, whose run is stored and settled already.
+    if nxt.failure is None or task.request.is_eager:
+        return None
+    return _shown(nxt.failure)
 
 
-def register_workflow(app: Celery, wf: Workflow) -> list[str]:
-    """Create (once) the tasks of every step of ``wf`` on ``app``."""
+def register_workflow(app: Celery, wf: Workflow, default_timeout: float | None) -> list[str]:
+    """Create (once) the tasks of every step of ``wf`` on ``app``, with time limits from
+    each step's timeout resolved against ``default_timeout`` (the running engine's). A task
+    registered before takes the limits of the latest registration."""
     names = []
     for sdef in wf.steps:
-        names.append(_register_step(app, wf.name, sdef))
+        limits = _limits(sdef, default_timeout)
+        names.append(_register_step(app, wf.name, sdef, limits))
         if sdef.compensate is not None:
-            names.append(_register_compensation(app, wf.name, sdef))
+            names.append(_register_compensation(app, wf.name, sdef, limits))
     return names
 
 
-def _registered(app: Celery, name: str, target: tuple[str, str, str]) -> bool:
-    """Whether task ``name`` exists already for ``target`` (workflow, step, role). A name
+def _registered(
+    app: Celery, name: str, target: tuple[str, str, str], limits: dict[str, Any]
+) -> bool:
+    """Whether task ``name`` exists already for ``target`` (workflow, step, role); if so it
+    takes ``limits`` (the worker reads them at each execution). A name
     taken by anything else is a ``DefinitionError``: dots in workflow and step names can make
     two names meet (``flux.a.b.c``), and the task registered first would run for both."""
     task = app.tasks.get(name)
@@ -182,14 +216,31 @@ def _registered(app: Celery, name: str, target: tuple[str, str, str]) -> bool:
             f"Celery task {name!r} is already {what(existing)}, so it cannot also run "
             f"{what(target)}: rename one of them"
         )
+    for key, value in limits.items():
+        setattr(task, key, value)
     return True
 
 
-def _define(app: Celery, name: str, sdef: StepDef, body: Any, target: tuple[str, str, str]) -> str:
+class StepTask(Task):
+    """The class of step and compensation tasks. Its messages carry no time limits: Celery
+    would send this process's limits of the task, and a worker applies a message's limits
+    over its own. A step's limits are the worker's, from its engine's resolved timeout."""
+
+    def _get_exec_options(self) -> dict[str, Any]:
+        options = dict(super()._get_exec_options())
+        options.pop("soft_time_limit", None)
+        options.pop("time_limit", None)
+        return options
+
+
+def _define(
+    app: Celery, name: str, limits: dict[str, Any], body: Any, target: tuple[str, str, str]
+) -> str:
     """Register a step or compensation task: at-least-once delivery (acks late, requeue on a
     lost worker), retries driven by fluxcelery, no result stored, the step's time limits."""
     app.task(
         name=name,
+        base=StepTask,
         flux_target=target,
         bind=True,
         shared=False,
@@ -197,15 +248,15 @@ def _define(app: Celery, name: str, sdef: StepDef, body: Any, target: tuple[str,
         reject_on_worker_lost=True,
         max_retries=None,
         ignore_result=True,
-        **_limits(sdef),
+        **limits,
     )(body)
     return name
 
 
-def _register_step(app: Celery, workflow: str, sdef: StepDef) -> str:
+def _register_step(app: Celery, workflow: str, sdef: StepDef, limits: dict[str, Any]) -> str:
     name = step_task_name(workflow, sdef.name)
     target = (workflow, sdef.name, "step")
-    if _registered(app, name, target):
+    if _registered(app, name, target, limits):
         return name
     index = sdef.index
 
@@ -221,7 +272,7 @@ def _register_step(app: Celery, workflow: str, sdef: StepDef) -> str:
             # Inside the try: a fresh pool process builds its engine (and checks migrations)
             # here, and the database may be down right then. Failing the task would ack it
             # and strand the run; retrying it later loses nothing.
-            engine = worker_engine()
+            engine = engine_for(self.app)
             nxt = engine.runner.run_step(
                 run_id,
                 index,
@@ -240,13 +291,15 @@ def _register_step(app: Celery, workflow: str, sdef: StepDef) -> str:
             raise failed
 
     run_step.__name__ = f"step_{index}"
-    return _define(app, name, sdef, run_step, target)
+    return _define(app, name, limits, run_step, target)
 
 
-def _register_compensation(app: Celery, workflow: str, sdef: StepDef) -> str:
+def _register_compensation(
+    app: Celery, workflow: str, sdef: StepDef, limits: dict[str, Any]
+) -> str:
     name = compensate_task_name(workflow, sdef.name)
     target = (workflow, sdef.name, "compensate")
-    if _registered(app, name, target):
+    if _registered(app, name, target, limits):
         return name
     index = sdef.index
 
@@ -255,7 +308,7 @@ def _register_compensation(app: Celery, workflow: str, sdef: StepDef) -> str:
     ) -> None:
         _hop(self, not_before)
         try:
-            engine = worker_engine()  # inside the try: see run_step
+            engine = engine_for(self.app)  # inside the try: see run_step
             nxt = engine.runner.run_compensation(
                 run_id, index, task_id=self.request.id, worker=self.request.hostname
             )
@@ -266,7 +319,7 @@ def _register_compensation(app: Celery, workflow: str, sdef: StepDef) -> str:
             raise failed
 
     compensate.__name__ = f"compensate_{index}"
-    return _define(app, name, sdef, compensate, target)
+    return _define(app, name, limits, compensate, target)
 
 
 def register_builtin_tasks(app: Celery) -> None:
@@ -282,7 +335,7 @@ def register_builtin_tasks(app: Celery) -> None:
         """Fail a suspended step whose wait passed with no signal. Early (a wait longer than
         a message may be held is timed in hops), schedule the next hop."""
         try:
-            engine = worker_engine()
+            engine = engine_for(self.app)
             if engine.expire_wait(run_id, index):
                 return True
             left = engine.wait_remaining(run_id, index)
@@ -295,4 +348,4 @@ def register_builtin_tasks(app: Celery) -> None:
     @app.task(name="flux.recover", ignore_result=True, shared=False)
     def recover(older_than: float | None = None) -> list[str]:
         """Continue stuck runs and expire overdue waits (schedule it with celery beat)."""
-        return worker_engine().recover(older_than)
+        return engine_for(app).recover(older_than)

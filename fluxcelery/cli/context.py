@@ -22,28 +22,39 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import ops
-from .errors import (
+from .. import ops
+from ..celery.app import build_app
+from ..core.errors import (
     FluxError,
     InvalidInput,
     PayloadTooLarge,
+    RunNotFound,
     SerializationError,
     WorkflowNotFound,
 )
-from .settings import Settings, load_settings
+from ..core.records import FluxResult
+from ..core.states import MOVING_RUN, UNSUCCESSFUL_RUN, values
+from ..engine import FluxEngine
+from ..handle import RunTimeout
+from ..settings import Settings, load_settings
+from ..storage.sql import SqlStorage, redact_url
+from ..trace.configured import sinks_from_settings
+from .doctor import config_module
+from .render import fmt_ms, make_console, status_text, steps_table, terminal_safe
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from .engine import FluxEngine
-    from .handle import RunHandle
-    from .records import FluxResult, RunState
+    from ..core.records import FluxResult, RunState
+    from ..engine import FluxEngine
+    from ..handle import RunHandle
+    from ..storage.base import Storage
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: Runs that end like this make ``run --wait`` (and a followed retry/signal) exit 1.
-FAILED_RUN = ("failed", "rolled_back", "cancelled")
+FAILED_RUN = values(UNSUCCESSFUL_RUN)
 #: Workflows that ship with fluxcelery, imported on demand when a run of theirs is touched.
-BUNDLED = {"demo-order": "fluxcelery.demo"}
+BUNDLED = {"demo-order": "fluxcelery.cli.demo"}
 
 
 class CliError(Exception):
@@ -87,14 +98,11 @@ class Cli:
     @property
     def console(self) -> Console:
         if self._console is None:
-            from .cli_render import make_console
-
             self._console = make_console()
         return self._console
 
     def sources(self) -> dict[str, str]:
         """Where each setting came from, for ``doctor``."""
-        from .cli_doctor import config_module
 
         name, path = config_module()
         fallback = f"{name} or default" if path else "default"
@@ -113,8 +121,6 @@ class Cli:
     def app(self) -> Any:
         """A Celery app on the effective settings (``--broker`` included)."""
         if self._app is None:
-            from .celery.app import build_app
-
             self._app = build_app(self.settings)
         return self._app
 
@@ -122,10 +128,6 @@ class Cli:
         """The engine on the configured database. ``must_exist``: refuse to create a new
         SQLite file (a command run in the wrong directory should say so, not show nothing)."""
         if self._engine is None:
-            from .engine import FluxEngine
-            from .storage.sql import SqlStorage, redact_url
-            from .trace.configured import sinks_from_settings
-
             s = self.settings
             if must_exist:
                 _require_database(s.database_url)
@@ -158,6 +160,32 @@ class Cli:
                     "workflow_import_error",
                 ) from exc
         return modules
+
+    def resolve_run_id(self, run_id: str) -> str:
+        """The full id of ``run_id``, which may be a unique prefix of it (tables show the
+        first 8 characters): a missing run raises ``RunNotFound`` (exit 1), a prefix that
+        matches several runs is a usage error (exit 2)."""
+        given = run_id.strip().removesuffix("…")
+        engine = self.engine()
+        if given and engine.get(given) is not None:
+            return given
+        if len(given) < MIN_PREFIX:
+            raise CliError(
+                f"Run not found: {run_id} (an id shorter than {MIN_PREFIX} characters must "
+                "be whole)",
+                code=RunNotFound.code,
+            )
+        matches = ids_with_prefix(engine.storage, given)
+        if not matches:
+            raise RunNotFound(run_id)
+        if len(matches) > 1:
+            raise CliError(
+                f"run id prefix {given!r} is ambiguous: it matches {matches[0]}, {matches[1]}"
+                f"{' and more' if len(matches) > 2 else ''}; give more characters",
+                EXIT_USAGE,
+                "ambiguous_run_id",
+            )
+        return matches[0]
 
     def definitions_for(self, run_id: str) -> None:
         """Import the configured workflows, and a bundled one when the run is one of ours."""
@@ -193,6 +221,15 @@ class Cli:
 
 
 pass_cli = click.make_pass_decorator(Cli, ensure=True)
+
+#: A shorter RUN_ID must match whole: ``show 3f2`` would pick a run nearly at random.
+MIN_PREFIX = 4
+
+
+def ids_with_prefix(storage: Storage, prefix: str, limit: int = 3) -> list[str]:
+    """Up to ``limit`` run ids that start with ``prefix``, sorted (asked of the store:
+    ``Storage.run_ids_with_prefix``)."""
+    return storage.run_ids_with_prefix(prefix, limit)
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -241,6 +278,26 @@ def parse_json_option(option: str, text: str | None) -> Any:
         ) from exc
 
 
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "a string" if isinstance(value, str) else "an array"
+
+
+def parse_json_object(option: str, text: str | None) -> dict[str, Any] | None:
+    """Run input: ``parse_json_option`` that must give a JSON object, as the AMQP ingress
+    requires; anything else is ``InvalidInput`` (exit 2) before anything is stored."""
+    value = parse_json_option(option, text)
+    if text is None or isinstance(value, dict):
+        return value
+    given = f"{option} {text}" if text.startswith("@") else option
+    raise InvalidInput(f"{given} must be a JSON object, got {_json_type(value)}")
+
+
 def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--json`` on a subcommand too (``fluxcelery runs --json``), same as the global one."""
 
@@ -262,7 +319,6 @@ def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
 # -- errors -------------------------------------------------------------------------------
 def classify(exc: BaseException) -> tuple[int, str, str, str]:
     """(exit code, error type, stable code, one-line message) for any error."""
-    from .handle import RunTimeout
 
     if isinstance(exc, CliError):
         return exc.exit_code, "CliError", exc.code, str(exc)
@@ -288,39 +344,77 @@ def classify(exc: BaseException) -> tuple[int, str, str, str]:
 def fail_line(message: str) -> int:
     """An outcome already shown on stdout (a failed run, a failed check): one stderr line
     and exit 1, without a second JSON document."""
-    click.echo(f"error: {message}", err=True)
+
+    click.echo(f"error: {terminal_safe(message)}", err=True)
     return EXIT_FAILED
 
 
 def report_error(exc: BaseException, json_mode: bool) -> int:
+
     exit_code, type_, code, message = classify(exc)
     line = " ".join(part.strip() for part in message.splitlines() if part.strip())
     if json_mode:
         error = {"type": type_, "code": code, "message": line, "exit_code": exit_code}
         click.echo(json.dumps({"error": error}, ensure_ascii=False))
-    click.echo(f"error: {line}", err=True)
+    click.echo(f"error: {terminal_safe(line)}", err=True)
     return exit_code
 
 
-def _setup_logging() -> None:
-    """Library warnings as single ``warning:`` lines, never tracebacks."""
+class LevelFormatter(logging.Formatter):
+    """``info: …``, ``warning: …``, ``error: …``: each record labelled by its own level
+    (optionally after a timestamp), control characters escaped, and an exception as its
+    last line instead of a traceback (unless ``FLUX_DEBUG`` is set)."""
+
+    def __init__(self, *, timestamps: bool = False) -> None:
+        super().__init__()
+        self.timestamps = timestamps
+
+    def format(self, record: logging.LogRecord) -> str:
+
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            if os.environ.get("FLUX_DEBUG"):
+                message += "\n" + self.formatException(record.exc_info)
+            else:
+                message += f" ({_first_line(record.exc_info[1])})"
+        prefix = self.formatTime(record) + " " if self.timestamps else ""
+        label = record.levelname.lower()
+        return f"{prefix}{label}: {terminal_safe(message, multiline=True)}"
+
+
+def setup_logging(level: int | str | None = None, *, timestamps: bool = False) -> None:
+    """Log records to stderr through ``LevelFormatter`` (added once, when nothing else
+    configured logging); ``level`` sets the root level (default: warnings and up)."""
     root = logging.getLogger()
+    ours = [h for h in root.handlers if isinstance(h.formatter, LevelFormatter)]
     if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("warning: %(message)s"))
-        root.addHandler(handler)
+        ours = [logging.StreamHandler()]
+        root.addHandler(ours[0])
         root.setLevel(logging.WARNING)
+        # Its plugin list at INFO when a tool (Flower) lowers the root level: noise here.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    for handler in ours:
+        handler.setFormatter(LevelFormatter(timestamps=timestamps))
+    if level is not None:
+        root.setLevel(level.upper() if isinstance(level, str) else level)
 
 
-def run(group: click.Group, argv: list[str], prog_name: str, **extra: Any) -> int:
+def run(
+    command: click.Command,
+    argv: list[str],
+    prog_name: str,
+    *,
+    help_if_empty: bool = True,
+    **extra: Any,
+) -> int:
     """Invoke the CLI and turn every outcome into an exit code and at most one error line."""
-    if not argv:
+    if not argv and help_if_empty:
         argv = ["--help"]
     options = argv[: argv.index("--")] if "--" in argv else argv
     json_mode = "--json" in options
-    _setup_logging()
+    setup_logging()
     try:
-        rv = click.Group.main(group, argv, prog_name=prog_name, standalone_mode=False, **extra)
+        rv = click.Command.main(command, argv, prog_name=prog_name, standalone_mode=False, **extra)
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return 130
@@ -378,24 +472,24 @@ def _result_dict(cli_obj: Cli, result: FluxResult) -> dict[str, Any]:
 
 def print_result(cli_obj: Cli, result: FluxResult) -> int:
     """Show a settled run; exit 1 when it ended failed, rolled back or cancelled."""
-    from .cli_render import fmt_ms, status_text, steps_table
 
     data = _result_dict(cli_obj, result)
 
     def render(console: Console) -> None:
         from rich.text import Text
 
-        line = Text(f"Run {data['id']}  {data['workflow']}  ")
+        line = Text(f"Run {terminal_safe(data['id'])}  {terminal_safe(data['workflow'])}  ")
         line.append_text(status_text(data["status"]))
         line.append(f"  {fmt_ms(data['duration_ms'])}")
         console.print(line)
         console.print(steps_table(data["steps"]))
         if data["error"]:
-            console.print(Text(f"error: {data['error']}", style="red"))
+            console.print(Text(f"error: {terminal_safe(data['error'], multiline=True)}", "red"))
         waiting = [s["waiting_for"] for s in data["steps"] if s["status"] == "suspended"]
         if waiting:
-            hint = f"fluxcelery signal {data['id']} {waiting[0]} --payload '{{...}}'"
-            console.print(Text(f"waiting for signal {waiting[0]!r}: {hint}"))
+            name = terminal_safe(waiting[0])
+            hint = f"fluxcelery signal {terminal_safe(data['id'])} {name} --payload '{{...}}'"
+            console.print(Text(f"waiting for signal '{name}': {hint}"))
 
     cli_obj.out(data, render)
     if data["status"] in FAILED_RUN:
@@ -412,16 +506,18 @@ def follow_run(cli_obj: Cli, handle: RunHandle, action: str, wait: bool, timeout
     if not settled and (wait or cli_obj.settings.embedded):
         return print_result(cli_obj, handle.get(timeout=timeout))
     if settled:
-        from .records import FluxResult
-
         return print_result(cli_obj, FluxResult.from_state(state))
     row = ops.run_row(state)
 
     def render(console: Console) -> None:
+        from rich.text import Text
+
+        run_id = terminal_safe(state.id)
         console.print(
-            f"{action}: run {state.id} is {state.status.value}; it continues on the workers "
-            f"(follow it: fluxcelery show {state.id})",
-            highlight=False,
+            Text(
+                f"{terminal_safe(action)}: run {run_id} is {state.status.value}; it continues "
+                f"on the workers (follow it: fluxcelery show {run_id})"
+            )
         )
 
     cli_obj.out(row, render)
@@ -429,7 +525,7 @@ def follow_run(cli_obj: Cli, handle: RunHandle, action: str, wait: bool, timeout
 
 
 def is_active(state: RunState) -> bool:
-    return state.status.value in ("pending", "running", "rolling_back")
+    return state.status in MOVING_RUN
 
 
 def load_extension(module: str, attr: str, what: str) -> Callable[..., Any]:

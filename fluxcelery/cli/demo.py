@@ -3,7 +3,7 @@
 It is the first thing a new user runs, so it shows the features that matter in one screen:
 a step skipped by its ``when`` condition, a payment retried after a simulated gateway
 timeout, a card declined with ``NonRetryableError`` and the stock reservation compensated.
-The workflow is importable (``fluxcelery.demo``) so that ``fluxcelery retry`` can continue
+The workflow is importable (``fluxcelery.cli.demo``) so that ``fluxcelery retry`` can continue
 a demo run later.
 """
 
@@ -20,13 +20,16 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.status import Status
 
-from .builder import workflow
-from .context import StepContext
-from .engine import FluxEngine
-from .errors import NonRetryableError
-from .policy import Backoff
-from .records import FluxResult
-from .trace.event import TraceEvent
+from ..core.builder import workflow
+from ..core.context import StepContext
+from ..core.errors import NonRetryableError
+from ..core.policy import Backoff
+from ..core.records import FluxResult
+from ..engine import FluxEngine
+from ..storage.sql import SqlStorage
+from ..trace.event import TraceEvent
+from ..trace.sinks import JsonFileTraceSink
+from .render import bullet_lines, run_view
 
 WORKFLOW = "demo-order"
 DEFAULT_DB = "sqlite:///.flux/flux.db"
@@ -105,7 +108,7 @@ def has_coupon(ctx: StepContext) -> bool:
     return bool(ctx.input.coupon)
 
 
-# Importing ``fluxcelery.demo`` registers the workflow by name.
+# Importing ``fluxcelery.cli.demo`` registers the workflow by name.
 order_workflow = (
     workflow(WORKFLOW, version="1")
     .input(OrderIn)
@@ -226,8 +229,6 @@ def run_demo(
     console: Console | None = None,
 ) -> DemoOutcome:
     """Run both demo orders in-process on ``db_url``; print live progress to ``console``."""
-    from .storage.sql import SqlStorage
-    from .trace.sinks import JsonFileTraceSink
 
     Path(trace_file).parent.mkdir(parents=True, exist_ok=True)
     progress = Progress(console) if console is not None else None
@@ -267,7 +268,6 @@ def print_summary(
     failed_id: str | None,
 ) -> None:
     """Each run as ``fluxcelery show`` prints it, then where to look next."""
-    from .cli_render import bullet_lines, run_view
 
     for detail in details:
         console.print()

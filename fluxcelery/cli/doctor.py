@@ -1,8 +1,11 @@
 """``fluxcelery doctor``: one check per thing a deployment needs, each with a fix.
 
-Checks never raise: each returns a ``Check`` whose status is ``ok``, ``fail``, ``warn`` or
-``skip``. Only ``fail`` makes the command exit 1; a warning is advice (a guest password on a
-remote broker). Nothing here writes to the database: migrations are reported, not applied.
+Checks never raise: each returns a ``Check`` whose status is ``ok``, ``fail``, ``warn``,
+``info`` or ``skip``. Only ``fail`` makes the command exit 1; a warning is advice (a guest
+password on a remote broker), ``info`` a fact (the embedded broker has no workers to ask).
+Workers are asked through Celery's inspect API (``active_queues``, ``registered``), the same
+broadcast Flower uses. Nothing here writes to the database: migrations are reported, not
+applied.
 """
 
 from __future__ import annotations
@@ -16,17 +19,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .settings import Settings
-from .storage.sql import redact_url
+from ..celery.tasks import HARD_LIMIT_MARGIN, compensate_task_name, step_task_name
+from ..settings import Settings
+from ..storage.migrate import _config, current_revision, head_revision
+from ..storage.sql import SqlStorage, redact_url
 
 BROKER_TIMEOUT = 2.0
-PING_TIMEOUT = 1.0
+#: How long ``doctor`` waits for workers to answer a broadcast (Celery's inspect API).
+INSPECT_TIMEOUT = 1.0
 
 
 @dataclass
 class Check:
     name: str
-    status: str  # ok | fail | warn | skip
+    status: str  # ok | fail | warn | info | skip
     detail: str
     fix: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
@@ -91,8 +97,6 @@ def _sqlite_file(url: str) -> Path | None:
 
 def check_database(url: str) -> tuple[Check, Check]:
     """Reachability and migration state, without creating or migrating anything."""
-    from .storage.migrate import current_revision, head_revision
-    from .storage.sql import SqlStorage
 
     shown = redact_url(url)
     sqlite_file = _sqlite_file(url)
@@ -152,8 +156,6 @@ def check_database(url: str) -> tuple[Check, Check]:
 def _known_revision(storage: Any, revision: str) -> bool:
     from alembic.script import ScriptDirectory
 
-    from .storage.migrate import _config
-
     try:
         return ScriptDirectory.from_config(_config(storage)).get_revision(revision) is not None
     except Exception:
@@ -177,6 +179,15 @@ def check_broker(settings: Settings, app: Any) -> Check:
         finally:
             conn.release()
     except Exception as exc:
+        if _refused_login(exc):
+            return Check(
+                "broker",
+                "fail",
+                f"broker {shown} refused the login: "
+                f"{getattr(exc, 'reply_text', None) or _first_line(exc)}",
+                fix="check the user and password in FLUX_BROKER_URL (or --broker), and that "
+                "the user may use the vhost",
+            )
         return Check(
             "broker",
             "fail",
@@ -184,6 +195,19 @@ def check_broker(settings: Settings, app: Any) -> Check:
             fix="start the broker or point --broker / FLUX_BROKER_URL at it",
         )
     return Check("broker", "ok", f"{shown} reachable")
+
+
+def _refused_login(exc: BaseException) -> bool:
+    """RabbitMQ's 403 ACCESS_REFUSED (a wrong user, password or vhost), or Redis's
+    WRONGPASS / NOAUTH: the broker is up and said no, so starting it is not the fix."""
+    text = str(exc)
+    return (
+        getattr(exc, "code", None) == 403
+        or "ACCESS_REFUSED" in text
+        or "WRONGPASS" in text
+        or "NOAUTH" in text
+        or type(exc).__name__ == "AuthenticationError"
+    )
 
 
 def check_guest_account(broker_url: str) -> Check | None:
@@ -216,8 +240,6 @@ def check_step_timeouts(
     """On RabbitMQ: steps that may run longer than the default ``consumer_timeout``."""
     if not settings.broker_url.startswith(("amqp", "pyamqp")):
         return None
-    from .celery.tasks import DEFAULT_TIMEOUT, HARD_LIMIT_MARGIN
-
     long: list[str] = []
     for name, wf in sorted(registered().items()):
         try:
@@ -225,7 +247,7 @@ def check_step_timeouts(
         except Exception:
             continue  # reported by the workflows check
         for step in steps:
-            timeout = DEFAULT_TIMEOUT if step["timeout_default"] else step["timeout"]
+            timeout = settings.default_timeout if step["timeout_default"] else step["timeout"]
             if timeout is None:
                 long.append(f"{name}.{step['name']} (no timeout)")
             elif timeout + HARD_LIMIT_MARGIN > CONSUMER_TIMEOUT:
@@ -272,32 +294,160 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def check_workers(settings: Settings, app: Any, broker_ok: bool) -> Check:
+def check_workers(
+    settings: Settings, app: Any, broker_ok: bool, queue: str
+) -> tuple[Check, dict[str, list[str]]]:
+    """Which workers are alive, and the queues each consumes (``active_queues``)."""
     if settings.embedded:
-        return Check("workers", "skip", "embedded broker: an in-process worker runs on demand")
+        return Check(
+            "workers",
+            "info",
+            f"embedded broker {redact_url(settings.broker_url)}: no remote workers; runs "
+            "execute in this process",
+        ), {}
     if not broker_ok:
-        return Check("workers", "skip", "skipped: broker unreachable")
+        return Check("workers", "skip", "skipped: no broker connection"), {}
     try:
-        replies = app.control.ping(timeout=PING_TIMEOUT) or []
+        replies = app.control.inspect(timeout=INSPECT_TIMEOUT).active_queues() or {}
     except Exception as exc:
         return Check(
             "workers",
             "fail",
-            f"ping failed: {_first_line(exc)}",
+            f"asking the workers failed: {_first_line(exc)}",
             fix="check the broker, then start a worker",
-        )
-    names = sorted(name for reply in replies for name in reply)
-    if not names:
-        mods = ",".join(settings.workflows) or "your.workflows"
+        ), {}
+    queues = {
+        name: sorted(str(q.get("name")) for q in (reply or []) if isinstance(q, dict))
+        for name, reply in replies.items()
+    }
+    if not queues:
         return Check(
             "workers",
             "fail",
-            f"no worker answered a ping within {PING_TIMEOUT:g} s",
-            fix=f"start one: FLUX_WORKFLOWS={mods} celery -A fluxcelery worker -l INFO",
-        )
+            f"no worker answered within {INSPECT_TIMEOUT:g} s, so nothing consumes the step "
+            f"queue {queue!r}",
+            fix=f"start one: {_worker_command(settings, queue)}",
+        ), {}
+    names = sorted(queues)
     return Check(
-        "workers", "ok", f"{len(names)} alive: {', '.join(names)}", data={"workers": names}
-    )
+        "workers", "ok", f"{len(names)} alive: {', '.join(names)}", data={"workers": queues}
+    ), queues
+
+
+def _worker_command(settings: Settings, queue: str) -> str:
+    mods = ",".join(settings.workflows) or "your.workflows"
+    return f"FLUX_WORKFLOWS={mods} FLUX_QUEUE={queue} celery -A fluxcelery worker -l INFO"
+
+
+def step_queue(settings: Settings, app: Any) -> tuple[str, str]:
+    """The queue step tasks are sent to, and where that name comes from."""
+    queue = str(app.conf.task_default_queue) if app is not None else "flux"
+    if "task_default_queue" in settings.celery:
+        return queue, f"task_default_queue in {config_module()[0]}"
+    return queue, "FLUX_QUEUE" if os.environ.get("FLUX_QUEUE") else "the default"
+
+
+def check_queue(
+    settings: Settings,
+    queue: str,
+    source: str,
+    queues: Mapping[str, Sequence[str]],
+    broker_ok: bool,
+) -> tuple[Check, list[str]]:
+    """Some live worker consumes the step queue; else every run waits there for good."""
+    if not queues:
+        why = "no worker answered" if broker_ok else "no broker connection"
+        return Check("queue", "skip", f"{queue!r} ({source}): not checked, {why}"), []
+    consumers = sorted(name for name, names in queues.items() if queue in names)
+    if consumers:
+        return Check(
+            "queue",
+            "ok",
+            f"{queue!r} ({source}) consumed by {', '.join(consumers)}",
+            data={"queue": queue, "consumers": consumers},
+        ), consumers
+    others = "; ".join(f"{name}: {', '.join(queues[name]) or 'none'}" for name in sorted(queues))
+    return Check(
+        "queue",
+        "fail",
+        f"no live worker consumes the step queue {queue!r} ({source}); they consume: {others}",
+        fix=f"start a worker on it ({_worker_command(settings, queue)}), or set FLUX_QUEUE to "
+        "the queue the workers consume",
+        data={"queue": queue, "consumers": [], "workers": dict(queues)},
+    ), []
+
+
+def expected_tasks(wf: Any) -> list[str]:
+    """The Celery task names a worker registers for ``wf``: one per step, one per
+    compensation (see ``celery.tasks.register_workflow``)."""
+
+    names = []
+    for step in wf.freeze().steps:
+        names.append(step_task_name(wf.name, step.name))
+        if step.compensate is not None:
+            names.append(compensate_task_name(wf.name, step.name))
+    return names
+
+
+def check_tasks(
+    app: Any, queue: str, consumers: Sequence[str], registered: Callable[[], Mapping[str, Any]]
+) -> list[Check]:
+    """The workers on the step queue have the tasks of every registered workflow (a worker
+    without them rejects the message as an unregistered task): one line per workflow."""
+    if not consumers:
+        return [Check("tasks", "skip", f"not checked: no worker consumes {queue!r}")]
+    try:
+        inspect = app.control.inspect(
+            timeout=INSPECT_TIMEOUT, destination=list(consumers), limit=len(consumers)
+        )
+        replies = inspect.registered() or {}
+    except Exception as exc:
+        return [Check("tasks", "fail", f"asking the workers failed: {_first_line(exc)}")]
+    have = {name: {str(t).split(" ", 1)[0] for t in tasks or []} for name, tasks in replies.items()}
+    silent = sorted(set(consumers) - set(have))
+    problems: list[Check] = []
+    checked = 0
+    for name, wf in sorted(registered().items()):
+        try:
+            wanted = expected_tasks(wf)
+        except Exception:
+            continue  # a definition without steps: reported by the workflows check
+        checked += 1
+        lacking = {w: [t for t in wanted if t not in tasks] for w, tasks in sorted(have.items())}
+        lacking = {w: missing for w, missing in lacking.items() if missing}
+        if not lacking:
+            continue
+        missing = sorted({t for ts in lacking.values() for t in ts})
+        shown = ", ".join(missing[:3]) + (", …" if len(missing) > 3 else "")
+        problems.append(
+            Check(
+                "tasks",
+                "fail",
+                f"workflow {name!r}: {len(missing)} of its {len(wanted)} task(s) missing on "
+                f"{', '.join(lacking)} (consuming {queue!r}): {shown}",
+                fix="list its module in FLUX_WORKFLOWS on those workers and restart them",
+                data={"workflow": name, "missing": lacking},
+            )
+        )
+    if silent:
+        problems.append(
+            Check(
+                "tasks",
+                "warn",
+                f"{', '.join(silent)} did not list their tasks within {INSPECT_TIMEOUT:g} s",
+            )
+        )
+    if problems:
+        return problems
+    return [
+        Check(
+            "tasks",
+            "ok",
+            f"the {len(have)} worker(s) on {queue!r} have the tasks of all {checked} registered "
+            "workflow(s)",
+            data={"workflows": checked, "workers": sorted(have)},
+        )
+    ]
 
 
 def check_workflows(
@@ -369,8 +519,18 @@ def run_checks(
     guest = check_guest_account(settings.broker_url)
     if guest is not None:
         checks.append(guest)
-    checks.append(check_workers(settings, app, broker.status == "ok"))
-    checks.append(check_workflows(import_modules, registered))
+    queue, source = step_queue(settings, app)
+    broker_ok = broker.status == "ok"
+    workers, queues = check_workers(settings, app, broker_ok, queue)
+    checks.append(workers)
+    workflows = check_workflows(import_modules, registered)  # imports them: tasks needs them
+    if not settings.embedded:
+        queue_check, consumers = check_queue(settings, queue, source, queues, broker_ok)
+        checks.append(queue_check)
+        checks.append(workflows)
+        checks.extend(check_tasks(app, queue, consumers, registered))
+    else:
+        checks.append(workflows)
     for optional in (check_step_timeouts(settings, registered), check_otel(settings)):
         if optional is not None:
             checks.append(optional)

@@ -15,8 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import ops
-from .cli_context import (
+from .. import ops
+from ..core.builder import registered_workflows
+from ..settings import load_settings
+from ..storage.migrate import head_revision
+from ..storage.migrate import upgrade as migrate
+from ..storage.sql import SqlStorage, redact_url
+from ..trace.event import EVENT_TYPES
+from .consume import consume_command
+from .context import (
     BUNDLED,
     EXIT_FAILED,
     EXIT_OK,
@@ -28,14 +35,15 @@ from .cli_context import (
     json_option,
     load_extension,
     parse_choices,
+    parse_json_object,
     parse_json_option,
     pass_cli,
     print_result,
     run,
 )
-from .cli_upkeep import prune, recover
-from .settings import load_settings
-from .trace.event import EVENT_TYPES
+from .doctor import check_broker, run_checks
+from .render import check_line, counts_text, run_view, runs_table, terminal_safe, trace_table
+from .upkeep import prune, recover
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -65,7 +73,8 @@ class FluxGroup(click.Group):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
-        code = run(self, list(sys.argv[1:] if args is None else args), prog_name or "fluxcelery")
+        argv = list(sys.argv[1:] if args is None else args)
+        code = run(self, argv, prog_name or "fluxcelery", **extra)
         if standalone_mode:
             sys.exit(code)
         return code
@@ -99,7 +108,8 @@ def cli(ctx: click.Context, db: str | None, broker: str | None, workflows: str |
       fluxcelery runs --status failed
       fluxcelery --json show 3f2a9c1e-0d5b-4a51-9a57-2f6f1c0e8b11
 
-    Exit codes: 0 ok, 1 operation failed, 2 usage error.
+    A RUN_ID may be any unique prefix of 4 or more characters, such as the short ids
+    tables show. Exit codes: 0 ok, 1 operation failed, 2 usage error.
     """
     obj = ctx.ensure_object(Cli)
     obj.db, obj.broker, obj.workflows = db, broker, workflows
@@ -123,8 +133,9 @@ def demo(cli_obj: Cli, demo_db: str | None) -> int:
       fluxcelery demo
       fluxcelery demo --db postgresql+psycopg://postgres@127.0.0.1:5432/test
     """
+    # Imported here, not at the top: importing it registers the demo workflow, which
+    # every other command (doctor's worker check, runs, ...) would then count as defined.
     from . import demo as demo_mod
-    from .storage.sql import redact_url
 
     db = demo_db or cli_obj.db or demo_mod.DEFAULT_DB
     # The hints name --db only when a plain `fluxcelery retry` would look elsewhere.
@@ -181,7 +192,8 @@ def run_cmd(
 
     On workers (the default with a real broker) it prints the run id, or waits with
     --wait. With --local, or the embedded memory:// broker, it runs here and prints the
-    result. A run that ends failed, rolled_back or cancelled exits 1.
+    result. The input must be a JSON object. A run that ends failed, rolled_back or
+    cancelled exits 1.
 
     \b
     Examples:
@@ -189,7 +201,7 @@ def run_cmd(
       fluxcelery run order --input @order.json --wait --timeout 120
       fluxcelery run order --input '{"sku": "A1"}' --local
     """
-    payload = parse_json_option("--input", input_text)
+    payload = parse_json_object("--input", input_text)
     cli_obj.import_workflows()
     if workflow_name in BUNDLED:
         importlib.import_module(BUNDLED[workflow_name])
@@ -197,12 +209,11 @@ def run_cmd(
     wf = engine.workflow(workflow_name)
     if local or cli_obj.settings.embedded:
         return print_result(cli_obj, engine.execute(wf, payload))
-    from .cli_doctor import check_broker
 
     # Check first: a run stored but never enqueued would wait for `recover`.
     broker = check_broker(cli_obj.settings, cli_obj.app())
     if broker.status == "fail":
-        raise CliError(broker.detail, code="broker_unreachable")
+        raise CliError(f"{broker.detail} ({broker.fix})", code="broker_unreachable")
     handle = engine.start(wf, payload)
     if wait:
         return print_result(cli_obj, handle.get(timeout=timeout))
@@ -237,7 +248,6 @@ def runs(
     counts = ops.status_counts(engine, workflow=workflow)
 
     def render(console: Console) -> None:
-        from .cli_render import counts_text, runs_table
 
         console.print(counts_text(counts))
         if rows:
@@ -255,13 +265,16 @@ def runs(
 @json_option
 @pass_cli
 def show(cli_obj: Cli, run_id: str, trace_limit: int) -> int:
-    """Show one run: its header, a table of its steps, and its trace events.
+    """Show one run: its header, a table of its steps, the traceback of a failed step, and
+    its trace events. RUN_ID may be a unique prefix (the short id of `fluxcelery runs`).
 
     \b
-    Example:
+    Examples:
       fluxcelery show 3f2a9c1e-0d5b-4a51-9a57-2f6f1c0e8b11
+      fluxcelery show 3f2a9c1e
     """
     engine = cli_obj.engine()
+    run_id = cli_obj.resolve_run_id(run_id)
     try:
         cli_obj.definitions_for(run_id)  # only to show the definition; reading needs none
     except CliError:
@@ -269,7 +282,6 @@ def show(cli_obj: Cli, run_id: str, trace_limit: int) -> int:
     detail = ops.run_detail(engine, run_id, trace_limit=trace_limit)
 
     def render(console: Console) -> None:
-        from .cli_render import run_view
 
         console.print(run_view(detail))
 
@@ -311,7 +323,7 @@ def trace_list(
 
     \b
     Examples:
-      fluxcelery trace list --run 3f2a9c1e-0d5b-4a51-9a57-2f6f1c0e8b11
+      fluxcelery trace list --run 3f2a9c1e
       fluxcelery trace list --workflow order --type step:retry,step:error --limit 50
       fluxcelery trace list --status failed --json
     """
@@ -320,6 +332,8 @@ def trace_list(
     )
     type_list = parse_choices(types, EVENT_TYPES, "--type")
     engine = cli_obj.engine()
+    if run_id is not None:
+        run_id = cli_obj.resolve_run_id(run_id)
     rows = ops.trace_rows(
         engine.traces(
             run_id=run_id,
@@ -336,10 +350,9 @@ def trace_list(
         rows.reverse()  # the latest page, read top to bottom in time order
 
     def render(console: Console) -> None:
-        from .cli_render import trace_table
 
         if rows:
-            console.print(trace_table(rows))
+            console.print(trace_table(rows, with_run=run_id is None))
         else:
             console.print("no trace events match", style="dim")
 
@@ -379,8 +392,9 @@ def retry(
     \b
     Examples:
       fluxcelery retry 3f2a9c1e-0d5b-4a51-9a57-2f6f1c0e8b11
-      fluxcelery retry 3f2a9c1e-0d5b-4a51-9a57-2f6f1c0e8b11 --step charge --wait
+      fluxcelery retry 3f2a9c1e --step charge --wait
     """
+    run_id = cli_obj.resolve_run_id(run_id)
     cli_obj.definitions_for(run_id)
     handle = cli_obj.engine().retry(run_id, from_step=step, force=force)
     return follow_run(cli_obj, handle, "retried", wait, timeout)
@@ -408,9 +422,10 @@ def signal(
     \b
     Examples:
       fluxcelery signal 3f2a9c1e-0d5b-4a51-9a57-2f6f1c0e8b11 approval --payload '{"by": "ann"}'
-      fluxcelery signal 3f2a9c1e-0d5b-4a51-9a57-2f6f1c0e8b11 approval --payload @approval.json
+      fluxcelery signal 3f2a9c1e approval --payload @approval.json
     """
     value = parse_json_option("--payload", payload)
+    run_id = cli_obj.resolve_run_id(run_id)
     cli_obj.definitions_for(run_id)
     handle = cli_obj.engine().signal(run_id, name, value, force=force)
     return follow_run(cli_obj, handle, f"signal {name!r} delivered", wait, timeout)
@@ -426,11 +441,19 @@ def cancel(cli_obj: Cli, run_id: str, reason: str) -> int:
 
     \b
     Example:
-      fluxcelery cancel 3f2a9c1e-0d5b-4a51-9a57-2f6f1c0e8b11 --reason "customer asked"
+      fluxcelery cancel 3f2a9c1e --reason "customer asked"
     """
+    run_id = cli_obj.resolve_run_id(run_id)
     state = cli_obj.engine().cancel(run_id, reason=reason)
     row = ops.run_row(state)
-    cli_obj.out(row, lambda c: c.print(f"run {run_id} cancelled: {reason}", highlight=False))
+
+    def render(console: Console) -> None:
+        from rich.text import Text
+
+        line = f"run {terminal_safe(run_id)} cancelled: {terminal_safe(reason)}"
+        console.print(Text(line))
+
+    cli_obj.out(row, render)
     return EXIT_OK
 
 
@@ -443,18 +466,17 @@ cli.add_command(prune)
 @json_option
 @pass_cli
 def doctor(cli_obj: Cli) -> int:
-    """Check settings, database, migrations, broker, workers and workflows.
+    """Check settings, database, migrations, broker, workers, the step queue and workflows.
 
-    One line per check; exit 1 if any check fails (each failure names a fix).
+    One line per check; exit 1 if any check fails (each failure names a fix): no live
+    worker consumes the step queue (FLUX_QUEUE), or the workers on it lack the tasks of a
+    registered workflow. With the embedded memory:// broker there are no workers to ask.
 
     \b
     Examples:
       fluxcelery doctor
       fluxcelery --broker amqp://guest:guest@127.0.0.1:5672// --db sqlite:///.flux/flux.db doctor
     """
-    from .builder import registered_workflows
-    from .cli_doctor import run_checks
-    from .cli_render import check_line
 
     settings = cli_obj.settings
     app = None if settings.embedded else cli_obj.app()
@@ -489,9 +511,6 @@ def upgrade(cli_obj: Cli) -> int:
     Example:
       fluxcelery --db postgresql+psycopg://postgres@127.0.0.1:5432/test db upgrade
     """
-    from .storage.migrate import head_revision
-    from .storage.migrate import upgrade as migrate
-    from .storage.sql import SqlStorage, redact_url
 
     url = cli_obj.settings.database_url
     storage = SqlStorage(url, auto_migrate=False)
@@ -562,27 +581,7 @@ def flower(cli_obj: Cli, flower_args: tuple[str, ...]) -> int:
     return int(code or 0)
 
 
-@cli.command(
-    context_settings={
-        "ignore_unknown_options": True,
-        "allow_extra_args": True,
-        "help_option_names": [],
-    },
-)
-@click.argument("consume_args", nargs=-1, type=click.UNPROCESSED)
-@pass_cli
-def consume(cli_obj: Cli, consume_args: tuple[str, ...]) -> int:
-    """AMQP ingress: each message on --queue starts one run of --workflow; malformed
-    messages go to <queue>.dlq with the reason in their headers.
-
-    \b
-    Examples:
-      fluxcelery consume --queue orders.workflow --workflow order-fulfillment
-      fluxcelery consume --help
-    """
-    consume_main = load_extension("fluxcelery.ingress", "main", "the AMQP ingress")
-    cli_obj.export_env()  # the group's --db/--broker/--workflows apply
-    return int(consume_main(list(consume_args)) or 0)
+cli.add_command(consume_command)
 
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "cli", "main"]

@@ -1,19 +1,29 @@
 """Readable terminal output for the ``fluxcelery`` command (rich tables and lines).
 
 Kept apart from ``cli.py`` so that command wiring and presentation change for different
-reasons. Every value shown comes from the read models in ``ops.py`` (already redacted);
-user strings are wrapped in ``Text`` so that brackets in an error are never read as markup.
+reasons. Every value shown comes from the read models in ``ops.py`` (already redacted).
+Text from storage goes through ``terminal_safe`` (a run's error must not be able to colour,
+move or clear the terminal) and into ``Text`` (brackets in an error are never read as
+markup). Tables fit the width they are rendered at: every cell stays on one line, cut with
+"…", and a narrow terminal gets fewer columns; ``--json`` has everything in full.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from rich.cells import cell_len
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.console import ConsoleOptions, JustifyMethod, RenderResult
 
 STATUS_STYLES = {
     "completed": "green",
@@ -33,12 +43,51 @@ CHECK_MARKS = {
     "ok": ("✓", "green"),
     "fail": ("✗", "red"),
     "warn": ("!", "yellow"),
+    "info": ("i", "cyan"),
     "skip": ("-", "dim"),
 }
+#: A shrinkable column (workflow, step, error) keeps at least this many characters: below
+#: that, a table drops its optional columns instead (see ``FitTable``).
+MIN_FLEX = 12
+#: Characters between two columns (" │ ").
+GAP = 3
+
+# C0 and C1 controls (ESC, CR, BEL, CSI…) and the bidirectional overrides that reorder text.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\t": "\\t", "\r": "\\r", "\n": "\\n"}
+_LINE_BREAK = re.compile(r"[ \t]*\r?\n[ \t]*")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def terminal_safe(value: Any, *, multiline: bool = False) -> str:
+    """``value`` as text that cannot drive the terminal: control characters are shown
+    escaped (``\\x1b``, ``\\r``). On one line (line breaks become a space) unless
+    ``multiline``, where only ``\\n`` is kept. Not for ``--json``, which JSON escapes."""
+    text = "" if value is None else str(value)
+    if multiline:
+        lines = text.replace("\r\n", "\n").expandtabs(4).split("\n")
+        return "\n".join(_CONTROLS.sub(_escape, line) for line in lines)
+    return _CONTROLS.sub(_escape, _LINE_BREAK.sub(" ", text.strip(" \t\n")).replace("\t", " "))
+
+
+def short_id(run_id: str) -> str:
+    """A run id as tables show it: the first 8 characters of a UUID (like a short git
+    hash); another id whole up to 12 characters, else its first 11 and "…". Any unique
+    prefix is accepted where a RUN_ID is taken."""
+    if _UUID.match(run_id):
+        return run_id[:8]
+    return run_id if len(run_id) <= 12 else run_id[:11] + "…"
 
 
 def make_console(stderr: bool = False) -> Console:
-    """A console for stdout; wide when piped, so ids in tables are never cut."""
+    """A console as wide as the terminal (or ``COLUMNS``); 200 wide when piped, so that
+    ``grep`` sees whole cells."""
     width = None
     if not os.environ.get("COLUMNS"):
         probe = Console(stderr=stderr)
@@ -48,8 +97,8 @@ def make_console(stderr: bool = False) -> Console:
 
 
 def status_text(status: str | None) -> Text:
-    value = status or ""
-    return Text(value, style=STATUS_STYLES.get(value, ""))
+    value = terminal_safe(status)
+    return Text(value, style=STATUS_STYLES.get(value, ""), no_wrap=True, overflow="ellipsis")
 
 
 def fmt_ms(ms: int | float | None) -> str:
@@ -63,18 +112,74 @@ def fmt_ms(ms: int | float | None) -> str:
 
 
 def fmt_ts(value: str | None) -> str:
-    """ISO 8601 as ``YYYY-MM-DD HH:MM:SS.mmm`` (UTC), short enough for a table cell."""
+    """ISO 8601 as ``YYYY-MM-DD HH:MM:SS.mmm`` (UTC)."""
     if not value:
         return ""
     text = value.replace("T", " ").replace("Z", "").split("+")[0]
     if "." in text:
         head, frac = text.split(".", 1)
         text = f"{head}.{frac[:3]}"
-    return text
+    return terminal_safe(text)
+
+
+def _seconds(value: str | None) -> str:
+    return fmt_ts(value)[:19]  # YYYY-MM-DD HH:MM:SS
+
+
+def _minutes(value: str | None) -> str:
+    return fmt_ts(value)[5:16]  # MM-DD HH:MM
+
+
+def _time(value: str | None) -> str:
+    return fmt_ts(value)[11:]  # HH:MM:SS.mmm
 
 
 def _cell(value: Any) -> Text:
-    return Text("" if value is None else str(value))
+    return Text(terminal_safe(value), no_wrap=True, overflow="ellipsis")
+
+
+# -- tables that fit ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Col:
+    """One column: its header, how a row becomes its cell, and whether it may shrink."""
+
+    header: str
+    cell: Callable[[Mapping[str, Any]], Text]
+    flexible: bool = False
+    justify: JustifyMethod = "left"
+
+
+class FitTable:
+    """A table laid out at render time for the width it gets: the first layout whose fixed
+    columns leave ``MIN_FLEX`` characters to each flexible one (else the last, narrowest
+    layout). Flexible columns shrink, widest first, and cut their cells with "…"."""
+
+    def __init__(self, layouts: Sequence[Sequence[Col]], rows: Sequence[Mapping[str, Any]]):
+        self.layouts = layouts
+        self.rows = rows
+
+    def build(self, width: int) -> Table:
+        for cols in self.layouts:
+            cells = [[c.cell(r) for c in cols] for r in self.rows]
+            fixed = [
+                max([cell_len(c.header), *(cell_len(row[i].plain) for row in cells)])
+                for i, c in enumerate(cols)
+            ]
+            need = sum(
+                MIN_FLEX if c.flexible else w for c, w in zip(cols, fixed, strict=True)
+            ) + GAP * (len(cols) - 1)
+            if need <= width:
+                break
+        table = Table(show_edge=False, pad_edge=False, header_style="bold")
+        for c in cols:
+            header = Text(c.header, no_wrap=True, overflow="ellipsis")
+            table.add_column(header, no_wrap=not c.flexible, justify=c.justify)
+        for row in cells:
+            table.add_row(*row)
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.build(options.max_width)
 
 
 def counts_text(counts: Mapping[str, int]) -> Text:
@@ -88,92 +193,138 @@ def counts_text(counts: Mapping[str, int]) -> Text:
     return text
 
 
-def runs_table(rows: Sequence[Mapping[str, Any]]) -> Table:
-    table = Table(show_edge=False, pad_edge=False, header_style="bold")
-    for col in ("id", "workflow", "status", "step", "progress", "created", "duration", "error"):
-        table.add_column(col, no_wrap=col in ("id", "created"), overflow="fold")
-    for r in rows:
-        version = f" v{r['version']}" if r.get("version") else ""
-        table.add_row(
-            _cell(r["id"]),
-            _cell(f"{r['workflow']}{version}"),
-            status_text(r["status"]),
-            _cell(r.get("current_step") if r["status"] not in ("completed",) else ""),
-            _cell(f"{r['steps_done']}/{r['steps_total']}"),
-            _cell(fmt_ts(r.get("created_at"))),
-            _cell(fmt_ms(r.get("duration_ms"))),
-            _cell(r.get("error")),
-        )
-    return table
+def _workflow(r: Mapping[str, Any]) -> Text:
+    version = r.get("version")
+    return _cell(f"{r['workflow']} v{version}" if version else r["workflow"])
 
 
-def steps_table(steps: Sequence[Mapping[str, Any]]) -> Table:
-    table = Table(show_edge=False, pad_edge=False, header_style="bold")
-    for col in ("#", "name", "kind", "status", "attempts", "duration", "task_id", "error"):
-        table.add_column(col, overflow="fold", justify="right" if col in ("#",) else "left")
-    for s in steps:
-        attempts = str(s.get("attempts") or 0)
-        if s.get("compensation_attempts"):
-            attempts += f" (undo {s['compensation_attempts']})"
-        waiting = f"waiting for {s['waiting_for']!r}" if s.get("status") == "suspended" else None
-        table.add_row(
-            _cell(s.get("index")),
-            _cell(s.get("name")),
-            _cell(s.get("kind")),
-            status_text(s.get("status")),
-            _cell(attempts),
-            _cell(fmt_ms(s.get("duration_ms"))),
-            _cell(s.get("task_id")),
-            _cell(s.get("error") or waiting),
-        )
-    return table
+def _progress(r: Mapping[str, Any]) -> Text:
+    return _cell(f"{r['steps_done']}/{r['steps_total']}")
 
 
-def trace_table(rows: Sequence[Mapping[str, Any]], *, with_run: bool = True) -> Table:
-    table = Table(show_edge=False, pad_edge=False, header_style="bold")
-    cols = ["ts"]
-    if with_run:
-        cols += ["run", "workflow"]
-    cols += ["type", "step", "attempt", "status", "duration", "error"]
-    for col in cols:
-        table.add_column(col, no_wrap=col in ("ts", "run", "type"), overflow="fold")
-    for e in rows:
-        attempt = ""
-        if e.get("attempt") is not None:
-            attempt = str(e["attempt"])
-            if e.get("max_attempts"):
-                attempt += f"/{e['max_attempts']}"
-        cells: list[Text] = [_cell(fmt_ts(e.get("ts")))]
-        if with_run:
-            cells += [_cell(e.get("run_id")), _cell(e.get("workflow"))]
-        cells += [
-            _cell(e.get("type")),
-            _cell(e.get("step")),
-            _cell(attempt),
-            status_text(e.get("status")),
-            _cell(fmt_ms(e.get("duration_ms"))),
-            _cell(e.get("error")),
-        ]
-        table.add_row(*cells)
-    return table
+def _current_step(r: Mapping[str, Any]) -> Text:
+    return _cell(r.get("current_step") if r["status"] != "completed" else "")
 
 
+_RUN_ID = Col("id", lambda r: _cell(short_id(str(r["id"]))))
+_RUN_STATUS = Col("status", lambda r: status_text(r["status"]))
+_RUNS_WIDE = (
+    _RUN_ID,
+    Col("workflow", _workflow, flexible=True),
+    _RUN_STATUS,
+    Col("step", _current_step, flexible=True),
+    Col("steps", _progress),
+    Col("created", lambda r: _cell(_seconds(r.get("created_at")))),
+    Col("duration", lambda r: _cell(fmt_ms(r.get("duration_ms")))),
+    Col("error", lambda r: _cell(r.get("error")), flexible=True),
+)
+_RUNS_MEDIUM = (
+    _RUN_ID,
+    Col("workflow", _workflow, flexible=True),
+    _RUN_STATUS,
+    Col("step", _current_step, flexible=True),
+    Col("created", lambda r: _cell(_minutes(r.get("created_at")))),
+    Col("error", lambda r: _cell(r.get("error")), flexible=True),
+)
+_RUNS_NARROW = tuple(c for c in _RUNS_MEDIUM if c.header != "created")
+
+
+def runs_table(rows: Sequence[Mapping[str, Any]]) -> FitTable:
+    """Runs with short ids: every column from ~110 terminal columns; below, without steps
+    done and duration, then (80 columns) without the creation time."""
+    return FitTable((_RUNS_WIDE, _RUNS_MEDIUM, _RUNS_NARROW), rows)
+
+
+def _attempts(s: Mapping[str, Any]) -> Text:
+    attempts = str(s.get("attempts") or 0)
+    if s.get("compensation_attempts"):
+        attempts += f" (undo {s['compensation_attempts']})"
+    return _cell(attempts)
+
+
+def _step_error(s: Mapping[str, Any]) -> Text:
+    if s.get("error"):
+        return _cell(s["error"])
+    if s.get("status") == "suspended":
+        return _cell(f"waiting for '{terminal_safe(s.get('waiting_for'))}'")
+    return _cell(None)
+
+
+_STEP_HEAD = (
+    Col("#", lambda s: _cell(s.get("index")), justify="right"),
+    Col("name", lambda s: _cell(s.get("name")), flexible=True),
+    Col("kind", lambda s: _cell(s.get("kind"))),
+    Col("status", lambda s: status_text(s.get("status"))),
+    Col("attempts", _attempts),
+    Col("duration", lambda s: _cell(fmt_ms(s.get("duration_ms")))),
+)
+_STEP_ERROR = Col("error", _step_error, flexible=True)
+
+
+def steps_table(steps: Sequence[Mapping[str, Any]]) -> FitTable:
+    """A run's steps; the Celery task ids only where they fit."""
+    task_id = Col("task_id", lambda s: _cell(s.get("task_id")))
+    return FitTable(((*_STEP_HEAD, task_id, _STEP_ERROR), (*_STEP_HEAD, _STEP_ERROR)), steps)
+
+
+def _attempt(e: Mapping[str, Any]) -> Text:
+    if e.get("attempt") is None:
+        return _cell(None)
+    attempt = str(e["attempt"])
+    if e.get("max_attempts"):
+        attempt += f"/{e['max_attempts']}"
+    return _cell(attempt)
+
+
+def trace_table(rows: Sequence[Mapping[str, Any]], *, with_run: bool = True) -> FitTable:
+    """Trace events; narrow: time of day, no workflow, status or duration columns."""
+    run = (Col("run", lambda e: _cell(short_id(str(e.get("run_id") or "")))),)
+    workflow = (Col("workflow", lambda e: _cell(e.get("workflow")), flexible=True),)
+    type_ = Col("type", lambda e: _cell(e.get("type")))
+    step = Col("step", lambda e: _cell(e.get("step")), flexible=True)
+    attempt = Col("attempt", _attempt)
+    status = Col("status", lambda e: status_text(e.get("status")))
+    duration = Col("duration", lambda e: _cell(fmt_ms(e.get("duration_ms"))))
+    error = Col("error", lambda e: _cell(e.get("error")), flexible=True)
+    wide = (
+        Col("ts", lambda e: _cell(fmt_ts(e.get("ts")))),
+        *(run + workflow if with_run else ()),
+        type_,
+        step,
+        attempt,
+        status,
+        duration,
+        error,
+    )
+    narrow = (
+        Col("ts", lambda e: _cell(_time(e.get("ts")))),
+        *(run if with_run else ()),
+        type_,
+        step,
+        attempt,
+        *(() if with_run else (status,)),
+        error,
+    )
+    return FitTable((wide, narrow), rows)
+
+
+# -- a run --------------------------------------------------------------------------------
 def run_header(run: Mapping[str, Any]) -> Text:
     """Who, what state, when, and why it failed: the lines above a run's steps."""
     version = f" v{run['workflow_version']}" if run.get("workflow_version") else ""
     text = Text()
-    text.append(f"Run {run['id']}", style="bold")
-    text.append(f"  {run['workflow']}{version}  ")
+    text.append(f"Run {terminal_safe(run['id'])}", style="bold")
+    text.append(f"  {terminal_safe(str(run['workflow']) + version)}  ")
     text.append_text(status_text(run["status"]))
-    text.append(f"  ({run.get('executor', 'local')})\n")
+    text.append(f"  ({terminal_safe(run.get('executor', 'local'))})\n")
     text.append(f"created {fmt_ts(run.get('created_at'))}")
     if run.get("finished_at"):
         text.append(f"  finished {fmt_ts(run['finished_at'])}")
     if run.get("duration_ms") is not None:
-        text.append(f"  duration {fmt_ms(run['duration_ms'])}")
+        text.append(f"  ({fmt_ms(run['duration_ms'])})")  # the line fits 80 columns
     if run.get("error"):
         text.append("\nerror: ", style="red")
-        text.append(str(run["error"]))
+        text.append(terminal_safe(run["error"], multiline=True))
     definition = run.get("definition")
     if definition is not None and not definition.get("matches_run", True):
         text.append(
@@ -185,22 +336,33 @@ def run_header(run: Mapping[str, Any]) -> Text:
 
 
 def json_line(label: str, value: Any) -> Text:
-    import json
-
     text = Text()
     text.append(f"{label}: ", style="bold")
-    text.append(json.dumps(value, ensure_ascii=False, default=str))
+    text.append(terminal_safe(json.dumps(value, ensure_ascii=False, default=str)))
     return text
 
 
+def tracebacks(steps: Sequence[Mapping[str, Any]]) -> list[Text]:
+    """The traceback of each step that kept one (its failing attempt's), escaped."""
+    out = []
+    for s in steps:
+        if s.get("traceback"):
+            text = Text(f"\nTraceback of step '{terminal_safe(s.get('name'))}':\n", style="bold")
+            text.append(terminal_safe(str(s["traceback"]).rstrip(), multiline=True))
+            out.append(text)
+    return out
+
+
 def run_view(run: Mapping[str, Any], *, trace: bool = True) -> Group:
-    """A run's header, input, data, steps table and (optionally) its trace."""
+    """A run's header, input, data, steps table, tracebacks and (optionally) its trace."""
+    steps = run.get("steps", [])
     parts: list[Any] = [run_header(run)]
     parts.append(json_line("input", run.get("input")))
     if run.get("data"):
         parts.append(json_line("data", run["data"]))
     parts.append(Text(""))
-    parts.append(steps_table(run.get("steps", [])))
+    parts.append(steps_table(steps))
+    parts.extend(tracebacks(steps))
     if trace and run.get("traces") is not None:
         parts.append(Text(f"\ntrace ({len(run['traces'])} events)", style="bold"))
         parts.append(trace_table(run["traces"], with_run=False))
@@ -211,11 +373,11 @@ def check_line(name: str, status: str, detail: str, fix: str | None) -> Text:
     mark, style = CHECK_MARKS.get(status, ("?", ""))
     text = Text(f"{mark} ", style=style)
     text.append(f"{name:<12}", style="bold")
-    text.append(detail)
+    text.append(terminal_safe(detail))
     if fix:
-        text.append(f" — fix: {fix}", style="yellow" if status != "fail" else "red")
+        text.append(f" — fix: {terminal_safe(fix)}", style="yellow" if status != "fail" else "red")
     return text
 
 
 def bullet_lines(lines: Iterable[str]) -> Text:
-    return Text("\n".join(f"  {line}" for line in lines))
+    return Text("\n".join(f"  {terminal_safe(line)}" for line in lines))

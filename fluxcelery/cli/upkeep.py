@@ -8,8 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import ops
-from .cli_context import (
+from .. import ops
+from ..core.states import MOVING_RUN, values
+from ..handle import RunHandle
+from ..retention import FINISHED
+from .context import (
     BUNDLED,
     EXIT_OK,
     Cli,
@@ -18,6 +21,7 @@ from .cli_context import (
     parse_duration,
     pass_cli,
 )
+from .render import runs_table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -45,18 +49,15 @@ def recover(cli_obj: Cli, older_than: float | None, limit: int, timeout: float) 
     cli_obj.import_workflows()
     engine = cli_obj.engine()
     for name, module in BUNDLED.items():
-        if engine.list(workflow=name, status=["pending", "running", "rolling_back"], limit=1):
+        if engine.list(workflow=name, status=list(values(MOVING_RUN)), limit=1):
             importlib.import_module(module)
     ids = engine.recover(older_than, limit=limit)
     if cli_obj.settings.embedded:  # this process is the worker: let the runs finish
-        from .handle import RunHandle
-
         for run_id in ids:
             RunHandle(engine, run_id).get(timeout=timeout)
     rows = [ops.run_row(s) for s in (engine.get(i) for i in ids) if s is not None]
 
     def render(console: Console) -> None:
-        from .cli_render import runs_table
 
         console.print(f"recovered {len(rows)} run(s)")
         if rows:
@@ -93,7 +94,6 @@ def prune(cli_obj: Cli, older_than: str, status: tuple[str, ...], dry_run: bool)
       fluxcelery prune --older-than 30d --dry-run
       fluxcelery prune --older-than 7d --status completed
     """
-    from .retention import FINISHED
 
     age = parse_duration(older_than, "--older-than")
     statuses = parse_choices(status, FINISHED, "--status") or list(FINISHED)

@@ -4,16 +4,18 @@ Flower has no plugin hook, so ``main`` does what ``celery flower`` does (``FLOWE
 variables, the ``--conf`` file, command-line options), builds Flower's application on the
 fluxcelery Celery app, then adds these routes ahead of Flower's catch-all:
 
-- ``/workflows``: runs with counts per status, a status and a workflow filter, paging;
+- ``/workflows``: runs with counts per status, filters (status, workflow name or prefix, run
+  id or prefix, creation time range) kept in the query string, paging;
 - ``/workflows/run/<run_id>``: a run's steps, each linked to Flower's ``/task/<task_id>``
-  page, and its trace events;
+  page, with the traceback of a failed step, and its trace events;
 - ``/api/flux/runs``, ``/api/flux/runs/<run_id>``, ``/api/flux/runs/<run_id>/traces`` and
   ``/api/flux/counts``: the same data as JSON (``fluxcelery.ops`` shapes).
 
 Pages obey Flower's ``--basic_auth``/``--auth`` options and ``--url_prefix``. Like Flower's
 own API, the JSON routes answer 401 unless authentication is configured or
 ``FLOWER_UNAUTHENTICATED_API=true`` is set. SQL reads run on Flower's executor, never on the
-IOLoop. Importing ``fluxcelery`` never imports this module (it needs the ``flower`` extra).
+IOLoop. Both pages have an auto-refresh switch (``?refresh=1``), off unless asked for.
+Importing ``fluxcelery`` never imports this module (it needs the ``flower`` extra).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
@@ -45,9 +47,11 @@ from tornado.options import Error as OptionsError
 from tornado.options import options as tornado_options
 from tornado.web import HTTPError, url
 
+from ..core.errors import RunNotFound
+from ..core.states import ACTIVE_RUN, values
+from ..defaults import default_app, default_engine
 from ..engine import FluxEngine
-from ..errors import RunNotFound
-from ..ops import RUN_STATUSES, list_runs, run_detail, status_counts, trace_rows
+from ..ops import RUN_STATUSES, RunFilter, find_runs, run_detail, status_counts, trace_rows
 
 __all__ = [
     "ChainLoader",
@@ -68,9 +72,14 @@ MAX_PAGE_SIZE = 500
 TRACE_LIMIT = 1000
 MAX_TRACE_LIMIT = 5000
 MAX_RUN_ID = 64
+MAX_NAME = 200
+#: Seconds between reloads when a page's auto-refresh switch is on.
+REFRESH_SECONDS = 5
+#: The filters of the runs list and ``/api/flux/runs`` (besides ``status``), in link order.
+FILTERS = ("workflow", "workflow_prefix", "run_id", "created_from", "created_to")
 
 #: Statuses of runs that have not settled for good (the "Active" card).
-ACTIVE = ("pending", "running", "suspended", "rolling_back")
+ACTIVE = values(ACTIVE_RUN)
 #: Bootstrap badge class per run or step status (Flower's own palette).
 BADGES = {
     "pending": "text-bg-secondary",
@@ -201,14 +210,24 @@ HELPERS: dict[str, Callable[..., Any]] = {
 }
 
 
+def parse_time(raw: str, name: str) -> datetime:
+    """``2025-06-01``, ``2025-06-01T12:00`` (a ``datetime-local`` input) or full ISO 8601;
+    a time without an offset is UTC, like every time the pages show."""
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise HTTPError(400, f"{name} must be an ISO 8601 time like 2025-06-01T12:00, got {raw!r}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def input_time(value: datetime | None) -> str:
+    """A UTC time as a ``datetime-local`` input's value (seconds only when not zero)."""
+    if value is None:
+        return ""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S" if value.second else "%Y-%m-%dT%H:%M")
+
+
 # -- reads (run on the executor) ------------------------------------------------------------
-def _runs_page(
-    engine: FluxEngine, workflow: str | None, statuses: list[str], limit: int, offset: int
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    runs = list_runs(engine, workflow=workflow, status=statuses or None, limit=limit, offset=offset)
-    return runs, status_counts(engine, workflow=workflow)
-
-
 def _detail(engine: FluxEngine, run_id: str) -> dict[str, Any] | None:
     try:
         return run_detail(engine, run_id, trace_limit=TRACE_LIMIT)
@@ -222,10 +241,6 @@ def _traces(
     if engine.get(run_id) is None:
         return None
     return trace_rows(engine.traces(run_id=run_id, limit=limit, offset=offset), engine)
-
-
-def _total(counts: Mapping[str, int], statuses: Sequence[str]) -> int:
-    return sum(counts.get(s, 0) for s in statuses) if statuses else sum(counts.values())
 
 
 # -- handlers -------------------------------------------------------------------------------
@@ -268,6 +283,32 @@ class FluxHandler(BaseHandler):
             )
         return list(dict.fromkeys(values))
 
+    def filter_args(self) -> tuple[RunFilter, dict[str, str]]:
+        """The runs filter from ``?workflow=&workflow_prefix=&run_id=&created_from=
+        &created_to=``, and the given values as text (for links and the form)."""
+        raw = {name: self.text_arg(name) for name in FILTERS}
+        for name in ("workflow", "workflow_prefix"):
+            if len(raw[name]) > MAX_NAME:
+                raise HTTPError(400, f"{name} is longer than {MAX_NAME} characters")
+        if len(raw["run_id"]) > MAX_RUN_ID:
+            raise HTTPError(400, f"run_id is longer than {MAX_RUN_ID} characters")
+        start, end = (
+            parse_time(raw[n], n) if raw[n] else None for n in ("created_from", "created_to")
+        )
+        if start is not None and end is not None and start >= end:
+            raise HTTPError(400, "created_from must be earlier than created_to")
+        where = RunFilter(
+            workflow=raw["workflow"] or None,
+            workflow_prefix=raw["workflow_prefix"] or None,
+            run_id=raw["run_id"] or None,
+            created_from=start,
+            created_to=end,
+        )
+        return where, raw
+
+    def refresh_arg(self) -> bool:
+        return self.text_arg("refresh") == "1"
+
     def checked_run_id(self, run_id: str) -> str:
         if not run_id or len(run_id) > MAX_RUN_ID:
             raise HTTPError(404, f"Unknown run {run_id[:MAX_RUN_ID]!r}")
@@ -283,18 +324,15 @@ class WorkflowsView(FluxHandler):
         if len(statuses) > 1:
             raise HTTPError(400, "the page filters on one status; the API takes several")
         status = statuses[0] if statuses else ""
-        workflow = self.text_arg("workflow")
+        where, given = self.filter_args()
+        refresh = self.refresh_arg()
         limit = self.int_arg("limit", PAGE_SIZE, 1, MAX_PAGE_SIZE)
         page = self.int_arg("page", 1, 1, 10**9)
         offset = (page - 1) * limit
-        runs, counts = await self.read(
-            "list runs", _runs_page, self.engine, workflow or None, statuses, limit, offset
-        )
-        total = _total(counts, statuses)
-        names = set(self.engine.workflows) | {r["workflow"] for r in runs}
 
         def page_url(**change: Any) -> str:
-            query = {"status": status, "workflow": workflow, "limit": limit, "page": page}
+            query: dict[str, Any] = {"status": status, **given, "limit": limit, "page": page}
+            query["refresh"] = "1" if refresh else ""
             query.update(change)
             if query["limit"] == PAGE_SIZE:
                 query["limit"] = ""
@@ -304,22 +342,37 @@ class WorkflowsView(FluxHandler):
             base = self.reverse_url("flux-workflows")
             return f"{base}?{urlencode(pairs)}" if pairs else base
 
+        if any(not v.strip() for vs in self.request.query_arguments.values() for v in vs):
+            self.redirect(page_url())  # the filter form's empty fields: a clean, linkable URL
+            return
+        found = await self.read("list runs", find_runs, self.engine, where, statuses, limit, offset)
+        names = set(self.engine.workflows) | {r["workflow"] for r in found.runs}
+        counts = found.counts
         self.render(
             "flux_workflows.html",
-            runs=runs,
+            runs=found.runs,
             counts=counts,
             statuses=RUN_STATUSES,
             status=status,
-            workflow=workflow,
-            workflow_names=sorted(names | ({workflow} if workflow else set())),
-            total=total,
+            given=given,
+            filtered=any(given.values()),
+            time_inputs={
+                "created_from": input_time(where.created_from),
+                "created_to": input_time(where.created_to),
+            },
+            workflow_names=sorted(names),
+            scanned=found.scanned,
+            truncated=found.truncated,
+            total=found.total,
             all_total=sum(counts.values()),
             active_total=sum(counts[s] for s in ACTIVE),
             failed_total=counts["failed"] + counts["rolled_back"],
             page=page,
-            pages=max(1, math.ceil(total / limit)),
+            pages=max(1, math.ceil(found.total / limit)),
             offset=offset,
             page_url=page_url,
+            refresh=refresh,
+            refresh_seconds=REFRESH_SECONDS,
             **HELPERS,
         )
 
@@ -340,6 +393,8 @@ class RunView(FluxHandler):
             workflow_url=self.reverse_url("flux-workflows")
             + "?"
             + urlencode({"workflow": detail["workflow"]}),
+            refresh=self.refresh_arg(),
+            refresh_seconds=REFRESH_SECONDS,
             **HELPERS,
         )
 
@@ -353,25 +408,26 @@ class FluxApiHandler(FluxHandler, BaseApiHandler):
 
 
 class RunsApi(FluxApiHandler):
-    """``GET /api/flux/runs?status=&workflow=&limit=&offset=``."""
+    """``GET /api/flux/runs?status=&workflow=&workflow_prefix=&run_id=&created_from=
+    &created_to=&limit=&offset=``."""
 
     @tornado.web.authenticated
     async def get(self) -> None:
         statuses = self.statuses_arg()
-        workflow = self.text_arg("workflow") or None
+        where, given = self.filter_args()
         limit = self.int_arg("limit", PAGE_SIZE, 1, MAX_PAGE_SIZE)
         offset = self.int_arg("offset", 0, 0, 10**12)
-        runs, counts = await self.read(
-            "list runs", _runs_page, self.engine, workflow, statuses, limit, offset
-        )
+        found = await self.read("list runs", find_runs, self.engine, where, statuses, limit, offset)
         self.write(
             {
-                "runs": runs,
-                "total": _total(counts, statuses),
+                "runs": found.runs,
+                "total": found.total,
                 "limit": limit,
                 "offset": offset,
                 "status": statuses or None,
-                "workflow": workflow,
+                **{name: value or None for name, value in given.items()},
+                "scanned": found.scanned,
+                "truncated": found.truncated,
             }
         )
 
@@ -403,13 +459,26 @@ class TracesApi(FluxApiHandler):
 
 
 class CountsApi(FluxApiHandler):
-    """``GET /api/flux/counts?workflow=``: runs per status."""
+    """``GET /api/flux/counts?workflow=&workflow_prefix=&run_id=&created_from=&created_to=``:
+    runs per status."""
 
     @tornado.web.authenticated
     async def get(self) -> None:
-        workflow = self.text_arg("workflow") or None
-        counts = await self.read("count runs", status_counts, self.engine, workflow)
-        self.write({"workflow": workflow, "counts": counts, "total": sum(counts.values())})
+        where, given = self.filter_args()
+        if where.scans:
+            found = await self.read("count runs", find_runs, self.engine, where, [], 0, 0)
+            counts, extra = found.counts, {"scanned": found.scanned, "truncated": found.truncated}
+        else:
+            counts = await self.read("count runs", status_counts, self.engine, where.workflow)
+            extra = {}
+        self.write(
+            {
+                **{name: value or None for name, value in given.items()},
+                "counts": counts,
+                "total": sum(counts.values()),
+                **extra,
+            }
+        )
 
 
 # -- application ----------------------------------------------------------------------------
@@ -493,17 +562,13 @@ def make_app(
 ) -> Any:
     """The configured Flower application, not started (for tests and embedding).
 
-    ``capp`` defaults to ``fluxcelery.celery.app.get_app()``, ``engine`` to the default
+    ``capp`` defaults to ``fluxcelery.defaults.default_app()``, ``engine`` to the default
     engine, options to Flower's (e.g. ``{"basic_auth": ["user:pass"], "url_prefix": "f"}``).
     Shut ``app.executor`` down when done.
     """
     if capp is None:
-        from ..celery.app import get_app
-
-        capp = get_app()
+        capp = default_app()
     if engine is None:
-        from ..defaults import default_engine
-
         engine = default_engine()
     options = flower_options(options_overrides)
     return build(capp, options, _settings_for(options), engine, io_loop=io_loop)
@@ -533,9 +598,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``fluxcelery flower [flower options]``: serve Flower plus the Workflows tab."""
     from flower import command
 
-    from ..celery.app import get_app
-    from ..defaults import default_engine
-
     args = _normalize_argv(sys.argv[1:] if argv is None else argv)
     ignored = [a for a in args if not command.is_flower_option(a)]
     if ignored:
@@ -551,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 1
     command.setup_logging()
 
-    capp = get_app()
+    capp = default_app()
     app = build(capp, tornado_options, flower_settings, default_engine())
     atexit.register(app.stop)
     signal.signal(signal.SIGTERM, command.sigterm_handler)

@@ -29,8 +29,8 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ..builder import Workflow, registered_workflows
-from ..errors import InvalidInput, WorkflowNotFound
+from ..core.builder import Workflow, registered_workflows
+from ..core.errors import InvalidInput, WorkflowNotFound
 from ..ingress import (
     DEFAULT_QUEUE,
     DEFAULT_WORKFLOW,
@@ -39,6 +39,7 @@ from ..ingress import (
     derive_run_id,
     is_json_content_type,
 )
+from ..settings import load_settings
 
 log = logging.getLogger("fluxcelery.http_producer")
 
@@ -87,7 +88,6 @@ class ProducerApp:
     def broker_url(self) -> str:
         if self._broker_url:
             return self._broker_url
-        from ..settings import load_settings
 
         return os.environ.get("FLUX_INGRESS_URL") or load_settings().broker_url
 
@@ -104,8 +104,6 @@ class ProducerApp:
 
     def workflow(self) -> Workflow:
         if not self._imported:
-            from ..settings import load_settings
-
             for module in load_settings().workflows:
                 importlib.import_module(module)
             self._imported = True

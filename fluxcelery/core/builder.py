@@ -8,14 +8,14 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from .errors import DefinitionError, InvalidInput
+from .errors import DefinitionError, DispatchError, InvalidInput
 from .policy import Backoff
 
 if TYPE_CHECKING:
+    from ..handle import RunHandle
     from .context import StepContext
-    from .handle import RunHandle
 
 StepKind = Literal["step", "commit"]
 Handler = Callable[["StepContext"], Any]
@@ -382,11 +382,15 @@ class Workflow:
             "steps": [s.describe() for s in self._steps],
         }
 
+    #: Starts a run with the default engine: plugged in by the composition root
+    #: (defaults.py), so that definitions need not import the engine.
+    starter: ClassVar[Callable[..., RunHandle] | None] = None
+
     def delay(self, input: Any = None, **options: Any) -> RunHandle:
         """Start a run on Celery workers with the default engine (``engine.start``)."""
-        from .defaults import default_engine
-
-        return default_engine().start(self, input, **options)
+        if Workflow.starter is None:
+            raise DispatchError("fluxcelery.defaults is not loaded: import fluxcelery first")
+        return Workflow.starter(self, input, **options)
 
     def __repr__(self) -> str:
         v = f" v{self.version}" if self.version else ""

@@ -13,9 +13,14 @@ cannot travel (``celery.utils.serialization.create_exception_cls``).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import os
 import traceback as tb_module
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
 
 from .errors import FluxError
 
@@ -41,11 +46,31 @@ class Failure:
 
 def capture(exc: BaseException | None, error: str, scrub: Callable[[str], str]) -> Failure:
     """The failure of an attempt: ``exc`` (None: only the stored ``error`` text is known)
-    with every message in its chain passed through ``scrub``."""
+    with every message in its chain passed through ``scrub``, and its traceback starting
+    at the user's code (fluxcelery's own calling frames cut: see ``user_frames``)."""
     if exc is None:
         return Failure(StepFailed(error), None)
+    exc = exc.with_traceback(user_frames(exc.__traceback__))
     text = "".join(tb_module.format_exception(exc)).rstrip()
     return Failure(masked_exception(exc, scrub), scrub(text))
+
+
+#: Where frames that only carry a call to the handler live: fluxcelery itself, and the
+#: thread pool and event loop a handler with a timeout runs on (invoke.py).
+_CARRIERS = (
+    str(Path(__file__).resolve().parents[1]) + os.sep,  # the fluxcelery package
+    str(Path(concurrent.futures.__file__).resolve().parent) + os.sep,
+    str(Path(asyncio.__file__).resolve().parent) + os.sep,
+)
+
+
+def user_frames(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` from its first frame outside fluxcelery's calling code (the handler, usually);
+    all of it when every frame is fluxcelery's (a failure of fluxcelery itself)."""
+    first = tb
+    while first is not None and first.tb_frame.f_code.co_filename.startswith(_CARRIERS):
+        first = first.tb_next
+    return first if first is not None else tb
 
 
 def masked_exception(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import DefinitionError, NonRetryableError, PayloadTooLarge, SerializationError
-from .states import StepStatus
+from .states import COMPENSABLE_STEP, StepStatus
 
 if TYPE_CHECKING:
     from .builder import StepDef
@@ -85,9 +85,32 @@ def compensation_plan(
     Every step before ``failed_index`` that has a compensator and is ``completed`` (or whose
     compensation is already under way or failed before, for a retried rollback) is included.
     """
-    eligible = {StepStatus.COMPLETED, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED}
     return [
         i
         for i in range(min(failed_index, len(steps)) - 1, -1, -1)
-        if steps[i].compensate is not None and statuses[i] in eligible
+        if steps[i].compensate is not None and statuses[i] in COMPENSABLE_STEP
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """The engine's defaults, and each step's settings resolved against them (one place, so
+    that the runner, upkeep and Celery's time limits agree)."""
+
+    retries: int = 3
+    """Extra attempts of a step that sets none."""
+    timeout: float | None = 30.0
+    """Seconds per attempt of a step that sets none; None: no limit."""
+    backoff: Backoff = Backoff()
+    """Delays between attempts of a step that sets none."""
+
+    def max_attempts(self, sdef: StepDef) -> int:
+        return (self.retries if sdef.retries is None else sdef.retries) + 1
+
+    def timeout_of(self, sdef: StepDef) -> float | None:
+        if isinstance(sdef.timeout, (int, float)) or sdef.timeout is None:
+            return sdef.timeout
+        return self.timeout  # unset: the engine's
+
+    def backoff_of(self, sdef: StepDef) -> Backoff:
+        return sdef.backoff or self.backoff

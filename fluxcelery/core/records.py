@@ -56,8 +56,8 @@ class StepState:
         return new
 
     def reset(self) -> None:
-        """Back to ``pending`` for a retry from this step, with nothing stale left behind."""
-        self.status = StepStatus.PENDING
+        """Clear what a step's attempts left behind, for a retry from this step (its status
+        is set by ``core.transitions.reset_for_retry``)."""
         self.attempts = 0
         self.compensation_attempts = 0
         self.output = None

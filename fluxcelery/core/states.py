@@ -65,10 +65,34 @@ STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
     S.SKIPPED: frozenset({S.PENDING}),
 }
 
+# Status groups, named once: code, SQL filters and UIs use these, never a list of their own.
 TERMINAL_RUN = frozenset({R.COMPLETED, R.FAILED, R.ROLLED_BACK, R.CANCELLED})
 #: States in which a run stops moving on its own (``RunHandle.get`` returns on these).
 SETTLED_RUN = TERMINAL_RUN | {R.SUSPENDED}
+#: Runs a task or process is carrying forward (``recover`` looks here for stuck ones).
+MOVING_RUN = frozenset({R.PENDING, R.RUNNING, R.ROLLING_BACK})
+#: Runs not finished: moving, or waiting for a signal.
+ACTIVE_RUN = MOVING_RUN | {R.SUSPENDED}
+#: Runs a step task may work on.
+STEPPING_RUN = frozenset({R.PENDING, R.RUNNING})
+#: Runs ``cancel`` stops.
+CANCELLABLE_RUN = frozenset({R.PENDING, R.RUNNING, R.SUSPENDED})
+#: Runs ``retry`` re-runs.
+RETRYABLE_RUN = frozenset({R.FAILED, R.ROLLED_BACK})
+#: Runs that ended without completing.
+UNSUCCESSFUL_RUN = frozenset({R.FAILED, R.ROLLED_BACK, R.CANCELLED})
+
 DONE_STEP = frozenset({S.COMPLETED, S.SKIPPED})
+#: Steps whose effect is there to undo: a saga compensates these.
+COMPENSABLE_STEP = frozenset({S.COMPLETED, S.COMPENSATING, S.COMPENSATION_FAILED})
+#: Steps whose compensation has not succeeded yet (``retry`` of a failed rollback).
+UNCOMPENSATED_STEP = frozenset({S.COMPENSATING, S.COMPENSATION_FAILED})
+
+
+def values(group: frozenset[RunStatus] | frozenset[StepStatus]) -> tuple[str, ...]:
+    """A group's status values, in table order (for SQL filters and JSON)."""
+    members: list[StrEnum] = list(type(next(iter(group)))) if group else []
+    return tuple(s.value for s in members if s in group)
 
 
 def can_transition_run(current: RunStatus, target: RunStatus) -> bool:
@@ -76,11 +100,10 @@ def can_transition_run(current: RunStatus, target: RunStatus) -> bool:
 
 
 def check_run_change(before: RunStatus, after: RunStatus) -> None:
-    """Validate what one persisted change did to a run. A change may pass through
-    ``running`` (a run that starts and skips its only step; a signal to a last step)."""
+    """Validate one change of a run's status: an edge of the table, or no change. Strict: a
+    write that passes through ``running`` (a run that starts and skips its only step) is two
+    transitions, each checked when it is made (core/transitions.py)."""
     if after == before or after in RUN_TRANSITIONS[before]:
-        return
-    if R.RUNNING in RUN_TRANSITIONS[before] and after in RUN_TRANSITIONS[R.RUNNING]:
         return
     raise InvalidTransition(before.value, after.value, what="run")
 

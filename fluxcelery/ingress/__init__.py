@@ -12,11 +12,10 @@ Topology for queue ``Q`` (declared by the consumer and by every publisher, so th
 published before the consumer first ran is kept): direct exchange ``Q`` → queue ``Q``
 (``x-dead-letter-exchange: Q.dlx``) and exchange ``Q.dlx`` → queue ``Q.dlq``.
 
-Run it with ``python -m fluxcelery.ingress --queue orders.workflow --workflow
-order-fulfillment``.
+Run it with ``fluxcelery consume --queue orders.workflow --workflow order-fulfillment``
+(or ``python -m fluxcelery.ingress ...``; the command lives in cli/consume.py).
 """
 
-from .command import main
 from .consumer import ConsumeStats, IngressConfigError, IngressConsumer, consume
 from .messages import (
     DEFAULT_QUEUE,
@@ -52,6 +51,5 @@ __all__ = [
     "derive_run_id",
     "is_json_content_type",
     "is_transient",
-    "main",
     "replay_dead_letters",
 ]

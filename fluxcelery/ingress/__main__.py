@@ -1,5 +1,5 @@
-"""``python -m fluxcelery.ingress``."""
+"""``python -m fluxcelery.ingress``: the ``fluxcelery consume`` command."""
 
-from .command import main
+from ..cli.consume import main
 
 raise SystemExit(main())

@@ -15,7 +15,8 @@ from kombu import Connection, Producer
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.mixins import ConsumerMixin
 
-from ..errors import FluxError, InvalidInput
+from ..core.errors import FluxError, InvalidInput
+from ..defaults import default_engine
 from .messages import (
     DEFAULT_QUEUE,
     DEFAULT_WORKFLOW,
@@ -376,8 +377,6 @@ def consume(
     if broker_url.startswith("memory://"):
         raise ValueError("the ingress needs a real AMQP broker URL (amqp://...), not memory://")
     if engine is None:
-        from ..defaults import default_engine
-
         engine = default_engine()
     engine.workflow(workflow)  # fail fast on a typo, before dead-lettering every message
     consumer = IngressConsumer(

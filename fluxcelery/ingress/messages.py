@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from ..errors import DispatchError, InvalidInput, StorageError, WorkflowNotFound
+from ..core.errors import DispatchError, InvalidInput, StorageError, WorkflowNotFound
 
 if TYPE_CHECKING:
-    from ..builder import Workflow
+    from ..core.builder import Workflow
 
 DEFAULT_QUEUE = "orders.workflow"
 DEFAULT_WORKFLOW = "order-fulfillment"

@@ -1,24 +1,22 @@
 """What a step attempt decides (``Next``) and how it is written (``Change``).
 
-A ``Change`` is one guarded write: the step rows it touched, its trace events, and the hooks
-to call once it has landed. Every transition it makes is checked against the tables in
-states.py before anything is written.
+A ``Change`` is one guarded write: the transitions it collects (core/transitions.py, where
+every status change is checked against the tables in states.py as it is made), and the hooks
+to call once it has landed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .builder import StepDef
-from .failure import Failure
-from .records import RunState, StepState
-from .states import check_run_change, check_step_transition
-from .trace.event import TraceEvent
-
-if TYPE_CHECKING:
-    from .runner import StepRunner
+from ..core.failure import Failure
+from ..core.records import RunState
+from ..core.transitions import Transition
+from ..storage.base import Storage
+from ..trace.event import TraceEvent
+from .notify import Notifier
 
 
 class Action(StrEnum):
@@ -54,8 +52,11 @@ class Change:
     """One guarded write: the step rows touched, the events, and the hooks to call once the
     write has landed."""
 
-    def __init__(self, runner: StepRunner, state: RunState, *, create: bool = False) -> None:
-        self.runner = runner
+    def __init__(
+        self, storage: Storage, notifier: Notifier, state: RunState, *, create: bool = False
+    ) -> None:
+        self.storage = storage
+        self.notifier = notifier
         self.state = state
         #: The run is not stored yet: the first save inserts it (``execute`` saves a write).
         self.create = create
@@ -63,65 +64,34 @@ class Change:
         self.steps: set[int] = set()
         self.events: list[TraceEvent] = []
         self.hooks: list[tuple[str, tuple[Any, ...]]] = []
-        self._run_before = state.status
-        self._steps_before = [s.status for s in state.steps]
 
-    def step(self, index: int) -> StepState:
-        self.steps.add(index)
-        return self.state.steps[index]
-
-    def event(self, type: str, **fields: Any) -> None:
-        state = self.state
-        self.events.append(TraceEvent.make(type, state.id, state.workflow, **fields))
-
-    def step_event(
-        self, type: str, step: StepState, sdef: StepDef | None = None, **fields: Any
-    ) -> None:
-        state = self.state
-        self.events.append(
-            TraceEvent.make(
-                type,
-                state.id,
-                state.workflow,
-                step=step.name,
-                step_index=step.index,
-                kind=step.kind,
-                max_attempts=None if sdef is None else self.runner.max_attempts(sdef),
-                **fields,
-            )
-        )
+    def apply(self, transition: Transition) -> None:
+        """Add a transition (already made on ``state``) to this write."""
+        self.steps.update(transition.steps)
+        self.events.extend(transition.events)
 
     def hook(self, name: str, *args: Any) -> None:
         """Call hook ``name`` after this change has landed (never for a lost race)."""
-        if name in self.runner.engine.hooks:
+        if name in self.notifier.hooks:
             self.hooks.append((name, args))
-
-    def validate(self) -> None:
-        """Every transition this change makes must be in the table (states.py)."""
-        check_run_change(self._run_before, self.state.status)
-        for i in self.steps:
-            before, after = self._steps_before[i], self.state.steps[i].status
-            if before != after:
-                check_step_transition(before, after, self.state.steps[i].name)
 
     def save(self, tx: Any = None) -> bool:
         """Write this change (inside ``tx`` when given). Outside a transaction, publish the
         events and call the hooks at once; with ``tx`` the caller does after commit."""
-        self.validate()
         if self.create:
             self.create = False
-            landed = bool(self.runner.storage.create_run(self.state, self.events))
+            landed = bool(self.storage.create_run(self.state, self.events))
         else:
-            target = tx if tx is not None else self.runner.storage
+            target = tx if tx is not None else self.storage
             landed = bool(target.save_run(self.state, self.version, self.steps, self.events))
         if landed and tx is None:
             self.landed()
         return landed
 
     def landed(self) -> None:
-        self.runner.publish(self.events)
+        self.notifier.publish(self.events)
         for name, args in self.hooks:
-            self.runner.call_hook(name, self.state, *args)
+            self.notifier.call_hook(name, self.state, *args)
         self.rebase()
 
     def rebase(self) -> None:
@@ -130,5 +100,3 @@ class Change:
         self.steps = set()
         self.events = []
         self.hooks = []
-        self._run_before = self.state.status
-        self._steps_before = [s.status for s in self.state.steps]

@@ -8,20 +8,17 @@ Everything else goes the usual way, from the loaded run, at no extra cost.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from .errors import FluxError
-from .records import RunState, utcnow
-from .states import RunStatus, StepStatus
-from .storage.base import StepClaim
-from .trace.event import TraceEvent, new_event_id
-
-if TYPE_CHECKING:
-    from .runner import StepRunner
+from ..core import transitions as t
+from ..core.errors import FluxError
+from ..core.records import RunState
+from ..core.states import RunStatus
+from ..storage.base import StepClaim
+from ..trace.event import new_event_id
+from .runtime import Runtime
 
 
 def load_claiming(
-    runner: StepRunner,
+    rt: Runtime,
     run_id: str,
     index: int,
     workflow: str | None,
@@ -31,24 +28,24 @@ def load_claiming(
 ) -> tuple[RunState | None, bool]:
     """Load the run; where the store can, start step ``index`` in the same statement.
     Returns the run (as it is after the claim) and whether the step was claimed."""
-    store = runner.claiming
+    store = rt.claiming
     if workflow is None or outage or store is None:
-        return runner.storage.load_run(run_id), False
+        return rt.storage.load_run(run_id), False
     try:
-        wf = runner.engine.workflow(workflow)
+        wf = rt.catalog.get(workflow)
     except FluxError:
-        return runner.storage.load_run(run_id), False  # reported from the loaded run
+        return rt.storage.load_run(run_id), False  # reported from the loaded run
     sdef = wf.steps[index] if 0 <= index < len(wf.steps) else None
     if sdef is None or sdef.when is not None:
-        return runner.storage.load_run(run_id), False
-    now = utcnow()
+        return rt.storage.load_run(run_id), False
+    now = rt.clock()
     claim = StepClaim(
         index=index,
         workflow=wf.name,
         step=sdef.name,
         kind=sdef.kind,
         definition_hash=wf.definition_hash,
-        max_attempts=runner.max_attempts(sdef),
+        max_attempts=rt.defaults.max_attempts(sdef),
         task_id=task_id,
         worker=worker,
         event_id=new_event_id(),
@@ -58,47 +55,27 @@ def load_claiming(
     state, claimed = store.load_and_claim(run_id, claim)
     if state is None or not claimed:
         return state, False
-    # The store applied exactly this (see ClaimingStorage); mirror it in memory.
+    # The store applied exactly these transitions (see ClaimingStorage): mirror them in
+    # memory, with the event ids and time it used.
     events = []
     if state.status == RunStatus.PENDING:
-        state.status = RunStatus.RUNNING
-        events.append(
-            TraceEvent.make(
-                "workflow:start",
-                state.id,
-                state.workflow,
-                id=claim.start_event_id,
-                ts=now,
-                status="running",
-                task_id=task_id,
-                worker=worker,
-                meta={"input": runner.engine.redact(state.input)},
-            )
+        meta = {"input": rt.redact(state.input)}
+        started = t.start_run(
+            state, meta=meta, task_id=task_id, worker=worker, at=now, event_id=claim.start_event_id
         )
-    step = state.steps[index]
-    step.status = StepStatus.RUNNING
-    step.attempts += 1
-    step.task_id = task_id
-    step.started_at = now
-    step.finished_at = None
+        events.extend(started.events)
+    step = t.start_step(
+        state,
+        index,
+        attempt=state.steps[index].attempts + 1,
+        max_attempts=claim.max_attempts,
+        task_id=task_id,
+        worker=worker,
+        at=now,
+        event_id=claim.event_id,
+    )
+    events.extend(step.events)
     state.version += 1
     state.updated_at = now
-    events.append(
-        TraceEvent.make(
-            "step:start",
-            state.id,
-            state.workflow,
-            id=claim.event_id,
-            ts=now,
-            status="running",
-            step=sdef.name,
-            step_index=index,
-            kind=sdef.kind,
-            attempt=step.attempts,
-            max_attempts=claim.max_attempts,
-            task_id=task_id,
-            worker=worker,
-        )
-    )
-    runner.publish(events)
+    rt.notifier.publish(events)
     return state, True

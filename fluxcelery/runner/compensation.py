@@ -11,25 +11,24 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .builder import StepDef, Workflow
+from ..core import transitions as t
+from ..core.builder import StepDef, Workflow
+from ..core.context import StepContext
+from ..core.errors import FluxError
+from ..core.policy import compensation_plan, should_retry
+from ..core.records import RunState, ms_between
+from ..core.states import COMPENSABLE_STEP, RunStatus
 from .change import DONE, STOP, Action, Change, Next
-from .context import StepContext
-from .errors import FluxError
-from .policy import compensation_plan, should_retry
-from .records import RunState, ms_between, utcnow
-from .states import RunStatus, StepStatus
-
-if TYPE_CHECKING:
-    from .runner import StepRunner
+from .runtime import Runtime
 
 
 class Compensation:
-    """The rollback half of ``StepRunner`` (which owns one)."""
+    """The rollback half of ``StepRunner`` (which owns one), with the same ``Runtime``."""
 
-    def __init__(self, runner: StepRunner) -> None:
-        self.runner = runner
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
 
     def run(
         self,
@@ -41,32 +40,29 @@ class Compensation:
         state: RunState | None = None,
     ) -> Next:
         if state is None:
-            state = self.runner.storage.load_run(run_id)
+            state = self.rt.storage.load_run(run_id)
         if state is None or state.status != RunStatus.ROLLING_BACK:
             return STOP
         try:
-            wf = self.runner.engine.workflow_for(state)
+            wf = self.rt.catalog.for_run(state)
         except FluxError as exc:
-            return self.runner._fail_unrunnable(state, exc)
+            return self.rt.fail_unrunnable(state, exc)
         if not 0 <= index < len(wf.steps):
             return STOP
         sdef = wf.steps[index]
         step = state.steps[index]
-        eligible = (StepStatus.COMPLETED, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED)
-        change = Change(self.runner, state)
-        if sdef.compensate is None or step.status not in eligible:
+        change = self.rt.change(state)
+        if sdef.compensate is None or step.status not in COMPENSABLE_STEP:
             return self._next_compensation(change, wf, index)
 
-        s = change.step(index)
-        s.status = StepStatus.COMPENSATING
-        s.compensation_attempts += 1
-        attempt = s.compensation_attempts
+        change.apply(t.begin_compensation(state, index))
+        attempt = state.steps[index].compensation_attempts
         if not change.save():
             return STOP
-        started = utcnow()
+        started = self.rt.clock()
         if sdef.is_commit:
             return self._commit_compensation(wf, change, sdef, attempt, started, task_id, worker)
-        ctx = self.runner._context(wf, state, sdef, attempt)
+        ctx = self.rt.context(wf, state, sdef, attempt)
         try:
             self._call_compensator(sdef, ctx)
         except Exception as exc:
@@ -78,10 +74,10 @@ class Compensation:
 
     def _call_compensator(self, sdef: StepDef, ctx: StepContext) -> None:
         assert sdef.compensate is not None
-        self.runner.engine.invoker.call(
+        self.rt.invoker.call(
             sdef.compensate,
             ctx,
-            timeout=self.runner.timeout(sdef),
+            timeout=self.rt.defaults.timeout_of(sdef),
             what=f"compensation of step {sdef.name!r}",
         )
 
@@ -99,8 +95,8 @@ class Compensation:
         ``compensated`` record, exactly like the step's own writes did."""
         failure: BaseException | None = None
         nxt = STOP
-        with self.runner.storage.transaction() as tx:
-            ctx = self.runner._context(wf, change.state, sdef, attempt, session=tx.session)
+        with self.rt.storage.transaction() as tx:
+            ctx = self.rt.context(wf, change.state, sdef, attempt, session=tx.session)
             try:
                 self._call_compensator(sdef, ctx)
             except Exception as exc:
@@ -125,20 +121,16 @@ class Compensation:
         task_id: str | None,
         worker: str | None,
     ) -> None:
-        s = change.step(sdef.index)
-        s.status = StepStatus.COMPENSATED
-        s.error = None
-        s.traceback = None
-        # finished_at/duration_ms keep describing the forward run; the undo is in the trace.
-        change.step_event(
-            "step:compensate",
-            s,
-            sdef,
-            status="compensated",
-            attempt=attempt,
-            duration_ms=ms_between(started, utcnow()),
-            task_id=task_id,
-            worker=worker,
+        change.apply(
+            t.compensate_step(
+                change.state,
+                sdef.index,
+                attempt=attempt,
+                max_attempts=self.rt.defaults.max_attempts(sdef),
+                duration_ms=ms_between(started, self.rt.clock()),
+                task_id=task_id,
+                worker=worker,
+            )
         )
 
     def _compensation_failed(
@@ -152,29 +144,29 @@ class Compensation:
         task_id: str | None,
         worker: str | None,
     ) -> Next:
-        s = change.step(sdef.index)
-        err = self.runner.error_text(exc, change.state)
-        failure = self.runner.failure(exc, err, change.state)
-        s.traceback = failure.traceback
-        retry = should_retry(exc, attempt, self.runner.max_attempts(sdef))
-        delay = (sdef.backoff or self.runner.engine.backoff).delay(attempt) if retry else 0.0
-        change.step_event(
-            "step:compensate_error",
-            s,
-            sdef,
-            status="compensating" if retry else "compensation_failed",
-            attempt=attempt,
-            error=err,
-            task_id=task_id,
-            worker=worker,
-            duration_ms=ms_between(started, utcnow()),
-            meta={"will_retry": retry, "delay_s": delay},
+        err = self.rt.error_text(exc, change.state)
+        failure = self.rt.failure(exc, err, change.state)
+        max_attempts = self.rt.defaults.max_attempts(sdef)
+        retry = should_retry(exc, attempt, max_attempts)
+        delay = self.rt.defaults.backoff_of(sdef).delay(attempt) if retry else 0.0
+        change.apply(
+            t.fail_compensation(
+                change.state,
+                sdef.index,
+                err,
+                failure.traceback,
+                retry=retry,
+                delay=delay,
+                attempt=attempt,
+                max_attempts=max_attempts,
+                duration_ms=ms_between(started, self.rt.clock()),
+                task_id=task_id,
+                worker=worker,
+            )
         )
         if retry:
             nxt = Next(Action.RETRY, sdef.index, delay=delay, phase="compensate", failure=failure)
             return nxt if change.save() else STOP
-        s.status = StepStatus.COMPENSATION_FAILED
-        s.error = f"compensation failed: {err}"
         nxt = self._next_compensation(change, wf, sdef.index)
         return nxt if nxt.action is Action.STOP else replace(nxt, failure=failure)
 
@@ -183,24 +175,8 @@ class Compensation:
         plan = compensation_plan(wf.steps, [x.status for x in state.steps], index)
         if plan:
             return Next(Action.COMPENSATE, plan[0]) if change.save(tx) else STOP
-        failed = [s.name for s in state.steps if s.status == StepStatus.COMPENSATION_FAILED]
-        # The failed step keeps the error that started the rollback (state.error may already
-        # describe an earlier, retried compensation failure).
-        original = next(
-            (s.error for s in state.steps if s.status == StepStatus.FAILED and s.error),
-            state.error,
-        )
-        if failed:
-            names = ", ".join(repr(n) for n in failed)
-            err = (
-                f"CompensationError: compensation failed at step {names}; "
-                f"original error: {original}"
-            )
-            self.runner._finish_run(change, RunStatus.FAILED, err)
-        else:
-            change.event("workflow:rollback_complete", status="rolled_back")
-            self.runner._finish_run(change, RunStatus.ROLLED_BACK, original)
-        if self.runner.engine.hooks:
-            ctx = self.runner._context(wf, state, wf.steps[index], 0)
+        change.apply(t.finish_rollback(state, self.rt.clock()))
+        if self.rt.notifier.hooks:
+            ctx = self.rt.context(wf, state, wf.steps[index], 0)
             change.hook("workflow_error", ctx, RuntimeError(state.error or "rolled back"))
         return DONE if change.save(tx) else STOP

@@ -27,7 +27,7 @@ try:  # ``signal.getsignal`` converts to an enum by raising ValueError: too slow
 except ImportError:  # pragma: no cover - other Pythons
     _getsignal = signal.getsignal
 
-from .errors import StepTimeout
+from ..core.errors import StepTimeout
 
 _native_time_limits = False
 

@@ -17,37 +17,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
-from .builder import DEFAULT, StepDef, WaitFor, Workflow
+from ..core import transitions as t
+from ..core.builder import StepDef, WaitFor, Workflow
+from ..core.context import StepContext
+from ..core.errors import FluxError, SerializationError
+from ..core.jsoncodec import roundtrip
+from ..core.policy import compensation_plan, should_retry
+from ..core.records import RunState
+from ..core.states import DONE_STEP, STEPPING_RUN, RunStatus, StepStatus
 from .change import DONE, STOP, Action, Change, Next
 from .claim import load_claiming
 from .compensation import Compensation
-from .context import StepContext
-from .errors import FluxError, SerializationError, describe_error
-from .failure import Failure, capture
-from .jsoncodec import roundtrip
-from .policy import compensation_plan, should_retry
-from .records import RunState, ms_between, utcnow
-from .states import DONE_STEP, RunStatus, StepStatus
-from .storage.base import ClaimingStorage
-from .trace.event import TraceEvent
-
-if TYPE_CHECKING:
-    from .engine import FluxEngine
+from .runtime import Runtime
 
 log = logging.getLogger("fluxcelery.runner")
 
 
 class StepRunner:
-    def __init__(self, engine: FluxEngine) -> None:
-        self.engine = engine
-        self.storage = engine.storage
-        #: The store, when it can start a step in the load statement (asked once: a runtime
-        #: protocol check is slow, and every step task would ask it).
-        self.claiming = engine.storage if isinstance(engine.storage, ClaimingStorage) else None
-        self.compensation = Compensation(self)
+    """Runs step attempts and compensations with what ``rt`` hands it."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.compensation = Compensation(rt)
 
     def run_compensation(
         self,
@@ -60,91 +54,6 @@ class StepRunner:
     ) -> Next:
         """Run the compensator of step ``index`` (see compensation.py)."""
         return self.compensation.run(run_id, index, task_id=task_id, worker=worker, state=state)
-
-    # -- settings resolved against the engine -------------------------------------------
-    def max_attempts(self, sdef: StepDef) -> int:
-        retries = self.engine.default_retries if sdef.retries is None else sdef.retries
-        return retries + 1
-
-    def timeout(self, sdef: StepDef) -> float | None:
-        if sdef.timeout is DEFAULT:
-            return self.engine.default_timeout
-        return sdef.timeout  # type: ignore[return-value]
-
-    def publish(self, events: list[TraceEvent]) -> None:
-        self.engine.publish(events)
-
-    # -- helpers --------------------------------------------------------------------------
-    def _context(
-        self, wf: Workflow, state: RunState, sdef: StepDef, attempt: int, session: Any = None
-    ) -> StepContext:
-        spec = wf.input_spec
-        return StepContext(
-            run_id=state.id,
-            workflow=state.workflow,
-            step=sdef.name,
-            step_index=sdef.index,
-            attempt=attempt,
-            input=spec.load(state.input) if spec else state.input,
-            data=roundtrip(state.data) if state.data else {},
-            results=state.results,
-            session=session,
-            redactor=self.engine.redact,
-            raw_input=state.input,
-        )
-
-    def error_text(self, exc: BaseException, state: RunState) -> str:
-        """``describe_error`` with the run's secrets masked: an exception message is stored
-        and traced, and a handler may have put a token in it."""
-        return self.engine.redact.scrub(describe_error(exc), state.input, state.data)
-
-    def failure(self, exc: BaseException | None, err: str, state: RunState) -> Failure:
-        """The attempt's failure for Celery and the step's stored traceback, masked like
-        ``error_text``."""
-        return capture(
-            exc, err, lambda text: self.engine.redact.scrub(text, state.input, state.data)
-        )
-
-    def call_hook(self, name: str, state: RunState, *args: Any) -> None:
-        """Call a hook; a raising hook is logged and traced, never changes the outcome."""
-        fn = self.engine.hooks.get(name)
-        if fn is None:
-            return
-        try:
-            self.engine.invoker.call(
-                fn, *args, timeout=self.engine.hook_timeout, what=f"hook {name}"
-            )
-        except Exception as exc:
-            err = self.error_text(exc, state)
-            log.warning("hook %s raised for run %s: %s", name, state.id, err)
-            event = TraceEvent(
-                type="hook:error",
-                run_id=state.id,
-                workflow=state.workflow,
-                error=err,
-                meta={"hook": name},
-                step=args[0] if args and isinstance(args[0], str) else None,
-            )
-            self.engine.record([event])
-
-    def _finish_run(self, change: Change, status: RunStatus, error: str | None = None) -> None:
-        state = change.state
-        state.status = status
-        now = state.finished_at = utcnow()
-        if error is not None:
-            state.error = error
-        duration = ms_between(state.created_at, now)
-        if status == RunStatus.COMPLETED:
-            state.error = None
-            change.event("workflow:complete", status=status.value, duration_ms=duration, ts=now)
-        else:
-            change.event(
-                "workflow:error",
-                status=status.value,
-                duration_ms=duration,
-                error=state.error,
-                ts=now,
-            )
 
     # -- forward steps --------------------------------------------------------------------
     def run_step(
@@ -177,7 +86,9 @@ class StepRunner:
         """
         claimed = False
         if state is None:
-            state, claimed = load_claiming(self, run_id, index, workflow, task_id, worker, outage)
+            state, claimed = load_claiming(
+                self.rt, run_id, index, workflow, task_id, worker, outage
+            )
         if state is None:
             log.warning("step task for unknown run %s ignored", run_id)
             return STOP
@@ -185,11 +96,11 @@ class StepRunner:
         if decision is not None:
             return decision
         try:
-            wf = self.engine.workflow_for(state)
+            wf = self.rt.catalog.for_run(state)
         except FluxError as exc:
-            return self._fail_unrunnable(state, exc)
+            return self.rt.fail_unrunnable(state, exc)
 
-        change = Change(self, state, create=create)
+        change = self.rt.change(state, create=create)
         while True:
             if not claimed:
                 nxt = self._prepare(change, wf, index, task_id, worker, outage)
@@ -204,9 +115,9 @@ class StepRunner:
             claimed = False
             sdef = wf.steps[index]
             attempt = state.steps[index].attempts
-            if "step_start" in self.engine.hooks:
-                ctx = self._context(wf, state, sdef, attempt)
-                self.call_hook("step_start", state, sdef.name, ctx)
+            if "step_start" in self.rt.notifier.hooks:
+                ctx = self.rt.context(wf, state, sdef, attempt)
+                self.rt.notifier.call_hook("step_start", state, sdef.name, ctx)
             nxt, pending = self._attempt(wf, change, sdef, attempt, task_id, worker, fuse)
             if pending is None:
                 return nxt
@@ -217,7 +128,7 @@ class StepRunner:
 
     def _decide(self, state: RunState, index: int) -> Next | None:
         """Whether a task for step ``index`` may run now; None means go ahead."""
-        if state.status not in (RunStatus.PENDING, RunStatus.RUNNING):
+        if state.status not in STEPPING_RUN:
             return STOP
         cursor = state.current_step
         n = len(state.steps)
@@ -258,48 +169,34 @@ class StepRunner:
         sdef = wf.steps[index]
         step = state.steps[index]
         if state.status == RunStatus.PENDING:
-            state.status = RunStatus.RUNNING
-            change.event(
-                "workflow:start",
-                status="running",
-                task_id=task_id,
-                worker=worker,
-                # Made when the run was (``start_meta``) unless it was loaded since.
-                meta=state.start_meta or {"input": self.engine.redact(state.input)},
-            )
+            # The start meta was made with the run (``start_meta``) unless it was loaded since.
+            meta = state.start_meta or {"input": self.rt.redact(state.input)}
+            change.apply(t.start_run(state, meta=meta, task_id=task_id, worker=worker))
         if step.status in DONE_STEP:
             # Kept ``completed`` across a retry (a commit step): never run it again.
-            change.steps.add(index)
-            state.current_step = index + 1
-            change.step_event(
-                "step:skipped",
-                step,
-                status=step.status.value,
-                meta={"reason": "already completed", "not_rerun": True},
-            )
+            change.apply(t.keep_done_step(state, index))
             return self._advance(change, wf, index)
 
         if step.attempts == 0 and sdef.when is not None:
-            ctx = self._context(wf, state, sdef, 0)
+            ctx = self.rt.context(wf, state, sdef, 0)
             try:
-                go = self.engine.invoker.call(
-                    sdef.when, ctx, timeout=self.timeout(sdef), what=f"when() of step {sdef.name!r}"
+                go = self.rt.invoker.call(
+                    sdef.when,
+                    ctx,
+                    timeout=self.rt.defaults.timeout_of(sdef),
+                    what=f"when() of step {sdef.name!r}",
                 )
             except Exception as exc:
-                err = f"when() raised {self.error_text(exc, state)}"
+                err = f"when() raised {self.rt.error_text(exc, state)}"
                 return self._apply_fail(change, wf, sdef, 0, err, exc, task_id, worker)
             if not go:
-                s = change.step(index)
-                s.status = StepStatus.SKIPPED
-                s.finished_at = utcnow()
-                state.current_step = index + 1
-                change.step_event(
-                    "step:skipped", s, status="skipped", task_id=task_id, worker=worker
+                change.apply(
+                    t.skip_step(state, index, task_id=task_id, worker=worker, at=self.rt.clock())
                 )
                 change.hook("step_complete", sdef.name, ctx, None)
                 return self._advance(change, wf, index, ctx)
 
-        max_attempts = self.max_attempts(sdef)
+        max_attempts = self.rt.defaults.max_attempts(sdef)
         attempt = step.attempts + 1
         rerun = (
             outage
@@ -318,26 +215,17 @@ class StepRunner:
             )
             return self._apply_fail(change, wf, sdef, step.attempts, err, None, task_id, worker)
 
-        s = change.step(index)
-        redelivered = s.status == StepStatus.RUNNING
-        s.status = StepStatus.RUNNING
-        s.attempts = attempt
-        s.task_id = task_id
-        s.started_at = now = utcnow()
-        s.finished_at = None
-        state.current_step = index
-        change.step_event(
-            "step:start",
-            s,
-            sdef,
-            ts=now,
-            status="running",
-            attempt=attempt,
-            task_id=task_id,
-            worker=worker,
-            meta=({"redelivered": True, "outage": True} if rerun else {"redelivered": True})
-            if redelivered
-            else None,
+        change.apply(
+            t.start_step(
+                state,
+                index,
+                attempt=attempt,
+                max_attempts=max_attempts,
+                task_id=task_id,
+                worker=worker,
+                at=self.rt.clock(),
+                rerun=rerun,
+            )
         )
         return None
 
@@ -346,9 +234,9 @@ class StepRunner:
     ) -> Next:
         """After step ``index`` is done: finish the run, or go on with the next step."""
         if change.state.current_step >= len(wf.steps):
-            self._finish_run(change, RunStatus.COMPLETED)
+            change.apply(t.finish_run(change.state, RunStatus.COMPLETED, self.rt.clock()))
             change.hook(
-                "workflow_complete", ctx or self._context(wf, change.state, wf.steps[index], 0)
+                "workflow_complete", ctx or self.rt.context(wf, change.state, wf.steps[index], 0)
             )
             return DONE
         return Next(Action.CONTINUE, index + 1)
@@ -368,11 +256,14 @@ class StepRunner:
         state = change.state
         if sdef.is_commit:
             return self._commit_attempt(wf, change, sdef, attempt, task_id, worker), None
-        started = utcnow()
-        ctx = self._context(wf, state, sdef, attempt)
+        started = self.rt.clock()
+        ctx = self.rt.context(wf, state, sdef, attempt)
         try:
-            value = self.engine.invoker.call(
-                sdef.handler, ctx, timeout=self.timeout(sdef), what=f"step {sdef.name!r}"
+            value = self.rt.invoker.call(
+                sdef.handler,
+                ctx,
+                timeout=self.rt.defaults.timeout_of(sdef),
+                what=f"step {sdef.name!r}",
             )
             nxt = self._apply_success(change, wf, sdef, ctx, value, started, task_id, worker)
         except Exception as exc:
@@ -400,13 +291,16 @@ class StepRunner:
         """
         failure: BaseException | None = None
         landed = False
-        started = utcnow()
+        started = self.rt.clock()
         nxt = STOP
-        with self.storage.transaction() as tx:
-            ctx = self._context(wf, change.state, sdef, attempt, session=tx.session)
+        with self.rt.storage.transaction() as tx:
+            ctx = self.rt.context(wf, change.state, sdef, attempt, session=tx.session)
             try:
-                value = self.engine.invoker.call(
-                    sdef.handler, ctx, timeout=self.timeout(sdef), what=f"step {sdef.name!r}"
+                value = self.rt.invoker.call(
+                    sdef.handler,
+                    ctx,
+                    timeout=self.rt.defaults.timeout_of(sdef),
+                    what=f"step {sdef.name!r}",
                 )
                 nxt = self._apply_success(change, wf, sdef, ctx, value, started, task_id, worker)
             except Exception as exc:
@@ -442,7 +336,7 @@ class StepRunner:
         """Record a handler that returned; raises ``FluxError`` for data that cannot be
         stored (the attempt then fails, and the stored state stays as it was)."""
         state = change.state
-        max_bytes = self.engine.max_payload_bytes
+        max_bytes = self.rt.max_payload_bytes
         data = roundtrip(ctx.data, what=f"ctx.data after step {sdef.name!r}", max_bytes=max_bytes)
         if not isinstance(data, dict):
             raise SerializationError(f"ctx.data must stay a dict, got {type(data).__name__}")
@@ -452,42 +346,35 @@ class StepRunner:
             if waiting
             else roundtrip(value, what=f"output of step {sdef.name!r}", max_bytes=max_bytes)
         )
-        s = change.step(sdef.index)
-        now = utcnow()
+        now = self.rt.clock()
         state.data = data
         if isinstance(value, WaitFor):
-            s.status = StepStatus.SUSPENDED
-            s.waiting_for = value.signal
-            s.duration_ms = ms_between(started, now)
-            s.wait_deadline = (now + timedelta(seconds=value.timeout)) if value.timeout else None
-            state.status = RunStatus.SUSPENDED
-            change.step_event(
-                "step:suspend",
-                s,
-                status="suspended",
-                attempt=ctx.attempt,
-                task_id=task_id,
-                worker=worker,
-                meta={"signal": value.signal, "timeout": value.timeout},
+            change.apply(
+                t.suspend_step(
+                    state,
+                    sdef.index,
+                    value.signal,
+                    value.timeout,
+                    attempt=ctx.attempt,
+                    started=started,
+                    at=now,
+                    task_id=task_id,
+                    worker=worker,
+                )
             )
             return Next(Action.SUSPEND, sdef.index, wait_timeout=value.timeout)
-        s.status = StepStatus.COMPLETED
-        s.output = output
-        s.error = None
-        s.traceback = None
-        s.finished_at = now
-        s.duration_ms = ms_between(started, now)
-        state.current_step = sdef.index + 1
-        change.step_event(
-            "step:complete",
-            s,
-            sdef,
-            ts=now,
-            status="completed",
-            attempt=ctx.attempt,
-            duration_ms=s.duration_ms,
-            task_id=task_id,
-            worker=worker,
+        change.apply(
+            t.complete_step(
+                state,
+                sdef.index,
+                output,
+                attempt=ctx.attempt,
+                max_attempts=self.rt.defaults.max_attempts(sdef),
+                started=started,
+                at=now,
+                task_id=task_id,
+                worker=worker,
+            )
         )
         change.hook("step_complete", sdef.name, ctx, output)
         return self._advance(change, wf, sdef.index, ctx)
@@ -504,27 +391,25 @@ class StepRunner:
         worker: str | None,
     ) -> Next:
         """Store a failed attempt: a retry, or the step's failure."""
-        max_attempts = self.max_attempts(sdef)
-        err = self.error_text(exc, change.state)
+        max_attempts = self.rt.defaults.max_attempts(sdef)
+        err = self.rt.error_text(exc, change.state)
         if should_retry(exc, attempt, max_attempts, sdef.retry_on, sdef.no_retry_on):
-            delay = (sdef.backoff or self.engine.backoff).delay(attempt)
-            failure = self.failure(exc, err, change.state)
-            s = change.step(sdef.index)
-            s.status = StepStatus.PENDING
-            s.error = err
-            s.traceback = failure.traceback
-            s.duration_ms = ms_between(started, utcnow())
-            change.step_event(
-                "step:retry",
-                s,
-                sdef,
-                status="pending",
-                attempt=attempt,
-                duration_ms=s.duration_ms,
-                error=err,
-                task_id=task_id,
-                worker=worker,
-                meta={"delay_s": delay, "next_attempt": attempt + 1},
+            delay = self.rt.defaults.backoff_of(sdef).delay(attempt)
+            failure = self.rt.failure(exc, err, change.state)
+            change.apply(
+                t.fail_attempt(
+                    change.state,
+                    sdef.index,
+                    err,
+                    failure.traceback,
+                    attempt=attempt,
+                    max_attempts=max_attempts,
+                    delay=delay,
+                    started=started,
+                    at=self.rt.clock(),
+                    task_id=task_id,
+                    worker=worker,
+                )
             )
             nxt = Next(Action.RETRY, sdef.index, delay=delay, failure=failure)
             return nxt if change.save() else STOP
@@ -553,58 +438,47 @@ class StepRunner:
         """The step failed for good: compensate earlier steps, or fail the run. The next
         action carries the failure, which a Celery task raises once it is stored."""
         state = change.state
-        failure = self.failure(exc, err, state)
-        s = change.step(sdef.index)
-        now = utcnow()
-        s.status = StepStatus.FAILED
-        s.error = err
-        s.traceback = failure.traceback
-        s.finished_at = now
-        s.wait_deadline = None
-        if started is not None:
-            s.duration_ms = ms_between(started, now)
-        if state.status in (RunStatus.PENDING, RunStatus.SUSPENDED):
-            state.status = RunStatus.RUNNING
-        state.current_step = sdef.index
-        state.error = err
-        change.step_event(
-            "step:error",
-            s,
-            sdef,
-            status="failed",
-            attempt=attempt or None,
-            duration_ms=s.duration_ms,
-            error=err,
-            task_id=task_id,
-            worker=worker,
+        failure = self.rt.failure(exc, err, state)
+        change.apply(
+            t.fail_step(
+                state,
+                sdef.index,
+                err,
+                failure.traceback,
+                attempt=attempt,
+                max_attempts=self.rt.defaults.max_attempts(sdef),
+                at=self.rt.clock(),
+                started=started,
+                task_id=task_id,
+                worker=worker,
+            )
         )
         plan = compensation_plan(wf.steps, [x.status for x in state.steps], sdef.index)
         error = exc or RuntimeError(err)
-        ctx = self._context(wf, state, sdef, attempt) if self.engine.hooks else None
+        ctx = self.rt.context(wf, state, sdef, attempt) if self.rt.notifier.hooks else None
         change.hook("step_error", sdef.name, ctx, error)
         if plan:
-            state.status = RunStatus.ROLLING_BACK
-            change.event(
-                "workflow:rollback_start",
-                status="rolling_back",
-                error=err,
-                meta={"plan": [state.steps[i].name for i in plan]},
-            )
+            change.apply(t.begin_rollback(state, plan, err))
             return Next(Action.COMPENSATE, plan[0], failure=failure)
-        self._finish_run(change, RunStatus.FAILED, err)
+        change.apply(t.finish_run(state, RunStatus.FAILED, self.rt.clock(), err))
         change.hook("workflow_error", ctx, error)
         return Next(Action.DONE, failure=failure)
 
-    def _fail_unrunnable(self, state: RunState, exc: FluxError) -> Next:
-        """The worker cannot run this run (unknown workflow, changed definition)."""
-        change = Change(self, state)
-        err = describe_error(exc)
-        self._finish_run(change, RunStatus.FAILED, err)
-        log.error("run %s cannot continue here: %s", state.id, exc)
-        landed = change.save()
-        return Next(Action.DONE, failure=self.failure(exc, err, state)) if landed else STOP
-
     # -- compensation ---------------------------------------------------------------------
+
+
+def resume_point(state: RunState, wf: Workflow) -> Next:
+    """Where an interrupted run goes on: its rollback's next compensation, else its first
+    unfinished step."""
+    if state.status == RunStatus.ROLLING_BACK:
+        failed = next(
+            (s.index for s in state.steps if s.status == StepStatus.FAILED), len(state.steps)
+        )
+        plan = compensation_plan(wf.steps, [s.status for s in state.steps], failed)
+        if plan:
+            return Next(Action.COMPENSATE, plan[0])
+        return Next(Action.COMPENSATE, 0)  # finalizes the rollback
+    return Next(Action.CONTINUE, first_unfinished(state))
 
 
 def first_unfinished(state: RunState) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from ..records import RunState
+from ..core.records import RunState
 from ..trace.event import TraceEvent
 
 
@@ -67,6 +67,14 @@ class Storage(Protocol):
 
     def count_runs(self, workflow: str | None = None) -> dict[str, int]: ...
 
+    def workflow_names(self) -> list[str]:
+        """The names of the workflows that have stored runs, sorted."""
+        ...
+
+    def run_ids_with_prefix(self, prefix: str, limit: int = 3) -> list[str]:
+        """Up to ``limit`` run ids that start with ``prefix`` (case-sensitive), sorted."""
+        ...
+
     def stale_runs(self, updated_before: datetime, limit: int = 100) -> list[RunState]:
         """Runs ``pending``/``running``/``rolling_back`` not updated since ``updated_before``
         (``recover`` resumes them; expired waits come from ``expired_waits``)."""
@@ -95,8 +103,10 @@ class Storage(Protocol):
         limit: int | None = 1000,
         offset: int = 0,
         newest_first: bool = False,
+        since: datetime | None = None,
     ) -> list[TraceEvent]:
-        """Events in the order they were written; ``newest_first`` pages from the end."""
+        """Events in the order they were written; ``newest_first`` pages from the end;
+        ``since``: only those with a later ``ts``."""
         ...
 
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ..records import RunState, StepState, utcnow
-from ..states import RunStatus, StepStatus
+from ..core.records import RunState, StepState, utcnow
+from ..core.states import RunStatus, StepStatus
 from ..trace.event import TraceEvent
 from .schema import TRACE_COLUMNS
 

@@ -11,9 +11,9 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from ..jsoncodec import copy_json
-from ..records import RunState, StepState, utcnow
-from ..states import RunStatus, StepStatus
+from ..core.jsoncodec import copy_json
+from ..core.records import RunState, StepState, utcnow
+from ..core.states import MOVING_RUN, RunStatus, StepStatus, values
 from ..trace.event import TraceEvent
 from .base import as_tuple
 
@@ -44,8 +44,8 @@ class _MemoryTransaction:
 # enum members are tracked objects.
 _FIELDS = tuple(f.name for f in dataclasses.fields(TraceEvent))
 _pack = operator.attrgetter(*_FIELDS)
-_RUN_ID, _WORKFLOW, _TYPE, _STATUS, _META = (
-    _FIELDS.index(name) for name in ("run_id", "workflow", "type", "status", "meta")
+_RUN_ID, _WORKFLOW, _TYPE, _STATUS, _META, _TS = (
+    _FIELDS.index(name) for name in ("run_id", "workflow", "type", "status", "meta", "ts")
 )
 _Row = tuple[Any, ...]
 
@@ -87,7 +87,7 @@ S_STATUS, S_OUTPUT, S_WAIT_DEADLINE = (
 )
 _RUN_STATUS = {s.value: s for s in RunStatus}
 _STEP_STATUS = {s.value: s for s in StepStatus}
-_ACTIVE = (RunStatus.PENDING.value, RunStatus.RUNNING.value, RunStatus.ROLLING_BACK.value)
+_ACTIVE = values(MOVING_RUN)
 
 
 def _step_row(step: StepState) -> _Row:
@@ -310,6 +310,14 @@ class MemoryStorage:
         with self._lock:
             self._add_traces(events)
 
+    def workflow_names(self) -> list[str]:
+        with self._lock:
+            return sorted({row[R_WORKFLOW] for row in self._runs.values()})
+
+    def run_ids_with_prefix(self, prefix: str, limit: int = 3) -> list[str]:
+        with self._lock:
+            return sorted(i for i in self._runs if i.startswith(prefix))[:limit]
+
     def list_traces(
         self,
         run_id: str | None = None,
@@ -319,6 +327,7 @@ class MemoryStorage:
         limit: int | None = 1000,
         offset: int = 0,
         newest_first: bool = False,
+        since: datetime | None = None,
     ) -> list[TraceEvent]:
         types = as_tuple(type)
         statuses = as_tuple(status)
@@ -330,6 +339,7 @@ class MemoryStorage:
                 and (workflow is None or r[_WORKFLOW] == workflow)
                 and (types is None or r[_TYPE] in types)
                 and (statuses is None or r[_STATUS] in statuses)
+                and (since is None or r[_TS] > since)
             ]
         if newest_first:
             found.reverse()

@@ -13,15 +13,14 @@ prefork worker): closing one would end the parent's session.
 
 from __future__ import annotations
 
-import os
-import threading
 from typing import Any
 
 import psycopg
 import sqlalchemy as sa
 from psycopg.conninfo import make_conninfo
 
-from ..errors import StorageError
+from ..core.errors import StorageError
+from .connections import ThreadConnections
 
 CONNECT_TIMEOUT_S = 10
 
@@ -44,61 +43,40 @@ def conninfo(url: str) -> str:
 
 
 class DirectConnections:
+    """Per-thread autocommit connections (storage/connections.py: closed when their thread
+    ends, never across a fork)."""
+
     def __init__(self, url: str, redacted: str) -> None:
         self._conninfo = conninfo(url)
         self._redacted = redacted
-        self._local = threading.local()
-        # Every connection ever opened, by process: kept referenced so that a child never
-        # finalizes (and so terminates) a connection it inherited.
-        self._opened: dict[int, list[psycopg.Connection[Any]]] = {}
-        self._lock = threading.Lock()
+        self.connections: ThreadConnections[psycopg.Connection[Any]] = ThreadConnections(
+            self._connect, _close
+        )
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        pid = os.getpid()
-        held = getattr(self._local, "conn", None)
-        if held is not None and held[0] == pid and not held[1].closed:
-            return held[1]
-        conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
-        with self._lock:
-            self._opened.setdefault(pid, []).append(conn)
-        self._local.conn = (pid, conn)
-        return conn
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
 
     def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Run one statement in its own transaction and return its rows."""
+        conn = None
         try:
-            conn = self._connection()
+            conn = self.connections.get()
+            if conn.closed:
+                self.connections.drop()
+                conn = self.connections.get()
             return conn.execute(sql, params).fetchall()
         except psycopg.Error as exc:
-            self._drop_if_broken()
+            if conn is not None and (conn.closed or conn.broken):
+                self.connections.drop()
             raise StorageError(f"database error ({self._redacted}): {exc}") from exc
-
-    def _drop_if_broken(self) -> None:
-        held = getattr(self._local, "conn", None)
-        if held is None or held[0] != os.getpid():
-            return
-        conn = held[1]
-        if conn.closed or conn.broken:
-            self._forget(conn)
-            self._local.conn = None
-
-    def _forget(self, conn: psycopg.Connection[Any]) -> None:
-        try:
-            conn.close()
-        except psycopg.Error:
-            pass
-        with self._lock:
-            mine = self._opened.get(os.getpid(), [])
-            if conn in mine:
-                mine.remove(conn)
 
     def close(self) -> None:
         """Close the connections this process opened (in every thread)."""
-        with self._lock:
-            mine = self._opened.pop(os.getpid(), [])
-        for conn in mine:
-            try:
-                conn.close()
-            except psycopg.Error:
-                pass
-        self._local = threading.local()
+        self.connections.close()
+
+
+def _close(conn: psycopg.Connection[Any]) -> None:
+    try:
+        conn.close()
+    except psycopg.Error:
+        pass

@@ -21,9 +21,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..jsoncodec import dumps_for_jsonb
-from ..records import RunState, StepState
-from ..states import RunStatus, StepStatus
+from ..core.jsoncodec import dumps_for_jsonb
+from ..core.records import RunState, StepState
+from ..core.states import RunStatus, StepStatus
 from ..trace.event import TraceEvent
 from . import schema
 from .core_rows import step_values, trace_values

@@ -10,19 +10,18 @@ here and rows written through the Core statements are read back the same by eith
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ..jsoncodec import dumps
-from ..records import RunState, StepState
-from ..states import RunStatus, StepStatus
+from ..core.jsoncodec import dumps
+from ..core.records import RunState, StepState
+from ..core.states import RunStatus, StepStatus
 from ..trace.event import TraceEvent
 from . import schema
+from .connections import ThreadConnections
 
 _STEP_SET = [c for c in schema.STEP_COLUMNS if c != "idx"]
 _RUN_SET = (
@@ -96,38 +95,27 @@ def configure(conn: Any, *, wal: bool) -> None:
 
 
 class LocalConnections:
-    """One ``sqlite3`` connection per thread for the hot path (file databases only).
-
-    A pool checkout and its reset on return cost about 65 µs per statement batch, a tenth of
-    a step. A forked child opens its own: SQLite connections must not cross a fork, and the
-    parent's are left untouched (kept referenced, never closed by the child).
-    """
+    """One ``sqlite3`` connection per thread for the hot path (file databases only): a pool
+    checkout and its reset on return cost about 65 µs per statement batch, a tenth of a
+    step. See storage/connections.py: closed when their thread ends, never across a fork."""
 
     def __init__(self, path: str) -> None:
         self._path = path
-        self._local = threading.local()
-        self._opened: dict[int, list[sqlite3.Connection]] = {}
-        self._lock = threading.Lock()
+        self.connections: ThreadConnections[sqlite3.Connection] = ThreadConnections(
+            self._connect, sqlite3.Connection.close
+        )
 
-    def get(self) -> sqlite3.Connection:
-        pid = os.getpid()
-        held = getattr(self._local, "conn", None)
-        if held is not None and held[0] == pid:
-            return held[1]
+    def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, timeout=30, check_same_thread=False)
         configure(conn, wal=True)
-        with self._lock:
-            self._opened.setdefault(pid, []).append(conn)
-        self._local.conn = (pid, conn)
         return conn
+
+    def get(self) -> sqlite3.Connection:
+        return self.connections.get()
 
     def close(self) -> None:
         """Close the connections this process opened (in every thread)."""
-        with self._lock:
-            mine = self._opened.pop(os.getpid(), [])
-        for conn in mine:
-            conn.close()
-        self._local = threading.local()
+        self.connections.close()
 
 
 def _ts(value: datetime | None) -> str | None:

@@ -1,18 +1,5 @@
-"""Trace events and sinks."""
+"""Trace events (event.py) and sinks (sinks.py, otel.py, fanout.py).
 
-from .event import EVENT_TYPES, TraceEvent, TraceSink
-from .fanout import TraceFanout
-from .otel import OpenTelemetrySink
-from .sinks import ConsoleLogger, JsonFileTraceSink, SqlTraceSink, read_ndjson
-
-__all__ = [
-    "EVENT_TYPES",
-    "ConsoleLogger",
-    "JsonFileTraceSink",
-    "OpenTelemetrySink",
-    "SqlTraceSink",
-    "TraceEvent",
-    "TraceFanout",
-    "TraceSink",
-    "read_ndjson",
-]
+Nothing is re-exported here: storage imports ``trace.event``, and ``trace.sinks`` imports
+storage (``SqlTraceSink``), so a package that imported its sinks would make a cycle. The
+public names come from ``fluxcelery``."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ..settings import Settings
+from ..settings import Settings
+from .otel import OpenTelemetrySink
+from .sinks import JsonFileTraceSink
 
 log = logging.getLogger("fluxcelery.trace")
 
@@ -16,16 +17,12 @@ def sinks_from_settings(settings: Settings) -> list[Any]:
     (``fluxcelery doctor`` reports it)."""
     sinks: list[Any] = []
     if settings.trace_file:
-        from .sinks import JsonFileTraceSink
-
         try:
             sinks.append(JsonFileTraceSink(settings.trace_file))
         except OSError as exc:  # its directory cannot be made: on workers, every task
             # would otherwise retry as if the database were down
             log.error("FLUX_TRACE_FILE=%s ignored: %s", settings.trace_file, exc)
     if settings.trace_otel:
-        from .otel import OpenTelemetrySink
-
         try:
             sinks.append(OpenTelemetrySink())
         except ImportError as exc:

@@ -22,6 +22,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ..version import __version__
 from .event import FIELDS, TraceEvent
 
 #: Events whose span is the step attempt (or compensation) that just ended.
@@ -102,7 +103,6 @@ class OpenTelemetrySink:
             raise ImportError(
                 'OpenTelemetrySink needs OpenTelemetry: pip install "fluxcelery[otel]"'
             ) from None
-        from .. import __version__
 
         self._trace = trace
         self._parent_span = NonRecordingSpan

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from ..jsoncodec import compact_encoder
+from ..core.jsoncodec import compact_encoder
+from ..storage.sql import SqlStorage
 from .event import TraceEvent
 
 log = logging.getLogger("fluxcelery.trace")
@@ -125,8 +126,6 @@ class SqlTraceSink:
     """
 
     def __init__(self, url_or_storage: Any) -> None:
-        from ..storage.sql import SqlStorage
-
         if isinstance(url_or_storage, SqlStorage):
             self.storage = url_or_storage
         else:

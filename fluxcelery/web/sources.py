@@ -19,9 +19,15 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
-from ..builder import registered_workflows
-from ..states import TERMINAL_RUN, RunStatus, StepStatus
-from ..trace.event import EVENT_TYPES, FIELDS, TraceEvent
+from .. import ops
+from ..core.builder import registered_workflows
+from ..core.errors import RunNotFound
+from ..core.states import DONE_STEP, TERMINAL_RUN, RunStatus, StepStatus, values
+from ..engine import FluxEngine
+from ..storage.sql import SqlStorage, normalize_url, redact_url
+from ..trace.event import EVENT_TYPES, TraceEvent
+
+DONE_VALUES = values(DONE_STEP)
 
 RUN_STATUSES = tuple(s.value for s in RunStatus)
 STEP_STATUSES = frozenset(s.value for s in StepStatus)
@@ -48,6 +54,7 @@ def pending_step(name: Any, index: Any, kind: str) -> dict[str, Any]:
         "attempts": 0,
         "max_attempts": None,
         "error": None,
+        "traceback": None,
         "waiting_for": None,
         "task_id": None,
         "started_at": None,
@@ -185,7 +192,7 @@ def summarize_run(events: Sequence[TraceEvent], steps_total: int | None = None) 
         "version": None,
         "status": status,
         "current_step": current,
-        "steps_done": sum(1 for s in steps if s["status"] in ("completed", "skipped")),
+        "steps_done": sum(1 for s in steps if s["status"] in DONE_VALUES),
         "steps_total": max(steps_total or 0, len(steps)),
         "error": error if status != "completed" else None,
         "executor": None,
@@ -535,9 +542,6 @@ class DbSource:
     def __init__(self, url: str) -> None:
         import sqlalchemy as sa
 
-        from ..engine import FluxEngine
-        from ..storage.sql import SqlStorage, normalize_url, redact_url
-
         self.label = redact_url(url)
         try:
             parsed = sa.engine.make_url(normalize_url(url))
@@ -553,21 +557,12 @@ class DbSource:
     def runs(
         self, workflow: str | None, statuses: list[str] | None, limit: int, offset: int
     ) -> dict[str, Any]:
-        import sqlalchemy as sa
-
-        from .. import ops
-        from ..storage import schema
 
         rows = ops.list_runs(self.engine, workflow, statuses, limit, offset)
         counts = ops.status_counts(self.engine, workflow)
-        q = sa.select(schema.runs.c.workflow).distinct().order_by(schema.runs.c.workflow)
-        with self.storage.engine.connect() as conn:
-            workflows = list(conn.execute(q).scalars())
-        return {"runs": rows, "counts": counts, "workflows": workflows}
+        return {"runs": rows, "counts": counts, "workflows": self.storage.workflow_names()}
 
     def run(self, run_id: str) -> dict[str, Any] | None:
-        from .. import ops
-        from ..errors import RunNotFound
 
         try:
             d = ops.run_detail(self.engine, run_id, trace_limit=RUN_EVENTS)
@@ -580,7 +575,7 @@ class DbSource:
         run.update(
             version=d["workflow_version"],
             current_step=steps[index]["name"] if index < len(steps) else None,
-            steps_done=sum(1 for s in steps if s["status"] in ("completed", "skipped")),
+            steps_done=sum(1 for s in steps if s["status"] in DONE_VALUES),
             steps_total=len(steps),
             events=len(d["traces"]),
         )
@@ -595,33 +590,17 @@ class DbSource:
         since: datetime | None,
         limit: int,
     ) -> tuple[list[dict[str, Any]], bool]:
-        import sqlalchemy as sa
 
-        from .. import ops
-        from ..storage import schema
-
-        t = schema.traces
-        q = sa.select(t)
-        if run_id is not None:
-            q = q.where(t.c.run_id == run_id)
-        if workflow is not None:
-            q = q.where(t.c.workflow == workflow)
-        if types is not None:
-            q = q.where(t.c.type.in_(types))
-        if since is not None:
-            q = q.where(t.c.ts > since)
-        q = q.order_by(t.c.seq.desc()).limit(limit + 1)  # the newest, plus one to see more
-        with self.storage.engine.connect() as conn:
-            rows = conn.execute(q).mappings().all()
-        events = [_event_from_row(r) for r in reversed(rows[:limit])]
-        return ops.trace_rows(events, self.engine), len(rows) > limit
+        newest = self.storage.list_traces(
+            run_id=run_id,
+            workflow=workflow,
+            type=types,
+            since=since,
+            limit=limit + 1,  # the newest, plus one to see whether there are more
+            newest_first=True,
+        )
+        events = list(reversed(newest[:limit]))
+        return ops.trace_rows(events, self.engine), len(newest) > limit
 
     def close(self) -> None:
         self.engine.close()
-
-
-def _event_from_row(row: Any) -> TraceEvent:
-    values = {k: row[k] for k in FIELDS}
-    ts = values.pop("ts")
-    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    return TraceEvent(ts=ts, **values)

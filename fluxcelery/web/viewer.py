@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from ..core.errors import StorageError
 from ..trace.event import EVENT_TYPES
 from .sources import RUN_EVENTS as RUN_EVENTS
 from .sources import (
@@ -87,8 +88,6 @@ def json_bytes(value: Any) -> bytes:
 def _server_error(exc: Exception) -> tuple[int, dict[str, str]]:
     """503 when the database is unreachable (its message names no password), else 500."""
     from sqlalchemy.exc import OperationalError
-
-    from ..errors import StorageError
 
     if isinstance(exc, StorageError):
         return 503, {"error": str(exc)}

@@ -251,4 +251,5 @@ def _it_workflows() -> list[Any]:
         w.slow_retry,
         w.declined,
         w.missing,
+        w.long_step,
     ]

@@ -172,3 +172,7 @@ def missing_file(ctx):
 
 
 missing = workflow("it-missing").step("read", missing_file, retries=0).step("after", noop)
+
+
+# No timeout of its own: the worker engine's default_timeout (FLUX_DEFAULT_TIMEOUT) rules.
+long_step = workflow("it-long-step").step("work", slow, retries=0)

@@ -22,6 +22,7 @@
     source: $("source"), live: $("live"), liveText: $("live-text"), banner: $("banner"),
     runView: $("run-view"), overview: $("overview"), runHead: $("run-head"), path: $("path"),
     legend: $("legend"), rollback: $("rollback"), gantt: $("gantt"),
+    tracebacks: $("tracebacks"), tracebacksPanel: $("tracebacks-panel"),
     attemptsNote: $("attempts-note"), timeline: $("timeline").tBodies[0],
     timelineNote: $("timeline-note"), payload: $("payload-body"),
     recent: $("recent").tBodies[0], recentEmpty: $("recent-empty"),
@@ -268,7 +269,8 @@
       h("button", { type: "button", class: "close", title: "Back to all runs",
         onclick: () => selectRun("") }, "×")),
     h("p", { class: "muted" }, "No run with id ", h("code", { text: id }), " in this source."));
-    for (const node of [ui.path, ui.gantt, ui.timeline, ui.payload]) clear(node);
+    for (const node of [ui.path, ui.gantt, ui.timeline, ui.payload, ui.tracebacks]) clear(node);
+    ui.tracebacksPanel.hidden = true;
   }
 
   function renderDetail(d) {
@@ -276,6 +278,7 @@
     ui.overview.hidden = true;
     renderHead(d.run);
     renderPath(d.steps, d.compensations);
+    renderTracebacks(d.steps);
     renderGantt(d.steps);
     renderTimeline(d.events);
     renderPayload(d.run);
@@ -342,6 +345,22 @@
       chips.push(h("span", { class: "muted", text: "compensated in reverse order" }));
       ui.rollback.replaceChildren(...chips);
     }
+  }
+
+  // A failed step's traceback, collapsed; blocks the reader opened stay open on redraws.
+  function renderTracebacks(steps) {
+    const open = new Set([...ui.tracebacks.querySelectorAll("details[open]")]
+      .map((node) => node.dataset.step));
+    const failed = steps.filter((s) => s.traceback);
+    ui.tracebacksPanel.hidden = !failed.length;
+    ui.tracebacks.replaceChildren(...failed.map((s) => h("details", {
+      class: "traceback", data: { step: s.name }, open: open.has(s.name),
+    },
+    h("summary", {},
+      h("span", { class: "traceback-step", text: s.name }),
+      h("span", { class: "traceback-error", text: s.error || "" }),
+      h("span", { class: "muted", text: `${String(s.traceback).split("\n").length} lines` })),
+    h("pre", { class: "traceback-text" }, h("code", { text: s.traceback })))));
   }
 
   const GANTT_LEGEND = [["out-completed", "succeeded"], ["out-retry", "failed, retried"],

@@ -1,0 +1,526 @@
+"""Every status change of a run and its steps, by name: the only code that assigns a status.
+
+Each transition checks its edges against the tables in states.py before it changes
+anything, changes the run in memory (the ``RunState`` it is given), and returns what it did
+as a ``Transition``: the indexes of the steps it touched and the trace events that describe
+it. It never talks to storage, Celery or hooks: the caller (runner, compensation, the
+engine's signal/retry/cancel, upkeep, the PostgreSQL claim's mirror) collects transitions
+into one guarded write and applies the rest once that write has landed.
+
+To add a transition: write a function here that takes the run and what the decision needs
+(times are parameters: ``at``), checks every edge it will take before it changes anything,
+moves statuses only through ``_run_to``/``_step_to``, and returns ``Transition``; then
+table-test it in tests/test_transitions.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..trace.event import TraceEvent
+from .records import RunState, StepState, ms_between
+from .states import RunStatus, StepStatus, check_run_change, check_step_transition
+
+R = RunStatus
+S = StepStatus
+
+
+@dataclass(slots=True)
+class Transition:
+    """What one transition did: the steps whose rows changed, and its trace events."""
+
+    steps: tuple[int, ...] = ()
+    events: list[TraceEvent] = field(default_factory=list)
+
+
+# -- edges -----------------------------------------------------------------------------------
+def _run_to(state: RunState, target: RunStatus) -> None:
+    check_run_change(state.status, target)
+    state.status = target
+
+
+def _step_to(step: StepState, target: StepStatus) -> None:
+    if step.status != target:
+        check_step_transition(step.status, target, step.name)
+        step.status = target
+
+
+def _event(state: RunState, type: str, **fields: Any) -> TraceEvent:
+    return TraceEvent.make(type, state.id, state.workflow, **fields)
+
+
+def _step_event(state: RunState, type: str, step: StepState, **fields: Any) -> TraceEvent:
+    return TraceEvent.make(
+        type,
+        state.id,
+        state.workflow,
+        step=step.name,
+        step_index=step.index,
+        kind=step.kind,
+        **fields,
+    )
+
+
+# -- the run ---------------------------------------------------------------------------------
+def start_run(
+    state: RunState,
+    *,
+    meta: dict[str, Any] | None,
+    task_id: str | None = None,
+    worker: str | None = None,
+    at: datetime | None = None,
+    event_id: str | None = None,
+) -> Transition:
+    """A pending run starts (its first step is about to)."""
+    _run_to(state, R.RUNNING)
+    return Transition(
+        events=[
+            _event(
+                state,
+                "workflow:start",
+                status="running",
+                task_id=task_id,
+                worker=worker,
+                meta=meta,
+                ts=at,
+                id=event_id,
+            )
+        ]
+    )
+
+
+def finish_run(
+    state: RunState, status: RunStatus, at: datetime, error: str | None = None
+) -> Transition:
+    """The run ends: ``completed`` (its error cleared), or ``failed``/``rolled_back`` with
+    ``error`` (default: the error it has)."""
+    _run_to(state, status)
+    state.finished_at = at
+    if error is not None:
+        state.error = error
+    duration = ms_between(state.created_at, at)
+    if status == R.COMPLETED:
+        state.error = None
+        event = _event(state, "workflow:complete", status=status.value, duration_ms=duration, ts=at)
+    else:
+        event = _event(
+            state,
+            "workflow:error",
+            status=status.value,
+            duration_ms=duration,
+            error=state.error,
+            ts=at,
+        )
+    return Transition(events=[event])
+
+
+def cancel_run(state: RunState, reason: str, at: datetime) -> Transition:
+    """Stop a pending, running or suspended run for good; a running or waiting step fails
+    with the reason (a task still running it is discarded when it ends)."""
+    check_run_change(state.status, R.CANCELLED)  # before any step changes
+    error = f"Cancelled: {reason}"
+    touched = []
+    for s in state.steps:
+        if s.status in (S.RUNNING, S.SUSPENDED):
+            _step_to(s, S.FAILED)
+            s.error = error
+            s.finished_at = at
+            s.wait_deadline = None
+            touched.append(s.index)
+    _run_to(state, R.CANCELLED)
+    state.error = error
+    state.finished_at = at
+    event = _event(
+        state, "workflow:cancel", status="cancelled", error=error, meta={"reason": reason}
+    )
+    return Transition(tuple(touched), [event])
+
+
+def begin_rollback(
+    state: RunState, plan: Sequence[int], error: str | None, *, retry: bool = False
+) -> Transition:
+    """Start compensating the steps of ``plan`` (reverse order). ``retry``: a failed
+    rollback is tried again (``engine.retry``): its compensators get their attempts back."""
+    _run_to(state, R.ROLLING_BACK)
+    names = [state.steps[i].name for i in plan]
+    if not retry:
+        meta: dict[str, Any] = {"plan": names}
+        return Transition(
+            events=[
+                _event(
+                    state, "workflow:rollback_start", status="rolling_back", error=error, meta=meta
+                )
+            ]
+        )
+    state.finished_at = None
+    for i in plan:
+        state.steps[i].compensation_attempts = 0
+    meta = {"retry": True, "plan": names}
+    event = _event(state, "workflow:rollback_start", status="rolling_back", error=error, meta=meta)
+    return Transition(tuple(plan), [event])
+
+
+def finish_rollback(state: RunState, at: datetime) -> Transition:
+    """Every compensation has run: ``rolled_back`` with the failed step's error, or
+    ``failed`` naming the steps whose compensation failed."""
+    failed = [s.name for s in state.steps if s.status == S.COMPENSATION_FAILED]
+    # The failed step keeps the error that started the rollback (state.error may already
+    # describe an earlier, retried compensation failure).
+    original = next((s.error for s in state.steps if s.status == S.FAILED and s.error), state.error)
+    if failed:
+        names = ", ".join(repr(n) for n in failed)
+        err = f"CompensationError: compensation failed at step {names}; original error: {original}"
+        return finish_run(state, R.FAILED, at, err)
+    done = _event(state, "workflow:rollback_complete", status="rolled_back", ts=at)
+    finished = finish_run(state, R.ROLLED_BACK, at, original)
+    return Transition(events=[done, *finished.events])
+
+
+def reset_for_retry(state: RunState, start: int) -> Transition:
+    """Re-run a failed or rolled-back run from step ``start``. A commit step whose effect
+    landed (and was not undone) is kept ``completed``: it never runs again."""
+    check_run_change(state.status, R.RUNNING)  # before any step changes
+    landed = (S.COMPLETED, S.COMPENSATION_FAILED, S.COMPENSATING)
+    touched = []
+    for s in state.steps[start:]:
+        if s.kind == "commit" and s.status in landed:
+            if s.status != S.COMPLETED:
+                _step_to(s, S.COMPLETED)
+                touched.append(s.index)
+            continue
+        if s.status != S.PENDING or s.attempts:
+            _step_to(s, S.PENDING)
+            s.reset()
+            touched.append(s.index)
+    _run_to(state, R.RUNNING)
+    state.current_step = start
+    state.error = None
+    state.finished_at = None
+    event = _event(
+        state,
+        "workflow:start",
+        status="running",
+        meta={"retry": True, "from_step": state.steps[start].name},
+    )
+    return Transition(tuple(touched), [event])
+
+
+# -- steps -----------------------------------------------------------------------------------
+def start_step(
+    state: RunState,
+    index: int,
+    *,
+    attempt: int,
+    max_attempts: int | None,
+    task_id: str | None,
+    worker: str | None,
+    at: datetime,
+    rerun: bool = False,
+    event_id: str | None = None,
+) -> Transition:
+    """An attempt of step ``index`` starts. A step found ``running`` was redelivered (its
+    worker died); ``rerun``: the same attempt again, its outcome lost to a database outage."""
+    s = state.steps[index]
+    redelivered = s.status == S.RUNNING
+    _step_to(s, S.RUNNING)
+    s.attempts = attempt
+    s.task_id = task_id
+    s.started_at = at
+    s.finished_at = None
+    state.current_step = index
+    meta = (
+        ({"redelivered": True, "outage": True} if rerun else {"redelivered": True})
+        if redelivered
+        else None
+    )
+    event = _step_event(
+        state,
+        "step:start",
+        s,
+        max_attempts=max_attempts,
+        ts=at,
+        status="running",
+        attempt=attempt,
+        task_id=task_id,
+        worker=worker,
+        meta=meta,
+        id=event_id,
+    )
+    return Transition((index,), [event])
+
+
+def keep_done_step(state: RunState, index: int) -> Transition:
+    """A step already done (a commit kept ``completed`` across a retry) is not run again."""
+    s = state.steps[index]
+    state.current_step = index + 1
+    event = _step_event(
+        state,
+        "step:skipped",
+        s,
+        status=s.status.value,
+        meta={"reason": "already completed", "not_rerun": True},
+    )
+    return Transition((index,), [event])
+
+
+def skip_step(
+    state: RunState, index: int, *, task_id: str | None, worker: str | None, at: datetime
+) -> Transition:
+    """The step's ``when`` said no."""
+    s = state.steps[index]
+    _step_to(s, S.SKIPPED)
+    s.finished_at = at
+    state.current_step = index + 1
+    event = _step_event(state, "step:skipped", s, status="skipped", task_id=task_id, worker=worker)
+    return Transition((index,), [event])
+
+
+def complete_step(
+    state: RunState,
+    index: int,
+    output: Any,
+    *,
+    attempt: int,
+    max_attempts: int | None,
+    started: datetime,
+    at: datetime,
+    task_id: str | None,
+    worker: str | None,
+) -> Transition:
+    """The attempt returned ``output``: the step is done and the run moves past it."""
+    s = state.steps[index]
+    _step_to(s, S.COMPLETED)
+    s.output = output
+    s.error = None
+    s.traceback = None
+    s.finished_at = at
+    s.duration_ms = ms_between(started, at)
+    state.current_step = index + 1
+    event = _step_event(
+        state,
+        "step:complete",
+        s,
+        max_attempts=max_attempts,
+        ts=at,
+        status="completed",
+        attempt=attempt,
+        duration_ms=s.duration_ms,
+        task_id=task_id,
+        worker=worker,
+    )
+    return Transition((index,), [event])
+
+
+def suspend_step(
+    state: RunState,
+    index: int,
+    signal: str,
+    timeout: float | None,
+    *,
+    attempt: int,
+    started: datetime,
+    at: datetime,
+    task_id: str | None,
+    worker: str | None,
+) -> Transition:
+    """The attempt returned ``wait_for(signal)``: the run waits, holding no worker."""
+    check_run_change(state.status, R.SUSPENDED)  # before the step changes
+    s = state.steps[index]
+    _step_to(s, S.SUSPENDED)
+    s.waiting_for = signal
+    s.duration_ms = ms_between(started, at)
+    s.wait_deadline = (at + timedelta(seconds=timeout)) if timeout else None
+    _run_to(state, R.SUSPENDED)
+    event = _step_event(
+        state,
+        "step:suspend",
+        s,
+        status="suspended",
+        attempt=attempt,
+        task_id=task_id,
+        worker=worker,
+        meta={"signal": signal, "timeout": timeout},
+    )
+    return Transition((index,), [event])
+
+
+def deliver_signal(
+    state: RunState, index: int, name: str, payload: Any, shown: Any, at: datetime
+) -> Transition:
+    """Signal ``name`` reaches the waiting step: ``payload`` becomes its output (``shown``:
+    the payload as traced, redacted) and the run runs again."""
+    check_run_change(state.status, R.RUNNING)  # before the step changes
+    s = state.steps[index]
+    _step_to(s, S.COMPLETED)
+    s.output = payload
+    s.finished_at = at
+    s.duration_ms = ms_between(s.started_at, at)
+    s.wait_deadline = None
+    _run_to(state, R.RUNNING)
+    state.current_step = index + 1
+    event = _step_event(
+        state,
+        "signal:received",
+        s,
+        status="completed",
+        meta={"signal": name, "payload": shown},
+    )
+    return Transition((index,), [event])
+
+
+def fail_attempt(
+    state: RunState,
+    index: int,
+    error: str,
+    traceback: str | None,
+    *,
+    attempt: int,
+    max_attempts: int | None,
+    delay: float,
+    started: datetime,
+    at: datetime,
+    task_id: str | None,
+    worker: str | None,
+) -> Transition:
+    """The attempt failed and will be retried after ``delay`` seconds."""
+    s = state.steps[index]
+    _step_to(s, S.PENDING)
+    s.error = error
+    s.traceback = traceback
+    s.duration_ms = ms_between(started, at)
+    event = _step_event(
+        state,
+        "step:retry",
+        s,
+        max_attempts=max_attempts,
+        status="pending",
+        attempt=attempt,
+        duration_ms=s.duration_ms,
+        error=error,
+        task_id=task_id,
+        worker=worker,
+        meta={"delay_s": delay, "next_attempt": attempt + 1},
+    )
+    return Transition((index,), [event])
+
+
+def fail_step(
+    state: RunState,
+    index: int,
+    error: str,
+    traceback: str | None,
+    *,
+    attempt: int,
+    max_attempts: int | None,
+    at: datetime,
+    started: datetime | None = None,
+    task_id: str | None = None,
+    worker: str | None = None,
+) -> Transition:
+    """The step failed for good (attempts used up, non-retryable, expired wait, lost
+    worker). The run stays ``running`` for its failure path (``begin_rollback`` or
+    ``finish_run``)."""
+    s = state.steps[index]
+    _step_to(s, S.FAILED)
+    s.error = error
+    s.traceback = traceback
+    s.finished_at = at
+    s.wait_deadline = None
+    if started is not None:
+        s.duration_ms = ms_between(started, at)
+    if state.status in (R.PENDING, R.SUSPENDED):
+        _run_to(state, R.RUNNING)
+    state.current_step = index
+    state.error = error
+    event = _step_event(
+        state,
+        "step:error",
+        s,
+        max_attempts=max_attempts,
+        status="failed",
+        attempt=attempt or None,
+        duration_ms=s.duration_ms,
+        error=error,
+        task_id=task_id,
+        worker=worker,
+    )
+    return Transition((index,), [event])
+
+
+# -- compensation ----------------------------------------------------------------------------
+def begin_compensation(state: RunState, index: int) -> Transition:
+    """An attempt of step ``index``'s compensator starts."""
+    s = state.steps[index]
+    _step_to(s, S.COMPENSATING)
+    s.compensation_attempts += 1
+    return Transition((index,))
+
+
+def compensate_step(
+    state: RunState,
+    index: int,
+    *,
+    attempt: int,
+    max_attempts: int | None,
+    duration_ms: int | None,
+    task_id: str | None,
+    worker: str | None,
+) -> Transition:
+    """The compensator succeeded: the step's effect is undone. Its ``finished_at`` and
+    ``duration_ms`` keep describing the forward run; the undo is in the trace."""
+    s = state.steps[index]
+    _step_to(s, S.COMPENSATED)
+    s.error = None
+    s.traceback = None
+    event = _step_event(
+        state,
+        "step:compensate",
+        s,
+        max_attempts=max_attempts,
+        status="compensated",
+        attempt=attempt,
+        duration_ms=duration_ms,
+        task_id=task_id,
+        worker=worker,
+    )
+    return Transition((index,), [event])
+
+
+def fail_compensation(
+    state: RunState,
+    index: int,
+    error: str,
+    traceback: str | None,
+    *,
+    retry: bool,
+    delay: float,
+    attempt: int,
+    max_attempts: int | None,
+    duration_ms: int | None,
+    task_id: str | None,
+    worker: str | None,
+) -> Transition:
+    """The compensator failed: tried again after ``delay`` (``retry``), or the step ends
+    ``compensation_failed`` and the rollback goes on with the next one."""
+    s = state.steps[index]
+    s.traceback = traceback
+    event = _step_event(
+        state,
+        "step:compensate_error",
+        s,
+        max_attempts=max_attempts,
+        status="compensating" if retry else "compensation_failed",
+        attempt=attempt,
+        error=error,
+        task_id=task_id,
+        worker=worker,
+        duration_ms=duration_ms,
+        meta={"will_retry": retry, "delay_s": delay},
+    )
+    if not retry:
+        _step_to(s, S.COMPENSATION_FAILED)
+        s.error = f"compensation failed: {error}"
+    return Transition((index,), [event])

@@ -1,0 +1,81 @@
+"""What running a step needs, handed by the engine to the runner, the compensation and
+upkeep: none of them holds the engine or calls into it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..core import transitions as t
+from ..core.builder import StepDef, Workflow
+from ..core.context import StepContext
+from ..core.errors import FluxError, describe_error
+from ..core.failure import Failure, capture
+from ..core.jsoncodec import Redactor, roundtrip
+from ..core.policy import Defaults
+from ..core.records import RunState
+from ..core.states import RunStatus
+from ..storage.base import ClaimingStorage, Storage
+from .catalog import Catalog
+from .change import STOP, Action, Change, Next
+from .invoke import Invoker
+from .notify import Notifier
+
+log = logging.getLogger("fluxcelery.runner")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    storage: Storage
+    catalog: Catalog
+    defaults: Defaults
+    invoker: Invoker
+    notifier: Notifier
+    redact: Redactor
+    max_payload_bytes: int | None
+    clock: Callable[[], datetime]
+    #: The store, when it can start a step in the load statement (asked once: a runtime
+    #: protocol check is slow, and every step task would ask it).
+    claiming: ClaimingStorage | None
+
+    def change(self, state: RunState, *, create: bool = False) -> Change:
+        return Change(self.storage, self.notifier, state, create=create)
+
+    def context(
+        self, wf: Workflow, state: RunState, sdef: StepDef, attempt: int, session: Any = None
+    ) -> StepContext:
+        spec = wf.input_spec
+        return StepContext(
+            run_id=state.id,
+            workflow=state.workflow,
+            step=sdef.name,
+            step_index=sdef.index,
+            attempt=attempt,
+            input=spec.load(state.input) if spec else state.input,
+            data=roundtrip(state.data) if state.data else {},
+            results=state.results,
+            session=session,
+            redactor=self.redact,
+            raw_input=state.input,
+        )
+
+    def error_text(self, exc: BaseException, state: RunState) -> str:
+        return self.notifier.error_text(exc, state)
+
+    def failure(self, exc: BaseException | None, err: str, state: RunState) -> Failure:
+        """The attempt's failure for Celery and the step's stored traceback, masked like
+        ``error_text``."""
+        return capture(exc, err, lambda text: self.redact.scrub(text, state.input, state.data))
+
+    def fail_unrunnable(self, state: RunState, exc: FluxError) -> Next:
+        """This process cannot run this run (unknown workflow, changed definition): it
+        fails, and a Celery task shows why."""
+        change = self.change(state)
+        err = describe_error(exc)
+        change.apply(t.finish_run(state, RunStatus.FAILED, self.clock(), err))
+        log.error("run %s cannot continue here: %s", state.id, exc)
+        landed = change.save()
+        return Next(Action.DONE, failure=self.failure(exc, err, state)) if landed else STOP
