@@ -114,13 +114,7 @@ def check_database(url: str) -> tuple[Check, Check]:
             ),
         )
     try:
-        import sqlalchemy as sa
-
-        with storage.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-            server = (
-                f"{conn.dialect.name} {'.'.join(map(str, conn.dialect.server_version_info or ()))}"
-            )
+        server = storage.server_version()
         current = current_revision(storage)
     except Exception as exc:
         storage.close()

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,44 +60,118 @@ def step_values(s: StepState, stamp: Callable[[datetime | None], Any] = utc) -> 
     }
 
 
-def to_step(row: Any) -> StepState:
+#: The columns a run is decoded from, in order (``decode_run``): every read of a run selects
+#: these, then ``STEP_FIELDS`` per step (``decode_step``).
+RUN_FIELDS = (
+    "id",
+    "workflow",
+    "workflow_version",
+    "definition_hash",
+    "status",
+    "input",
+    "data",
+    "current_step",
+    "error",
+    "executor",
+    "version",
+    "created_at",
+    "updated_at",
+    "finished_at",
+)
+STEP_FIELDS = (
+    "idx",
+    "name",
+    "kind",
+    "status",
+    "attempts",
+    "compensation_attempts",
+    "output",
+    "error",
+    "waiting_for",
+    "task_id",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "wait_deadline",
+    "traceback",
+)
+#: Where the step columns start in a run-and-steps row (``state_from_rows``).
+STEP_AT = len(RUN_FIELDS)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def decode_step(
+    row: Sequence[Any],
+    at: int = 0,
+    json: Callable[[Any], Any] = _same,
+    ts: Callable[[Any], datetime | None] = utc,
+) -> StepState:
+    """The step in ``row[at:]`` (``STEP_FIELDS``). ``json`` and ``ts`` turn what the driver
+    returned into Python values (SQLite's hot path reads JSON and timestamps as text)."""
     return StepState(
-        name=row.name,
-        index=row.idx,
-        kind=row.kind,
-        status=StepStatus(row.status),
-        attempts=row.attempts,
-        compensation_attempts=row.compensation_attempts,
-        output=row.output,
-        error=row.error,
-        waiting_for=row.waiting_for,
-        task_id=row.task_id,
-        started_at=utc(row.started_at),
-        finished_at=utc(row.finished_at),
-        duration_ms=row.duration_ms,
-        wait_deadline=utc(row.wait_deadline),
-        traceback=row.traceback,
+        index=row[at],
+        name=row[at + 1],
+        kind=row[at + 2],
+        status=StepStatus(row[at + 3]),
+        attempts=row[at + 4],
+        compensation_attempts=row[at + 5],
+        output=json(row[at + 6]),
+        error=row[at + 7],
+        waiting_for=row[at + 8],
+        task_id=row[at + 9],
+        started_at=ts(row[at + 10]),
+        finished_at=ts(row[at + 11]),
+        duration_ms=row[at + 12],
+        wait_deadline=ts(row[at + 13]),
+        traceback=row[at + 14],
     )
 
 
-def to_run(row: Any, steps: list[StepState]) -> RunState:
+def decode_run(
+    row: Sequence[Any],
+    steps: list[StepState],
+    json: Callable[[Any], Any] = _same,
+    ts: Callable[[Any], datetime | None] = utc,
+) -> RunState:
+    """The run in ``row[:STEP_AT]`` (``RUN_FIELDS``), with ``steps``."""
     return RunState(
-        id=row.id,
-        workflow=row.workflow,
-        workflow_version=row.workflow_version,
-        definition_hash=row.definition_hash,
-        status=RunStatus(row.status),
-        input=row.input,
-        data=row.data if row.data is not None else {},
+        id=row[0],
+        workflow=row[1],
+        workflow_version=row[2],
+        definition_hash=row[3],
+        status=RunStatus(row[4]),
+        input=json(row[5]),
+        data=json(row[6]) or {},
         steps=steps,
-        current_step=row.current_step,
-        error=row.error,
-        executor=row.executor,
-        version=row.version,
-        created_at=utc(row.created_at) or utcnow(),
-        updated_at=utc(row.updated_at) or utcnow(),
-        finished_at=utc(row.finished_at),
+        current_step=row[7],
+        error=row[8],
+        executor=row[9],
+        version=row[10],
+        created_at=ts(row[11]) or utcnow(),
+        updated_at=ts(row[12]) or utcnow(),
+        finished_at=ts(row[13]),
     )
+
+
+def state_from_rows(
+    rows: Sequence[Sequence[Any]],
+    json: Callable[[Any], Any] = _same,
+    ts: Callable[[Any], datetime | None] = utc,
+) -> RunState | None:
+    """A run from the rows of a run joined with its steps (one row per step; a run with no
+    steps has one row whose step columns are NULL), as both hot paths' loads return."""
+    if not rows:
+        return None
+    steps = [decode_step(r, STEP_AT, json, ts) for r in rows if r[STEP_AT] is not None]
+    return decode_run(rows[0], steps, json, ts)
+
+
+def select_list(table: str, fields: Sequence[str]) -> str:
+    """``t.a, t.b, ...``: the select list of ``fields`` for hand-written statements."""
+    return ", ".join(f"{table}.{name}" for name in fields)
 
 
 def trace_values(e: TraceEvent, stamp: Callable[[datetime], Any] = utc) -> dict[str, Any]:

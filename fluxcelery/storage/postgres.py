@@ -23,10 +23,9 @@ from sqlalchemy.engine import Connection
 
 from ..core.jsoncodec import dumps_for_jsonb
 from ..core.records import RunState, StepState
-from ..core.states import RunStatus, StepStatus
 from ..trace.event import TraceEvent
-from . import schema
-from .core_rows import step_values, trace_values
+from . import core_rows, schema
+from .core_rows import RUN_FIELDS, STEP_FIELDS, select_list, step_values, trace_values
 
 STEP_COLS = schema.STEP_COLUMNS
 TRACE_COLS = schema.TRACE_COLUMNS
@@ -92,14 +91,13 @@ CREATE_SQL = (
 # from 0; a run without steps has one row with a NULL idx): psycopg parses every jsonb value
 # it receives, and a 20-step run with a 48 KB input took 7 ms of client CPU per load when
 # each row carried them.
+_LOAD_RUN_COLS = ", ".join(
+    # The run's JSON columns come on the first row only.
+    f"CASE WHEN s.idx IS NULL OR s.idx = 0 THEN r.{c} END" if c in ("input", "data") else f"r.{c}"
+    for c in RUN_FIELDS
+)
 LOAD_SQL = (
-    "SELECT r.id, r.workflow, r.workflow_version, r.definition_hash, r.status, "
-    "CASE WHEN s.idx IS NULL OR s.idx = 0 THEN r.input END, "
-    "CASE WHEN s.idx IS NULL OR s.idx = 0 THEN r.data END, "
-    "r.current_step, r.error, r.executor, r.version, r.created_at, r.updated_at, "
-    "r.finished_at, s.idx, s.name, s.kind, s.status, s.attempts, s.compensation_attempts, "
-    "s.output, s.error, s.waiting_for, s.task_id, s.started_at, s.finished_at, "
-    "s.duration_ms, s.wait_deadline, s.traceback "
+    f"SELECT {_LOAD_RUN_COLS}, {select_list('s', STEP_FIELDS)} "
     "FROM flux_runs r LEFT JOIN flux_steps s ON s.run_id = r.id "
     "WHERE r.id = %(id)s ORDER BY s.idx"
 )
@@ -172,48 +170,12 @@ def _rows(rows: list[dict[str, Any]], what: str) -> str:
 
 
 def state_from_rows(rows: Sequence[Any]) -> RunState | None:
-    """The run from ``LOAD_SQL``'s rows (one per step)."""
-    if not rows:
-        return None
-    first = rows[0]
-    steps = [
-        StepState(
-            index=row[14],
-            name=row[15],
-            kind=row[16],
-            status=StepStatus(row[17]),
-            attempts=row[18],
-            compensation_attempts=row[19],
-            output=row[20],
-            error=row[21],
-            waiting_for=row[22],
-            task_id=row[23],
-            started_at=row[24],
-            finished_at=row[25],
-            duration_ms=row[26],
-            wait_deadline=row[27],
-            traceback=row[28],
-        )
-        for row in rows
-        if row[14] is not None
-    ]
-    return RunState(
-        id=first[0],
-        workflow=first[1],
-        workflow_version=first[2],
-        definition_hash=first[3],
-        status=RunStatus(first[4]),
-        input=first[5],
-        data=first[6] or {},
-        steps=steps,
-        current_step=first[7],
-        error=first[8],
-        executor=first[9],
-        version=first[10],
-        created_at=first[11],
-        updated_at=first[12],
-        finished_at=first[13],
-    )
+    """The run from ``LOAD_SQL``'s rows (psycopg returns JSON and aware timestamps)."""
+    return core_rows.state_from_rows(rows, ts=_same)
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def save_params(

@@ -23,7 +23,16 @@ from ..settings import require_extra
 from ..trace.event import TraceEvent
 from . import postgres, schema, sqlite
 from .base import StepClaim, as_tuple
-from .core_rows import run_values, step_values, to_run, to_step, trace_values, utc
+from .core_rows import (
+    RUN_FIELDS,
+    STEP_FIELDS,
+    decode_run,
+    decode_step,
+    run_values,
+    step_values,
+    trace_values,
+    utc,
+)
 
 if TYPE_CHECKING:  # psycopg is an extra: imported only once a PostgreSQL URL is used
     from .pgdirect import DirectConnections
@@ -94,6 +103,9 @@ _RUN_COLS = tuple(
     if c not in ("id", "version", "created_at", "updated_at", "start_meta", "not_before")
 )
 _STEP_COLS = schema.STEP_COLUMNS[1:]  # all but idx
+
+#: A run's columns in ``decode_run``'s order.
+_RUN_SELECT = [schema.runs.c[c] for c in RUN_FIELDS]
 
 # Statements are built once: building them per call cost more than running them.
 _SAVE_RUN = (
@@ -443,12 +455,12 @@ class SqlStorage:
         ids = [r.id for r in rows]
         by_run: dict[str, list[StepState]] = {i: [] for i in ids}
         for srow in conn.execute(
-            sa.select(schema.steps)
+            sa.select(schema.steps.c.run_id, *[schema.steps.c[c] for c in STEP_FIELDS])
             .where(schema.steps.c.run_id.in_(ids))
             .order_by(schema.steps.c.run_id, schema.steps.c.idx)
         ):
-            by_run[srow.run_id].append(to_step(srow))
-        return [to_run(r, by_run[r.id]) for r in rows]
+            by_run[srow[0]].append(decode_step(srow, 1))
+        return [decode_run(r, by_run[r.id]) for r in rows]
 
     def list_runs(
         self,
@@ -457,7 +469,7 @@ class SqlStorage:
         limit: int | None = 50,
         offset: int = 0,
     ) -> list[RunState]:
-        q = sa.select(schema.runs)
+        q = sa.select(*_RUN_SELECT)
         if workflow is not None:
             q = q.where(schema.runs.c.workflow == workflow)
         statuses = as_tuple(status)
@@ -480,7 +492,7 @@ class SqlStorage:
 
     def stale_runs(self, updated_before: datetime, limit: int = 100) -> list[RunState]:
         q = (
-            sa.select(schema.runs)
+            sa.select(*_RUN_SELECT)
             .where(
                 schema.runs.c.status.in_(values(MOVING_RUN)),
                 schema.runs.c.updated_at < utc(updated_before),
@@ -501,7 +513,7 @@ class SqlStorage:
             .where(schema.steps.c.status == "suspended", schema.steps.c.wait_deadline <= utc(now))
             .limit(limit)
         )
-        q = sa.select(schema.runs).where(
+        q = sa.select(*_RUN_SELECT).where(
             schema.runs.c.id.in_(ids), schema.runs.c.status == "suspended"
         )
         with self._read() as conn:
@@ -543,6 +555,14 @@ class SqlStorage:
             return
         with self._begin() as conn:
             conn.execute(_INSERT_TRACES, [trace_values(e) for e in events])
+
+    def server_version(self) -> str:
+        """``<dialect> <version>`` of the database, read over a new round trip (``doctor``:
+        it fails when the database cannot be reached)."""
+        with self._read() as conn:
+            conn.execute(sa.text("SELECT 1"))
+            version = ".".join(map(str, conn.dialect.server_version_info or ()))
+            return f"{conn.dialect.name} {version}"
 
     def workflow_names(self) -> list[str]:
         q = sa.select(schema.runs.c.workflow).distinct().order_by(schema.runs.c.workflow)

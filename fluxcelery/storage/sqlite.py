@@ -18,10 +18,10 @@ from typing import Any
 
 from ..core.jsoncodec import dumps
 from ..core.records import RunState, StepState
-from ..core.states import RunStatus, StepStatus
 from ..trace.event import TraceEvent
 from . import schema
 from .connections import ThreadConnections
+from .core_rows import RUN_FIELDS, STEP_FIELDS, select_list, state_from_rows
 
 _STEP_SET = [c for c in schema.STEP_COLUMNS if c != "idx"]
 _RUN_SET = (
@@ -55,11 +55,7 @@ INSERT_TRACE_SQL = (
     f"VALUES ({', '.join('?' for _ in schema.TRACE_COLUMNS)})"
 )
 LOAD_SQL = (
-    "SELECT r.id, r.workflow, r.workflow_version, r.definition_hash, r.status, r.input, "
-    "r.data, r.current_step, r.error, r.executor, r.version, r.created_at, r.updated_at, "
-    "r.finished_at, s.idx, s.name, s.kind, s.status, s.attempts, s.compensation_attempts, "
-    "s.output, s.error, s.waiting_for, s.task_id, s.started_at, s.finished_at, "
-    "s.duration_ms, s.wait_deadline, s.traceback "
+    f"SELECT {select_list('r', RUN_FIELDS)}, {select_list('s', STEP_FIELDS)} "
     "FROM flux_runs r LEFT JOIN flux_steps s ON s.run_id = r.id "
     "WHERE r.id = ? ORDER BY s.idx"
 )
@@ -183,47 +179,7 @@ def _trace_values(e: TraceEvent) -> tuple[Any, ...]:
 
 def load(cur: Any, run_id: str) -> RunState | None:
     rows = cur.execute(LOAD_SQL, (run_id,)).fetchall()
-    if not rows:
-        return None
-    first = rows[0]
-    steps = [
-        StepState(
-            index=row[14],
-            name=row[15],
-            kind=row[16],
-            status=StepStatus(row[17]),
-            attempts=row[18],
-            compensation_attempts=row[19],
-            output=_json_out(row[20]),
-            error=row[21],
-            waiting_for=row[22],
-            task_id=row[23],
-            started_at=_parse_ts(row[24]),
-            finished_at=_parse_ts(row[25]),
-            duration_ms=row[26],
-            wait_deadline=_parse_ts(row[27]),
-            traceback=row[28],
-        )
-        for row in rows
-        if row[14] is not None
-    ]
-    return RunState(
-        id=first[0],
-        workflow=first[1],
-        workflow_version=first[2],
-        definition_hash=first[3],
-        status=RunStatus(first[4]),
-        input=_json_out(first[5]),
-        data=_json_out(first[6]) or {},
-        steps=steps,
-        current_step=first[7],
-        error=first[8],
-        executor=first[9],
-        version=first[10],
-        created_at=_parse_ts(first[11]) or datetime.now(UTC),
-        updated_at=_parse_ts(first[12]) or datetime.now(UTC),
-        finished_at=_parse_ts(first[13]),
-    )
+    return state_from_rows(rows, json=_json_out, ts=_parse_ts)
 
 
 def save(
