@@ -1,9 +1,9 @@
 """``FluxEngine``: define once, run in-process (``execute``) or on Celery (``start``).
 
 The engine is handed its storage, a dispatcher (what sends work to workers) and a clock; it
-never imports celery/. The Celery dispatcher is plugged in by the composition root
-(``fluxcelery/__init__.py``: ``FluxEngine.dispatcher_factory``) and by defaults.py, where the
-default engine is built."""
+never imports celery/. The Celery dispatcher is plugged in by the composition root,
+defaults.py (which ``import fluxcelery`` runs): handed to the default engine where it is
+built, and made for any other engine by ``FluxEngine.dispatcher_factory``."""
 
 from __future__ import annotations
 
@@ -87,6 +87,8 @@ class FluxEngine:
     ``storage`` defaults to ``SqlStorage`` on ``FLUX_DATABASE_URL`` (SQLite in ``.flux/``).
     With SQL storage every trace event is also written to ``flux_traces`` in the same
     transaction as the state change it describes; ``trace`` adds more sinks.
+    ``dispatcher`` sends runs started with ``start`` to workers (default: Celery, on ``app``
+    or the process-wide app); ``clock`` gives the time of every transition (tests can set it).
     """
 
     def __init__(
@@ -150,7 +152,7 @@ class FluxEngine:
         self.storage.init()
 
     #: Makes the dispatcher of an engine given none (``factory(engine, app)``): plugged in
-    #: by the composition root (fluxcelery/__init__.py) with the Celery dispatcher.
+    #: by the composition root (defaults.py) with the Celery dispatcher.
     dispatcher_factory: ClassVar[Callable[[FluxEngine, Any], Dispatcher] | None] = None
 
     # -- settings (read-only views of ``defaults`` and the notifier) ------------------------
