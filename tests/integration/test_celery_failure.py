@@ -30,9 +30,13 @@ def task_events(app: Any) -> Iterator[list[dict[str, Any]]]:
         with app.connection() as conn:
             recv = app.events.Receiver(conn, handlers={"*": seen.append})
             ready.set()
-            for _ in recv.itercapture(limit=None, timeout=1.0, wakeup=False):
-                if done.is_set():
-                    break
+            while not done.is_set():
+                try:
+                    for _ in recv.itercapture(limit=None, timeout=1.0, wakeup=False):
+                        if done.is_set():
+                            break
+                except TimeoutError:  # a second with no event: listen on
+                    continue
 
     thread = threading.Thread(target=capture, daemon=True)
     thread.start()
