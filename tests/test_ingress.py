@@ -380,6 +380,54 @@ def test_messages_start_runs_once_and_bad_ones_are_dead_lettered(rabbit_queue: s
     assert queue_depth(rabbit_queue) == 0  # everything was acked
 
 
+def test_hostile_messages_are_handled_and_the_consumer_goes_on(rabbit_queue: str) -> None:
+    """A message id with a lone surrogate or a byte that is not UTF-8, a body with a lone
+    surrogate and no id: each ends started or dead-lettered, everything is acked, and the
+    consumer goes on to the good message after them. Before, the 0xff id stopped the
+    consumer while py-amqp read the frame (redelivered after every restart), and a lone
+    surrogate broke ``derive_run_id``."""
+    import amqp
+    from kombu import Connection
+
+    body = json.dumps({**GOOD, "order_id": "s"}).encode()
+    publish(
+        rabbit_queue,
+        (body, JSON, "order-\ud800"),
+        (json.dumps({**GOOD, "order_id": "\ud800"}).encode(), JSON, None),
+    )
+    with Connection(AMQP_URL) as conn:
+        raw = amqp.Message(body, content_type=JSON, message_id=b"order-\xff")
+        conn.default_channel.basic_publish(raw, exchange=rabbit_queue, routing_key=rabbit_queue)
+    publish(rabbit_queue, good("after"))
+    engine = RecordingEngine()
+    stats = run_consume(rabbit_queue, engine)
+    assert stats.received == 4
+    assert stats.started + stats.duplicates + stats.dead_lettered == 4
+    assert "order-after" in engine.starts
+    assert queue_depth(rabbit_queue) == 0  # all acked
+    for message in dead_letters(rabbit_queue):
+        assert message.headers["x-flux-error-code"]
+
+
+def test_an_unexpected_error_dead_letters_with_internal_error(
+    rabbit_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fluxcelery.ingress.consumer as consumer_module
+
+    def explode(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(consumer_module, "check_message", explode)
+    publish(rabbit_queue, good("x"), good("y"))
+    stats = run_consume(rabbit_queue, RecordingEngine())
+    assert (stats.received, stats.dead_lettered) == (2, 2)
+    assert stats.by_code == {"internal_error": 2}
+    dead = dead_letters(rabbit_queue)
+    assert [m.headers["x-flux-error-code"] for m in dead] == ["internal_error"] * 2
+    assert "KeyError" in dead[0].headers["x-flux-error"]
+    assert queue_depth(rabbit_queue) == 0
+
+
 def test_outages_are_waited_out_and_nothing_is_acked_early(rabbit_queue: str) -> None:
     publish(rabbit_queue, good("a"))
     engine = RecordingEngine()

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from amqp import serialization as amqp_serialization
 from kombu import Connection, Producer
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.mixins import ConsumerMixin
@@ -28,6 +29,7 @@ from .messages import (
     check_message,
     dead_letter_headers,
     is_transient,
+    printable,
     raw_body,
 )
 
@@ -37,6 +39,26 @@ if TYPE_CHECKING:
     from ..engine import FluxEngine
 
 log = logging.getLogger("fluxcelery.ingress")
+
+
+def _decode_text(raw: Any) -> Any:
+    """py-amqp's decoding of short strings (message properties, header values): strict
+    UTF-8 there (``surrogatepass``) raises on a message id with a byte like 0xff while the
+    frame is read, before any message reaches us; the broker delivers it again after every
+    restart, so one such message would stop the ingress for good. Undecodable bytes become
+    lone surrogates (``surrogateescape``) and the message is handled (dead-lettered)."""
+    if isinstance(raw, bytes):
+        try:
+            return raw.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            return raw.decode("utf-8", "surrogateescape")
+    return raw
+
+
+def tolerate_undecodable_text() -> None:
+    """Plug ``_decode_text`` into py-amqp (idempotent; this process consumes untrusted
+    messages: ``consume`` calls it)."""
+    amqp_serialization.pstr_t = _decode_text
 
 
 # -- statistics -------------------------------------------------------------------------------
@@ -196,15 +218,18 @@ class IngressConsumer(ConsumerMixin):
         props = message.properties or {}
         message_id = props.get("message_id")
         headers = message.headers or {}
-        decision = check_message(
-            raw_body(message),
-            message.content_type,
-            message_id=message_id,
-            headers=headers,
-            workflow=self.workflow,
-            workflows=self.engine.workflows,
-            max_bytes=self.max_bytes,
-        )
+        try:
+            decision: Accepted | Rejected = check_message(
+                raw_body(message),
+                message.content_type,
+                message_id=message_id,
+                headers=headers,
+                workflow=self.workflow,
+                workflows=self.engine.workflows,
+                max_bytes=self.max_bytes,
+            )
+        except Exception as exc:  # every message ends acked or dead-lettered
+            decision = self._internal_error(exc, message_id)
         try:
             if isinstance(decision, Accepted):
                 outcome = self._start(decision)
@@ -221,10 +246,18 @@ class IngressConsumer(ConsumerMixin):
             message.requeue()
             self.stats.requeued += 1
             self._emit({"outcome": "requeued", "message_id": message_id})
+        except (KombuOperationalError, OSError):
+            raise  # the broker: kombu reconnects, and the message comes again
+        except Exception as exc:  # every message ends acked or dead-lettered
+            self._dead_letter(message, self._internal_error(exc, message_id))
         finally:
             self._last_activity = time.monotonic()
             if self.max_messages is not None and self.stats.received >= self.max_messages:
                 self.should_stop = True
+
+    def _internal_error(self, exc: Exception, message_id: Any) -> Rejected:
+        log.exception("ingress: message %s could not be handled", printable(message_id))
+        return Rejected("internal_error", printable(f"{type(exc).__name__}: {exc}"), self.workflow)
 
     def _count(self, outcome: str, **info: Any) -> None:
         if outcome == "started":
@@ -308,7 +341,7 @@ class IngressConsumer(ConsumerMixin):
         self.stats.by_code[rejected.code] = self.stats.by_code.get(rejected.code, 0) + 1
         log.warning(
             "ingress: dead-lettered message %s to %s: [%s] %s",
-            props.get("message_id") or "(no id)",
+            printable(props.get("message_id") or "(no id)"),
             self.topology.dead_letter_queue,
             rejected.code,
             rejected.reason,
@@ -379,6 +412,7 @@ def consume(
     if engine is None:
         engine = default_engine()
     engine.workflow(workflow)  # fail fast on a typo, before dead-lettering every message
+    tolerate_undecodable_text()
     consumer = IngressConsumer(
         broker_url,
         Topology(queue),

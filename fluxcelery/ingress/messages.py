@@ -111,9 +111,20 @@ def derive_run_id(message_id: str | None, body: Mapping[str, Any]) -> str:
     if message_id:
         if _SAFE_ID.match(message_id):
             return message_id
-        return "msg-" + hashlib.sha256(message_id.encode()).hexdigest()[:40]
+        return "msg-" + hashlib.sha256(_utf8(message_id)).hexdigest()[:40]
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "body-" + hashlib.sha256(canonical.encode()).hexdigest()[:40]
+    return "body-" + hashlib.sha256(_utf8(canonical)).hexdigest()[:40]
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 of any text, lone surrogates included (a JSON ``"\\ud800"``, an id with an
+    undecodable byte): the same bytes as ``encode()`` for every text that has them."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def printable(text: Any) -> str:
+    """``text`` safe to log or put in a header: lone surrogates as ``\\udcff`` escapes."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def is_json_content_type(content_type: str | None) -> bool:
