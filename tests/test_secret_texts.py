@@ -22,8 +22,9 @@ def test_secret_texts_are_the_scalars_under_secret_keys() -> None:
         {"user": "ann", "password": "hunter22", "card": {"number": 4242424242, "cvc": "123"}},
         {"items": [{"api_token": "tok_live_9"}], "token_count": True},
     )
-    # Longest first; short values ("123") and booleans are not texts worth masking.
-    assert found == ["4242424242", "tok_live_9", "hunter22"]
+    # Longest first; booleans are not texts worth masking; a short value ("123") is
+    # found too, and masked as a whole token only (below).
+    assert found == ["4242424242", "tok_live_9", "hunter22", "123"]
     assert Redactor(keys=()).secret_texts({"password": "hunter22"}) == []
     assert (
         redactor.scrub("card 4242424242, pw hunter22", {"password": "hunter22", "card": 4242424242})
@@ -120,3 +121,70 @@ def test_redaction_remembers_keys_within_a_bound() -> None:
     assert rows[0]["Api_Token"] == "tok-0"  # the input itself is left alone
     assert len(redactor._known) <= 4096
     assert redactor.is_secret("my_secret_field") and not redactor.is_secret("field_1")
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [
+        ("password", True),
+        ("user_password", True),
+        ("passwd", True),
+        ("pwd", True),
+        ("db_pwd", True),
+        ("api_key", True),
+        ("apiKey", True),
+        ("API-KEY", True),
+        ("x_api_key", True),
+        ("access_key", True),
+        ("accessKeyId", True),
+        ("private_key", True),
+        ("privateKey", True),
+        ("credential", True),
+        ("credentials", True),
+        ("accesstoken", True),
+        ("card", True),
+        ("credit_card", True),
+        ("cardNumber", True),
+        ("card_number", True),
+        ("cvv", True),
+        ("Authorization", True),
+        ("discard", False),
+        ("discarded_items", False),
+        ("keyboard", False),
+        ("order_id", False),
+        ("cardinal", False),
+    ],
+)
+def test_default_secret_keys_match_case_and_separator_insensitively(key: str, secret: bool) -> None:
+    assert Redactor().is_secret(key) is secret
+
+
+def test_a_short_secret_is_masked_as_a_whole_token_only() -> None:
+    redactor = Redactor()
+    text = "pin 123 rejected; order 11234 and A123 kept; 123."
+    assert redactor.scrub(text, {"pin_pwd": "123"}) == (
+        "pin *** rejected; order 11234 and A123 kept; ***."
+    )
+    assert redactor.scrub("x 7 y", {"pwd": "7"}) == "x 7 y"  # one character: never
+
+
+def test_a_secret_from_a_signal_payload_is_masked_in_a_later_error(make_engine: Any) -> None:
+    from fluxcelery import wait_for, workflow
+
+    def fail_with_token(ctx: Any) -> None:
+        token = ctx.results["approve"]["api_key"]
+        raise RuntimeError(f"upstream refused key {token}")
+
+    wf = (
+        workflow("signal-secret")
+        .step("approve", lambda ctx: wait_for("approved"))
+        .step("use", fail_with_token, retries=0)
+    )
+    engine = make_engine()
+    waiting = engine.execute(wf, {})
+    result = engine.signal(waiting.id, "approved", {"api_key": "ak-9f8e7d6c"}).get(timeout=10)
+    assert result.status.value == "failed"
+    assert result.error == "RuntimeError: upstream refused key ***"
+    step = result.step("use")
+    assert step.traceback is not None and "ak-9f8e7d6c" not in step.traceback
+    assert all("ak-9f8e7d6c" not in (e.error or "") for e in engine.traces(run_id=result.id))

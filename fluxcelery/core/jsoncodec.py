@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import json.encoder
+import re
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
@@ -11,11 +12,32 @@ from typing import Any
 from .errors import PayloadTooLarge, SerializationError
 
 DEFAULT_MAX_BYTES = 1024 * 1024
-DEFAULT_REDACT = ("password", "token", "secret", "authorization", "card")
+#: Keys whose values are secrets (SPEC section 7), matched case- and separator-insensitively
+#: (``api_key``, ``apiKey``, ``API-KEY``). A word of four letters or fewer matches whole words
+#: of a key only (``card`` and ``credit_card``, not ``discard``); a longer one anywhere in it
+#: (``accesstoken``).
+DEFAULT_REDACT = (
+    "password",
+    "passwd",
+    "pwd",
+    "token",
+    "secret",
+    "authorization",
+    "api_key",
+    "apikey",
+    "access_key",
+    "private_key",
+    "credential",
+    "card",
+    "card_number",
+    "cvv",
+)
 MASK = "***"
-#: Shorter secret values are not scrubbed out of texts: masking every "42" would garble a
-#: message and hide nothing.
+#: Secret values this long are masked wherever they appear in a text; shorter ones (a PIN)
+#: only as a whole token, so that masking "42" cannot garble "1420"; one character is not
+#: masked at all.
 MIN_SECRET_CHARS = 4
+_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 _INT64 = 1 << 63  # ints beyond are left to the encoder (it refuses the absurdly long ones)
 
 
@@ -169,11 +191,26 @@ def copy_json(value: Any) -> Any:
 _KNOWN_KEYS = 4096
 
 
+def _normal(key: str) -> str:
+    """A key in lower case without separators: ``API-Key`` and ``api_key`` are ``apikey``."""
+    return "".join(ch for ch in key.lower() if ch.isalnum())
+
+
+def _word_runs(key: str) -> set[str]:
+    """Every run of consecutive words of ``key`` (camelCase and separators split words),
+    joined: ``creditCardNo`` gives credit, card, no, creditcard, cardno, creditcardno."""
+    words = [w.lower() for w in _WORDS.findall(key)]
+    return {"".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, len(words) + 1)}
+
+
 class Redactor:
-    """Masks values whose key contains a secret-looking word (case-insensitive)."""
+    """Masks values whose key names a secret (``DEFAULT_REDACT``'s rule)."""
 
     def __init__(self, keys: Iterable[str] = DEFAULT_REDACT) -> None:
         self.keys = tuple(k.lower() for k in keys)
+        normal = {_normal(k) for k in self.keys} - {""}
+        self._anywhere = tuple(k for k in normal if len(k) > 4)
+        self._whole = frozenset(k for k in normal if len(k) <= 4)
         # A run's JSON repeats the same few keys (600 items, 3 keys each): each is looked
         # at once. Bounded, so that data with ever new keys cannot grow it without end.
         self._known: dict[str, bool] = {}
@@ -181,8 +218,10 @@ class Redactor:
     def is_secret(self, key: str) -> bool:
         known = self._known.get(key)
         if known is None:
-            low = key.lower()
-            known = any(k in low for k in self.keys)
+            normal = _normal(key)
+            known = any(k in normal for k in self._anywhere) or bool(
+                self._whole and self._whole & _word_runs(key)
+            )
             if len(self._known) < _KNOWN_KEYS:
                 self._known[key] = known
         return known
@@ -201,7 +240,7 @@ class Redactor:
                     walk(item, secret)
             elif secret and isinstance(value, (str, int, float)) and not isinstance(value, bool):
                 text = str(value)
-                if len(text) >= MIN_SECRET_CHARS:
+                if len(text) >= 2:
                     found.add(text)
 
         if self.keys:
@@ -214,8 +253,13 @@ class Redactor:
         masked: the key-based redaction cannot see a token that a handler put in a
         message."""
         for secret in self.secret_texts(*values):
-            if secret in text:
+            if secret not in text:
+                continue
+            if len(secret) >= MIN_SECRET_CHARS:
                 text = text.replace(secret, MASK)
+            else:  # a short secret: as a whole token only
+                token = rf"(?<![0-9A-Za-z]){re.escape(secret)}(?![0-9A-Za-z])"
+                text = re.sub(token, MASK, text)
         return text
 
     def __call__(self, value: Any) -> Any:

@@ -24,6 +24,12 @@ def ms_between(start: datetime | None, end: datetime | None) -> int | None:
     return max(0, round((end - start).total_seconds() * 1000))
 
 
+def secret_sources(state: RunState) -> tuple[Any, ...]:
+    """Where a run's secret values come from (SPEC section 7): its input, data, and the
+    outputs of its steps (a signal's payload is the output of the step that waited)."""
+    return (state.input, state.data, *(s.output for s in state.steps if s.output is not None))
+
+
 @dataclass
 class StepState:
     """One step of one run, as stored in ``flux_steps``."""

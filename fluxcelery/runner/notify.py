@@ -10,7 +10,7 @@ from typing import Any
 
 from ..core.errors import describe_error
 from ..core.jsoncodec import Redactor
-from ..core.records import RunState
+from ..core.records import RunState, secret_sources
 from ..storage.base import Storage
 from ..trace.event import TraceEvent
 from ..trace.fanout import TraceFanout
@@ -57,7 +57,7 @@ class Notifier:
     def error_text(self, exc: BaseException, state: RunState) -> str:
         """``describe_error`` with the run's secrets masked: an exception message is stored
         and traced, and a handler may have put a token in it."""
-        return self.redact.scrub(describe_error(exc), state.input, state.data)
+        return self.redact.scrub(describe_error(exc), *secret_sources(state))
 
     def call_hook(self, name: str, state: RunState, *args: Any) -> None:
         """Call a hook; a raising hook is logged and traced, never changes the outcome."""

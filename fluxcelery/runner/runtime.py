@@ -16,7 +16,7 @@ from ..core.errors import FluxError, describe_error
 from ..core.failure import Failure, capture
 from ..core.jsoncodec import Redactor, roundtrip
 from ..core.policy import Defaults
-from ..core.records import RunState
+from ..core.records import RunState, secret_sources
 from ..core.states import RunStatus
 from ..storage.base import ClaimingStorage, Storage
 from .catalog import Catalog
@@ -68,7 +68,8 @@ class Runtime:
     def failure(self, exc: BaseException | None, err: str, state: RunState) -> Failure:
         """The attempt's failure for Celery and the step's stored traceback, masked like
         ``error_text``."""
-        return capture(exc, err, lambda text: self.redact.scrub(text, state.input, state.data))
+        sources = secret_sources(state)
+        return capture(exc, err, lambda text: self.redact.scrub(text, *sources))
 
     def fail_unrunnable(self, state: RunState, exc: FluxError) -> Next:
         """This process cannot run this run (unknown workflow, changed definition): it
