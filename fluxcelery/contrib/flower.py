@@ -21,6 +21,7 @@ Importing ``fluxcelery`` never imports this module (it needs the ``flower`` extr
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import json
 import logging
 import math
@@ -594,11 +595,39 @@ def _normalize_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_address(options: Any, *, insecure: bool) -> str | None:
+    """Flower's own default is every interface, with the Workflows pages open when no auth
+    option is given. Without ``--address`` bind 127.0.0.1; refuse another address without
+    ``--basic-auth``/``--auth`` unless ``--insecure``. Returns the refusal, or None."""
+    if not options.address:
+        options.address = "127.0.0.1"
+        return None
+    if _loopback(options.address) or options.basic_auth or options.auth or insecure:
+        return None
+    return (
+        f"refusing to serve on {options.address} without authentication: give "
+        "--basic-auth=user:password (or --auth), bind --address=127.0.0.1, or pass "
+        "--insecure to serve it open"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``fluxcelery flower [flower options]``: serve Flower plus the Workflows tab."""
+    """``fluxcelery flower [flower options]``: serve Flower plus the Workflows tab.
+    Binds 127.0.0.1 unless ``--address`` is given (see ``bind_address``)."""
     from flower import command
 
     args = _normalize_argv(sys.argv[1:] if argv is None else argv)
+    insecure = "--insecure" in args
+    args = [a for a in args if a != "--insecure"]
     ignored = [a for a in args if not command.is_flower_option(a)]
     if ignored:
         print(f"fluxcelery flower: ignoring {' '.join(ignored)}", file=sys.stderr)
@@ -611,6 +640,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # --help, or Flower refused an option
         return exc.code if isinstance(exc.code, int) else 1
+    refused = bind_address(tornado_options, insecure=insecure)
+    if refused:
+        print(f"fluxcelery flower: {refused}", file=sys.stderr)
+        return 2
     command.setup_logging()
 
     capp = default_app()
