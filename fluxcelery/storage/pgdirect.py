@@ -22,8 +22,6 @@ from psycopg.conninfo import make_conninfo
 from ..core.errors import StorageError
 from .connections import ThreadConnections
 
-CONNECT_TIMEOUT_S = 10
-
 
 def conninfo(url: str) -> str:
     """libpq ``key=value`` connection parameters from a SQLAlchemy URL. Built from its parts
@@ -46,7 +44,8 @@ class DirectConnections:
     """Per-thread autocommit connections (storage/connections.py: closed when their thread
     ends, never across a fork)."""
 
-    def __init__(self, url: str, redacted: str) -> None:
+    def __init__(self, url: str, redacted: str, connect_timeout: int) -> None:
+        self._connect_timeout = connect_timeout
         self._conninfo = conninfo(url)
         self._redacted = redacted
         self.connections: ThreadConnections[psycopg.Connection[Any]] = ThreadConnections(
@@ -54,7 +53,9 @@ class DirectConnections:
         )
 
     def _connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        return psycopg.connect(
+            self._conninfo, autocommit=True, connect_timeout=self._connect_timeout
+        )
 
     def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Run one statement in its own transaction and return its rows."""

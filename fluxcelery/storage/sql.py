@@ -70,7 +70,25 @@ def _storage_error(exc: sa.exc.StatementError, url: str) -> Exception:
     return exc
 
 
-def _engine_for(url: str) -> Engine:
+#: Seconds to wait for a PostgreSQL connection (``FLUX_DB_CONNECT_TIMEOUT``; libpq's minimum
+#: is 2): a host that accepts TCP and never answers would otherwise hang every command.
+DEFAULT_CONNECT_TIMEOUT = 10
+
+
+def connect_timeout_setting() -> int:
+    raw = os.environ.get("FLUX_DB_CONNECT_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_CONNECT_TIMEOUT
+    try:
+        seconds = int(float(raw))
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise StorageError(f"FLUX_DB_CONNECT_TIMEOUT must be a number of seconds >= 1, got {raw!r}")
+    return max(seconds, 2)
+
+
+def _engine_for(url: str, connect_timeout: int) -> Engine:
     serializer = dumps if url.startswith("sqlite") else dumps_for_jsonb
     kwargs: dict[str, Any] = {"json_serializer": serializer, "future": True}
     if url.startswith("sqlite"):
@@ -92,6 +110,7 @@ def _engine_for(url: str) -> Engine:
     # round trip per checkout is cheap next to never failing on a connection that a database
     # restart left dead.
     kwargs.update(pool_size=5, max_overflow=10, pool_recycle=3600, pool_pre_ping=True)
+    kwargs["connect_args"] = {"connect_timeout": connect_timeout}
     return sa.create_engine(url, **kwargs)
 
 
@@ -160,8 +179,16 @@ class SqlStorage:
 
     stores_traces = True
 
-    def __init__(self, url: str = DEFAULT_URL, *, auto_migrate: bool = True) -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        auto_migrate: bool = True,
+        connect_timeout: int | None = None,
+    ) -> None:
         self.url = normalize_url(url)
+        #: Seconds to wait for a PostgreSQL connection (default ``FLUX_DB_CONNECT_TIMEOUT``).
+        self.connect_timeout = connect_timeout or connect_timeout_setting()
         backend = sa.engine.make_url(self.url).get_backend_name()
         if backend not in SUPPORTED:
             raise StorageError(
@@ -193,7 +220,7 @@ class SqlStorage:
                     self._engine.dispose(close=False)
                     self._engine = None
                 if self._engine is None:
-                    self._engine = _engine_for(self.url)
+                    self._engine = _engine_for(self.url, self.connect_timeout)
                     self._pid = os.getpid()
         return self._engine
 
@@ -201,9 +228,12 @@ class SqlStorage:
         if self._ready:
             return
         if self.auto_migrate:
-            from .migrate import upgrade
+            from .migrate import upgrade  # alembic: loaded only when migrations run
 
-            upgrade(self)
+            try:
+                upgrade(self)
+            except sa.exc.OperationalError as exc:  # unreachable, refused, timed out
+                raise StorageError(f"database error ({redact_url(self.url)}): {exc.orig}") from exc
         self._ready = True
 
     def close(self) -> None:
@@ -296,7 +326,9 @@ class SqlStorage:
 
             with self._lock:
                 if self._direct is None:
-                    self._direct = DirectConnections(self.url, redact_url(self.url))
+                    self._direct = DirectConnections(
+                        self.url, redact_url(self.url), self.connect_timeout
+                    )
                 direct = self._direct
         return direct.fetch(sql, params)
 
