@@ -77,8 +77,9 @@ class Dispatcher(Protocol):
     def schedule_wait_timeout(self, run_id: str, index: int, seconds: float) -> None:
         """Fail step ``index``'s wait after ``seconds`` unless a signal comes first."""
 
-    def live_task_ids(self) -> set[str]:
-        """Task ids workers hold now (best effort): ``recover`` leaves their runs alone."""
+    def live_task_ids(self) -> set[str] | None:
+        """Task ids workers hold now (None: they could not be asked): ``recover`` leaves
+        their runs alone, and runs it cannot check."""
 
 
 class FluxEngine:
@@ -291,8 +292,10 @@ class FluxEngine:
                     self._dispatcher.register(wf, self.default_timeout)
             return self._dispatcher
 
-    def _live_task_ids(self) -> set[str]:
-        return set() if self._dispatcher is None else self._dispatcher.live_task_ids()
+    def _live_task_ids(self) -> set[str] | None:
+        """The task ids workers hold (None: they could not be asked). Made with the
+        dispatcher even when this engine has not sent anything (the CLI's ``recover``)."""
+        return self.dispatcher().live_task_ids()
 
     # -- driving --------------------------------------------------------------------------
     def continue_run(self, state: RunState, nxt: Next) -> None:

@@ -102,8 +102,9 @@ class CeleryDispatcher:
             "flux.wait_timeout", kwargs={"run_id": run_id, "index": index}, immutable=True
         ).apply_async(countdown=min(seconds, max_countdown(self.app)))
 
-    def live_task_ids(self) -> set[str]:
-        """Task ids active, reserved or scheduled on any worker (best effort, 1 s)."""
+    def live_task_ids(self) -> set[str] | None:
+        """Task ids active, reserved or scheduled on any worker (1 s to answer; a worker
+        that does not answer holds nothing). None when the broker cannot be asked."""
         if self.embedded:
             return set()
         ids: set[str] = set()
@@ -117,4 +118,5 @@ class CeleryDispatcher:
                             ids.add(req["id"])
         except Exception as exc:
             log.warning("could not ask workers for live tasks: %s", exc)
+            return None
         return ids

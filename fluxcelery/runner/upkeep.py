@@ -27,7 +27,7 @@ class Upkeep:
         rt: Runtime,
         runner: StepRunner,
         carry_on: Callable[[RunState, Next], None],
-        live_task_ids: Callable[[], set[str]],
+        live_task_ids: Callable[[], set[str] | None],
     ) -> None:
         self.rt = rt
         self.runner = runner
@@ -84,15 +84,26 @@ class Upkeep:
             if self.expire_wait(state.id, state.current_step, now):
                 acted.append(state.id)
         threshold = older_than if older_than is not None else 60.0
-        live = self.live_task_ids()
+        live: set[str] | None = None
+        asked = False
         for state in self.rt.storage.stale_runs(now - timedelta(seconds=threshold), limit=limit):
             if older_than is None and not self._overdue(state, now):
                 continue
             step = (
                 state.steps[state.current_step] if state.current_step < len(state.steps) else None
             )
-            if step is not None and step.task_id and step.task_id in live:
-                continue
+            if step is not None and step.task_id and state.executor == "celery":
+                if not asked:  # asked once, and only when a run may be on a worker
+                    live, asked = self.live_task_ids(), True
+                if live is None:
+                    log.warning(
+                        "recover: run %s skipped: the workers could not be asked which "
+                        "tasks they hold",
+                        state.id,
+                    )
+                    continue
+                if step.task_id in live:
+                    continue  # running on a live worker: not stuck
             try:
                 wf = self.rt.catalog.for_run(state)
             except FluxError as exc:
