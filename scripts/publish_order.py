@@ -151,14 +151,16 @@ def publish_amqp(messages: list[Message], broker_url: str, queue: str, rate: flo
 
 
 def publish_http(messages: list[Message], base_url: str, rate: float) -> list[int]:
-    """POST each message to ``<base_url>/orders``; returns the HTTP statuses."""
+    """POST each message to ``<base_url>/orders`` (with ``FLUX_PRODUCER_TOKEN`` as the bearer
+    token when it is set); returns the HTTP statuses."""
     statuses = []
+    token = os.environ.get("FLUX_PRODUCER_TOKEN")
     for i, msg in enumerate(messages):
+        headers = {"Content-Type": msg.content_type, "Idempotency-Key": msg.message_id}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         req = urllib.request.Request(
-            base_url.rstrip("/") + "/orders",
-            data=msg.body,
-            method="POST",
-            headers={"Content-Type": msg.content_type, "Idempotency-Key": msg.message_id},
+            base_url.rstrip("/") + "/orders", data=msg.body, method="POST", headers=headers
         )
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:

@@ -561,12 +561,20 @@ class FakePublisher:
         pass
 
 
-def call(app: Any, method: str, path: str, body: bytes = b"", **headers: str) -> tuple[int, Any]:
+def call(
+    app: Any,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    server: tuple[str, int] | None = None,
+    **headers: str,
+) -> tuple[int, Any]:
     scope = {
         "type": "http",
         "method": method,
         "path": path,
         "headers": [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()],
+        "server": server,
     }
     chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)] or [b""]
     incoming = [
@@ -651,6 +659,58 @@ def test_http_routes_health_and_broker_failures(http_app: Any) -> None:
     assert (status, body["error"]) == (503, "broker_unavailable")
     unknown = ProducerApp(workflow="no-such-workflow", publisher=FakePublisher())
     assert call(unknown, "GET", "/healthz")[0] == 503
+
+
+ORDER = json.dumps(GOOD).encode()
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        (None, 401),
+        ("Bearer wrong-token", 401),
+        ("Basic c2VjcmV0", 401),
+        ("Bearer s3cret-token-1", 202),
+        ("bearer  s3cret-token-1 ", 202),
+    ],
+)
+def test_http_orders_need_the_bearer_token_when_one_is_set(
+    authorization: str | None, status: int
+) -> None:
+    app = ProducerApp(workflow=WF.name, publisher=FakePublisher(), token="s3cret-token-1")
+    headers = {"content_type": JSON}
+    if authorization is not None:
+        headers["authorization"] = authorization
+    got, body = call(app, "POST", "/orders", ORDER, server=("0.0.0.0", 8000), **headers)
+    assert got == status, body
+    if status == 401:
+        assert body["error"] == "unauthorized" and "s3cret" not in json.dumps(body)
+    assert call(app, "GET", "/healthz", server=("0.0.0.0", 8000))[0] == 200  # stays open
+
+
+def test_http_off_loopback_without_a_token_takes_no_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("FLUX_PRODUCER_TOKEN", raising=False)
+    publisher = FakePublisher()
+    app = ProducerApp(workflow=WF.name, publisher=publisher)
+    status, body = call(app, "POST", "/orders", ORDER, server=("10.1.2.3", 8000), content_type=JSON)
+    assert (status, body["error"]) == (503, "auth_not_configured")
+    assert "FLUX_PRODUCER_TOKEN" in body["message"]
+    assert publisher.sent == []
+    # On loopback the producer stays open without a token (a developer's machine).
+    assert (
+        call(app, "POST", "/orders", ORDER, server=("127.0.0.1", 8000), content_type=JSON)[0] == 202
+    )
+
+
+def test_http_producer_main_refuses_a_public_host_without_a_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fluxcelery.contrib.http_producer import main as producer_main
+
+    monkeypatch.delenv("FLUX_PRODUCER_TOKEN", raising=False)
+    assert producer_main(["--host", "0.0.0.0", "--port", "1"]) == 2
 
 
 def test_http_producer_publishes_to_rabbitmq(rabbit_queue: str) -> None:

@@ -3,7 +3,13 @@ workflow's own input schema and publishes it to the ingress queue; ``GET /health
 
 A plain ASGI app (no framework), served with uvicorn (``pip install "fluxcelery[http]"``)::
 
-    uvicorn fluxcelery.contrib.http_producer:app --host 0.0.0.0 --port 8000
+    FLUX_PRODUCER_TOKEN=... uvicorn fluxcelery.contrib.http_producer:app --host 0.0.0.0
+
+Authentication: with ``FLUX_PRODUCER_TOKEN`` set, ``POST /orders`` needs
+``Authorization: Bearer <token>`` (compared in constant time; 401 without it). Served on any
+address but loopback, the token is required: without one every order is refused (503), and
+``python -m fluxcelery.contrib.http_producer --host 0.0.0.0`` does not start. ``GET /healthz``
+stays open (health checks).
 
 Configured from the environment: ``FLUX_INGRESS_URL`` (else ``FLUX_BROKER_URL``),
 ``FLUX_INGRESS_QUEUE`` (``orders.workflow``), ``FLUX_INGRESS_WORKFLOW``
@@ -20,10 +26,13 @@ starts one run.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import importlib
+import ipaddress
 import json
 import logging
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -55,6 +64,20 @@ class HttpError(Exception):
         self.body = {"error": code, "message": message, **extra}
 
 
+TOKEN_ENV = "FLUX_PRODUCER_TOKEN"
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (an address the server listens on) is reachable from this machine
+    only; an unknown one (a Unix socket, a test calling the app) counts as local."""
+    if not host or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class ProducerApp:
     """The ASGI callable. Settings are read when first needed, so the module-level ``app``
     picks up the environment uvicorn runs with."""
@@ -67,7 +90,9 @@ class ProducerApp:
         workflow: str | None = None,
         publisher: Any = None,
         max_bytes: int = MAX_MESSAGE_BYTES,
+        token: str | None = None,
     ) -> None:
+        self._token = token
         self._broker_url = broker_url
         self._queue = queue
         self._workflow = workflow
@@ -157,8 +182,31 @@ class ProducerApp:
             headers = {
                 k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
             }
+            self._authorize(scope, headers)
             return await self._post_order(headers, await self._read_body(receive))
         raise HttpError(404, "not_found", f"no route {path}; try POST /orders or GET /healthz")
+
+    @property
+    def token(self) -> str | None:
+        return self._token if self._token is not None else (os.environ.get(TOKEN_ENV) or None)
+
+    def _authorize(self, scope: Scope, headers: dict[str, str]) -> None:
+        token = self.token
+        server = scope.get("server") or (None, None)
+        if token is None:
+            if is_loopback(server[0]):
+                return
+            raise HttpError(
+                503,
+                "auth_not_configured",
+                f"{TOKEN_ENV} must be set to take orders on {server[0]}",
+            )
+        given = headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            value.strip().encode(), token.encode()
+        ):
+            raise HttpError(401, "unauthorized", "send Authorization: Bearer <token>")
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
@@ -245,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     args = p.parse_args(argv)
+    if not is_loopback(args.host) and not os.environ.get(TOKEN_ENV):
+        print(f"refusing to serve on {args.host} without {TOKEN_ENV}", file=sys.stderr)
+        return 2
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
 
