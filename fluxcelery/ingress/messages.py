@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from ..core.errors import DispatchError, InvalidInput, StorageError, WorkflowNotFound
+from ..core.errors import DispatchError, InvalidInput, StorageError
 
 if TYPE_CHECKING:
     from ..core.builder import Workflow
@@ -164,7 +164,13 @@ def check_message(
     name = str((headers or {}).get(WORKFLOW_HEADER) or workflow)
     wf = workflows.get(name)
     if wf is None:
-        return Rejected("unknown_workflow", str(WorkflowNotFound(name, list(workflows))), name)
+        # The count, not the names: the reason travels with the message to whoever reads the
+        # dead-letter queue, and the name came from outside.
+        return Rejected(
+            "unknown_workflow",
+            f"Unknown workflow: {printable(name)!r} ({len(workflows)} registered)",
+            printable(name),
+        )
     try:
         wf.validate_input(value)
     except InvalidInput as exc:

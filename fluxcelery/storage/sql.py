@@ -95,6 +95,7 @@ def _engine_for(url: str, connect_timeout: int) -> Engine:
         db = sa.engine.make_url(url).database
         if db and db != ":memory:":
             Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            sqlite.create_private(str(Path(db).expanduser()))
         else:
             kwargs["poolclass"] = sa.pool.StaticPool
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}

@@ -10,6 +10,7 @@ here and rows written through the Core statements are read back the same by eith
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -90,6 +91,16 @@ def configure(conn: Any, *, wal: bool) -> None:
     cur.close()
 
 
+def create_private(path: str) -> None:
+    """Create the database file readable by its owner only (0600) when it does not exist:
+    it holds every run's input and outputs, and the usual umask would make it readable by
+    everyone. SQLite gives its ``-wal`` and ``-shm`` files the same mode."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+
+
 class LocalConnections:
     """One ``sqlite3`` connection per thread for the hot path (file databases only): a pool
     checkout and its reset on return cost about 65 µs per statement batch, a tenth of a
@@ -102,6 +113,7 @@ class LocalConnections:
         )
 
     def _connect(self) -> sqlite3.Connection:
+        create_private(self._path)
         conn = sqlite3.connect(self._path, timeout=30, check_same_thread=False)
         configure(conn, wal=True)
         return conn

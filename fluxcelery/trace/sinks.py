@@ -34,7 +34,7 @@ class JsonFileTraceSink:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if reset:
-            self.path.write_bytes(b"")
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         self._fd: int | None = None
         self._pid = -1
         self._lock = threading.Lock()
@@ -42,7 +42,8 @@ class JsonFileTraceSink:
     def _open(self) -> int:
         # Re-open after fork: a prefork child must not share its parent's lock state.
         if self._fd is None or self._pid != os.getpid():
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            # A new file is its owner's only: events carry error texts and run metadata.
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._pid = os.getpid()
         return self._fd
 
