@@ -259,12 +259,7 @@ class StepRunner:
         started = self.rt.clock()
         ctx = self.rt.context(wf, state, sdef, attempt)
         try:
-            value = self.rt.invoker.call(
-                sdef.handler,
-                ctx,
-                timeout=self.rt.defaults.timeout_of(sdef),
-                what=f"step {sdef.name!r}",
-            )
+            value = self._call_handler(sdef, ctx)
             nxt = self._apply_success(change, wf, sdef, ctx, value, started, task_id, worker)
         except Exception as exc:
             change.rebase()
@@ -274,6 +269,12 @@ class StepRunner:
         if fuse and nxt.action is Action.CONTINUE:
             return nxt, change
         return (nxt if change.save() else STOP), None
+
+    def _call_handler(self, sdef: StepDef, ctx: StepContext) -> Any:
+        """The step's handler, under its resolved timeout."""
+        return self.rt.invoker.call(
+            sdef.handler, ctx, timeout=self.rt.defaults.timeout_of(sdef), what=f"step {sdef.name!r}"
+        )
 
     def _commit_attempt(
         self,
@@ -296,12 +297,7 @@ class StepRunner:
         with self.rt.storage.transaction() as tx:
             ctx = self.rt.context(wf, change.state, sdef, attempt, session=tx.session)
             try:
-                value = self.rt.invoker.call(
-                    sdef.handler,
-                    ctx,
-                    timeout=self.rt.defaults.timeout_of(sdef),
-                    what=f"step {sdef.name!r}",
-                )
+                value = self._call_handler(sdef, ctx)
                 nxt = self._apply_success(change, wf, sdef, ctx, value, started, task_id, worker)
             except Exception as exc:
                 failure = exc
