@@ -22,15 +22,19 @@ from .core.errors import (
     ConcurrentUpdate,
     DispatchError,
     FluxError,
-    InvalidInput,
+    IdempotencyConflict,
     InvalidTransition,
-    PayloadTooLarge,
     RunNotFound,
-    SerializationError,
     SignalMismatch,
     describe_error,
 )
-from .core.jsoncodec import DEFAULT_MAX_BYTES, DEFAULT_REDACT, Redactor, roundtrip
+from .core.jsoncodec import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_REDACT,
+    Redactor,
+    check_depth,
+    roundtrip,
+)
 from .core.policy import Backoff, Defaults, compensation_plan
 from .core.records import FluxResult, RunState, StepState, utcnow
 from .core.states import (
@@ -212,12 +216,7 @@ class FluxEngine:
     # -- starting runs --------------------------------------------------------------------
     def _new_run(self, wf: Workflow, input: Any, executor: str, run_id: str | None) -> RunState:
         wf = self.catalog.register(wf)
-        try:
-            stored = roundtrip(
-                wf.validate_input(input), what="workflow input", max_bytes=self.max_payload_bytes
-            )
-        except (SerializationError, PayloadTooLarge) as exc:
-            raise InvalidInput(f"Invalid input for workflow {wf.name!r}: {exc}") from None
+        stored = wf.prepare_input(input, max_bytes=self.max_payload_bytes)
         if run_id is not None and (not isinstance(run_id, str) or not run_id or len(run_id) > 64):
             raise ValueError(f"run_id must be a non-empty string of at most 64 chars: {run_id!r}")
         return RunState(
@@ -239,9 +238,13 @@ class FluxEngine:
         """Run a workflow in this process and return its result.
 
         Step failures do not raise: see ``result.status`` and ``result.error``. Invalid input
-        raises ``InvalidInput`` before anything is stored.
+        raises ``InvalidInput`` before anything is stored. A ``run_id`` that exists gives
+        that run's result (same workflow and input) or ``IdempotencyConflict``.
         """
         state = self._new_run(workflow, input, "local", run_id)
+        if run_id is not None and (existing := self.storage.load_run(run_id)) is not None:
+            self._check_repeat(existing, state)
+            return FluxResult.from_state(existing)
         # The run is inserted with its first step's start: one write fewer per run. When the
         # run id exists already, that insert does not land and this returns the stored run.
         final = self._drive_local(state.id, Next(Action.CONTINUE, 0), state, create=True)
@@ -255,26 +258,39 @@ class FluxEngine:
         run_id: str | None = None,
         countdown: float | None = None,
     ) -> RunHandle:
-        """Enqueue a run on Celery workers. With a ``run_id`` that exists, nothing new starts
-        (idempotent start, e.g. keyed on a message id)."""
+        """Enqueue a run on Celery workers. With a ``run_id`` that exists for the same
+        workflow and input, nothing new starts (idempotent start, e.g. keyed on a message
+        id); with other content it raises ``IdempotencyConflict``."""
         state = self._new_run(workflow, input, "celery", run_id)
         if countdown:
             state.not_before = self.clock() + timedelta(seconds=countdown)  # recover waits
         dispatcher = self.dispatcher()
         wf = self.workflow(state.workflow)
         dispatcher.register(wf, self.default_timeout)
-        if self.storage.create_run(state, []):
-            try:
-                dispatcher.dispatch(state, wf, Next(Action.CONTINUE, 0), countdown=countdown)
-            except Exception as exc:
-                # Start either enqueues the run or leaves nothing behind, so that starting
-                # again (with the same run_id) works once the broker is back.
-                self.storage.delete_run(state.id)
-                raise DispatchError(
-                    f"could not send run {state.id} of {state.workflow!r} to the broker "
-                    f"({describe_error(exc)}); nothing was stored"
-                ) from exc
+        if not self.storage.create_run(state, []):
+            existing = self.storage.load_run(state.id)
+            if existing is not None:
+                self._check_repeat(existing, state)
+            return RunHandle(self, state.id)
+        try:
+            dispatcher.dispatch(state, wf, Next(Action.CONTINUE, 0), countdown=countdown)
+        except Exception as exc:
+            # Start either enqueues the run or leaves nothing behind, so that starting
+            # again (with the same run_id) works once the broker is back.
+            self.storage.delete_run(state.id)
+            raise DispatchError(
+                f"could not send run {state.id} of {state.workflow!r} to the broker "
+                f"({describe_error(exc)}); nothing was stored"
+            ) from exc
         return RunHandle(self, state.id)
+
+    @staticmethod
+    def _check_repeat(existing: RunState, new: RunState) -> None:
+        """A start under an existing run id repeats that run (nothing new starts) only
+        when it has the same workflow and input; otherwise ``IdempotencyConflict``."""
+        conflict = existing.start_conflict(new.workflow, new.input)
+        if conflict is not None:
+            raise IdempotencyConflict(conflict, run_id=existing.id)
 
     def dispatcher(self) -> Any:
         """The dispatcher that sends runs to workers (made on first use when none was
@@ -433,6 +449,7 @@ class FluxEngine:
                 f"Run {run_id} is waiting for signal {step.waiting_for!r}, received {name!r}"
             )
         value = roundtrip(payload, what="signal payload", max_bytes=self.max_payload_bytes)
+        check_depth(value, what="signal payload")
         change = self.rt.change(state)
         now = self.clock()
         change.apply(t.deliver_signal(state, index, name, value, self.redact(value), now))

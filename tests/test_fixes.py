@@ -17,6 +17,7 @@ from fluxcelery import (
     DefinitionChanged,
     FluxEngine,
     FluxError,
+    IdempotencyConflict,
     InvalidTransition,
     MemoryStorage,
     NonRetryableError,
@@ -455,7 +456,9 @@ def test_execute_with_a_stored_run_id_returns_that_run(
     engine = make_engine(storage=any_storage)
     wf = workflow("fix-execute-twice").step("a", count).step("b", noop)
     first = engine.execute(wf, {"n": 1}, run_id="execute-twice")
-    again = engine.execute(wf, {"n": 2}, run_id="execute-twice")
+    again = engine.execute(wf, {"n": 1}, run_id="execute-twice")
+    with pytest.raises(IdempotencyConflict):  # the same id for other input (issue #16)
+        engine.execute(wf, {"n": 2}, run_id="execute-twice")
     assert first.ok and again.ok
     assert calls == [1]
     assert again.input == {"n": 1}

@@ -22,7 +22,7 @@ import pytest
 from helpers import AMQP_URL, require_service
 from pydantic import BaseModel, ConfigDict, Field
 
-from fluxcelery import InvalidInput, RunStatus, StepStatus, StorageError, workflow
+from fluxcelery import InvalidInput, RunState, RunStatus, StepState, StorageError, workflow
 from fluxcelery.cli.consume import main
 from fluxcelery.contrib.http_producer import ProducerApp
 from fluxcelery.core.errors import DispatchError, WorkflowNotFound
@@ -262,8 +262,10 @@ class RecordingEngine:
     """What the consumer needs of ``FluxEngine``: ``workflows``, ``workflow``, ``get``,
     ``start`` and ``resume``, recording calls and failing on request."""
 
+    max_payload_bytes = 1024 * 1024
+
     def __init__(self) -> None:
-        self.runs: dict[str, SimpleNamespace] = {}
+        self.runs: dict[str, Any] = {}
         self.starts: list[str] = []
         self.resumed: list[str] = []
         self.fail_next: list[BaseException] = []
@@ -287,20 +289,23 @@ class RecordingEngine:
         with self.lock:
             if self.store_then_fail:
                 self.store_then_fail = False
-                self._store(wf, run_id)
+                self._store(wf, body, run_id)
                 raise ConnectionResetError("broker went away while enqueueing")
             if self.fail_next:
                 raise self.fail_next.pop(0)
             self.starts.append(run_id)
             if run_id not in self.runs:
-                self._store(wf, run_id)
+                self._store(wf, body, run_id)
         return SimpleNamespace(id=run_id)
 
-    def _store(self, wf: Any, run_id: str) -> None:
-        self.runs[run_id] = SimpleNamespace(
+    def _store(self, wf: Any, body: Any, run_id: str) -> None:
+        self.runs[run_id] = RunState(
+            id=run_id,
             workflow=wf.name,
             status=RunStatus.PENDING,
-            steps=[SimpleNamespace(status=StepStatus.PENDING, attempts=0)],
+            input=wf.prepare_input(body),
+            data={},
+            steps=[StepState(name="noop", index=0)],
         )
 
     def resume(self, run_id: str) -> Any:
@@ -547,12 +552,15 @@ def test_main_usage_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 class FakePublisher:
     def __init__(self, fail: bool = False) -> None:
         self.sent: list[tuple[Any, str]] = []
+        self.raw: list[bytes] = []
         self.fail = fail
 
-    def publish_json(self, body: Any, *, message_id: str) -> str:
+    def publish_raw(self, body: bytes, *, content_type: str, message_id: str) -> str:
         if self.fail:
             raise ConnectionRefusedError("broker down")
-        self.sent.append((body, message_id))
+        assert content_type == "application/json"
+        self.raw.append(body)
+        self.sent.append((json.loads(body), message_id))
         return message_id
 
     def ping(self) -> None:

@@ -32,6 +32,7 @@ from ..core.errors import (
     SerializationError,
     WorkflowNotFound,
 )
+from ..core.jsoncodec import JsonTextError, parse_json_text
 from ..core.records import FluxResult
 from ..core.states import MOVING_RUN, UNSUCCESSFUL_RUN, values
 from ..engine import FluxEngine
@@ -265,17 +266,15 @@ def parse_json_option(option: str, text: str | None) -> Any:
     if text.startswith("@"):
         path = text[1:]
         try:
-            source = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+            data: bytes | str = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
         except OSError as exc:
             raise CliError(f"{option}: cannot read {path}: {exc.strerror}", EXIT_USAGE) from exc
+    else:
+        data = source
     try:
-        return json.loads(source)
-    except json.JSONDecodeError as exc:
-        raise CliError(
-            f"{option} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-            EXIT_USAGE,
-            "invalid_json",
-        ) from exc
+        return parse_json_text(data)
+    except JsonTextError as exc:
+        raise CliError(f"{option} is not valid JSON: {exc}", EXIT_USAGE, "invalid_json") from exc
 
 
 def _json_type(value: Any) -> str:
@@ -399,6 +398,30 @@ def setup_logging(level: int | str | None = None, *, timestamps: bool = False) -
         root.setLevel(level.upper() if isinstance(level, str) else level)
 
 
+def _undecodable_argument(argv: list[str]) -> CliError | None:
+    """Python decodes arguments that are not UTF-8 with stand-ins (lone surrogates) that no
+    database, JSON or terminal takes: refuse them here, with the argument and byte at fault,
+    rather than as an internal error wherever they end up."""
+    for position, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            try:  # the bytes as given: b"w\xff" shows as w\xff
+                raw = arg.encode("utf-8", "surrogateescape")
+                shown = raw.decode("utf-8", "backslashreplace")
+                what = "byte 0x" + arg[exc.start].encode("utf-8", "surrogateescape").hex()
+            except UnicodeEncodeError:  # a surrogate that came from elsewhere
+                shown = arg.encode("utf-8", "backslashreplace").decode("utf-8")
+                what = f"U+{ord(arg[exc.start]):04X}"
+            return CliError(
+                f"argument {position} ({shown}) is not valid UTF-8 ({what} at "
+                f"character {exc.start})",
+                EXIT_USAGE,
+                "invalid_argument",
+            )
+    return None
+
+
 def run(
     command: click.Command,
     argv: list[str],
@@ -413,6 +436,9 @@ def run(
     options = argv[: argv.index("--")] if "--" in argv else argv
     json_mode = "--json" in options
     setup_logging()
+    bad = _undecodable_argument(argv)
+    if bad is not None:
+        return report_error(bad, json_mode)
     try:
         rv = click.Command.main(command, argv, prog_name=prog_name, standalone_mode=False, **extra)
     except KeyboardInterrupt:

@@ -17,15 +17,23 @@ Configured from the environment: ``FLUX_INGRESS_URL`` (else ``FLUX_BROKER_URL``)
 the run is created by the consumer, whose run id is the message id returned here.
 
 Answers: 202 ``{"message_id", "run_id", "queue"}`` once the broker confirmed the message;
-400 with the reason for input the consumer would dead-letter; 413 over 1 MiB; 415 for a body
-that is not JSON; 503 when the broker is unreachable. The message id is the
-``Idempotency-Key`` header when given, else ``order-<order_id>``: posting the same order twice
-starts one run.
+400 with the reason for input the consumer would dead-letter (the body goes through the
+consumer's own ``check_message``, and the bytes checked are the bytes published); 413 over
+1 MiB; 415 for a body that is not JSON; 503 when the broker is unreachable.
+
+Idempotency: the message id is the ``Idempotency-Key`` header when given (UTF-8, at most 255
+bytes), else ``order-<order_id>``. Posting the same order again answers 202 with
+``"duplicate": true`` and starts nothing new; the same key with a different body is refused
+with 409 ``idempotency_conflict``. The producer knows a key from its own recent posts and,
+when ``FLUX_DATABASE_URL`` is set (compose sets it), from the run store; a conflict it cannot
+see (another producer process, before the run exists) is dead-lettered by the consumer with
+the code ``idempotency_conflict``, never taken silently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import importlib
 import ipaddress
@@ -35,18 +43,22 @@ import os
 import sys
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ..core.builder import Workflow, registered_workflows
-from ..core.errors import InvalidInput, WorkflowNotFound
+from ..core.errors import WorkflowNotFound
+from ..core.jsoncodec import canonical_json
+from ..core.records import RunState
 from ..ingress import (
     DEFAULT_QUEUE,
     DEFAULT_WORKFLOW,
     MAX_MESSAGE_BYTES,
+    Accepted,
     Publisher,
+    check_message,
     derive_run_id,
-    is_json_content_type,
 )
 from ..settings import load_settings
 
@@ -65,6 +77,12 @@ class HttpError(Exception):
 
 
 TOKEN_ENV = "FLUX_PRODUCER_TOKEN"
+#: AMQP's limit for a message id (a short string).
+MAX_KEY_BYTES = 255
+#: How many recent keys the producer remembers to answer repeats and conflicts itself.
+RECENT_KEYS = 10_000
+#: The HTTP status of each refusal code ``check_message`` gives.
+STATUS_OF = {"payload_too_large": 413, "unsupported_content_type": 415}
 
 
 def is_loopback(host: str | None) -> bool:
@@ -91,8 +109,13 @@ class ProducerApp:
         publisher: Any = None,
         max_bytes: int = MAX_MESSAGE_BYTES,
         token: str | None = None,
+        storage: Any = None,
     ) -> None:
         self._token = token
+        self._storage = storage
+        self._storage_checked = storage is not None
+        #: run id -> canonical stored input of orders this process published (oldest first).
+        self._recent: OrderedDict[str, str] = OrderedDict()
         self._broker_url = broker_url
         self._queue = queue
         self._workflow = workflow
@@ -126,6 +149,19 @@ class ProducerApp:
                     )
                 self._publisher = Publisher(url, self.queue)
             return self._publisher
+
+    def storage(self) -> Any:
+        """The run store, when ``FLUX_DATABASE_URL`` says where it is (else None: the
+        producer needs no database, and then only the consumer sees older keys)."""
+        with self._lock:
+            if not self._storage_checked:
+                self._storage_checked = True
+                url = os.environ.get("FLUX_DATABASE_URL")
+                if url:
+                    from ..storage.sql import SqlStorage
+
+                    self._storage = SqlStorage(url, auto_migrate=False)
+            return self._storage
 
     def workflow(self) -> Workflow:
         if not self._imported:
@@ -179,9 +215,7 @@ class ProducerApp:
         if path == "/orders":
             if method != "POST":
                 raise HttpError(405, "method_not_allowed", "use POST")
-            headers = {
-                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
-            }
+            headers = _decode_headers(scope["headers"])
             self._authorize(scope, headers)
             return await self._post_order(headers, await self._read_body(receive))
         raise HttpError(404, "not_found", f"no route {path}; try POST /orders or GET /healthz")
@@ -224,35 +258,88 @@ class ProducerApp:
                 return b"".join(chunks)
 
     async def _post_order(self, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any]]:
-        if not is_json_content_type(headers.get("content-type")):
-            raise HttpError(415, "unsupported_content_type", "send Content-Type: application/json")
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise HttpError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise HttpError(400, "not_an_object", "body must be a JSON object")
         wf = self.workflow()
-        try:
-            wf.validate_input(body)
-        except InvalidInput as exc:
-            raise HttpError(400, InvalidInput.code, str(exc), field=exc.field) from None
-        message_id = headers.get("idempotency-key") or (
-            f"order-{body['order_id']}" if isinstance(body.get("order_id"), str) else None
+        decision = check_message(
+            raw,
+            headers.get("content-type"),
+            message_id=None,
+            headers=None,
+            workflow=wf.name,
+            workflows={wf.name: wf},
+            max_bytes=self.max_bytes,
         )
-        message_id = message_id or str(uuid.uuid4())
-        publisher = self.publisher()
-        try:
-            await asyncio.to_thread(publisher.publish_json, body, message_id=message_id)
-        except Exception as exc:
-            log.warning("http producer: publish failed: %s", exc)
-            raise HttpError(503, "broker_unavailable", f"could not publish: {exc}") from None
-        return 202, {
+        if not isinstance(decision, Accepted):
+            extra = {"field": decision.field} if decision.field else {}
+            status = STATUS_OF.get(decision.code, 400)
+            raise HttpError(status, decision.code, decision.reason, **extra)
+        message_id = _message_id(headers, decision.body)
+        run_id = derive_run_id(message_id, decision.body)
+        content = canonical_json(decision.stored)
+        answer = {
             "message_id": message_id,
-            "run_id": derive_run_id(message_id, body),
+            "run_id": run_id,
             "queue": self.queue,
             "workflow": wf.name,
         }
+        seen = await self._seen(run_id, wf.name, decision.stored, content)
+        if seen is not None:
+            return 202, {**answer, "duplicate": True, **seen}
+        publisher = self.publisher()
+        try:
+            await asyncio.to_thread(
+                publisher.publish_raw,
+                raw,
+                content_type="application/json",
+                message_id=message_id,
+            )
+        except Exception as exc:
+            log.warning("http producer: publish failed: %s", exc)
+            raise HttpError(503, "broker_unavailable", f"could not publish: {exc}") from None
+        self._remember(run_id, content)
+        return 202, answer
+
+    async def _seen(
+        self, run_id: str, workflow: str, stored: Any, content: str
+    ) -> dict[str, Any] | None:
+        """``{}`` (or the run's status) when this key was already taken for this content;
+        None when it is new; 409 when it was taken for other content."""
+        with self._lock:
+            recent = self._recent.get(run_id)
+        if recent is not None:
+            if recent != content:
+                raise HttpError(
+                    409,
+                    "idempotency_conflict",
+                    f"key {run_id} was already used for a different order; "
+                    "send a new Idempotency-Key for new content",
+                )
+            return {}
+        existing = await asyncio.to_thread(self._stored_run, run_id)
+        if existing is None:
+            return None
+        conflict = existing.start_conflict(workflow, stored)
+        if conflict is not None:
+            raise HttpError(409, "idempotency_conflict", conflict)
+        self._remember(run_id, content)
+        return {"status": existing.status.value}
+
+    def _stored_run(self, run_id: str) -> RunState | None:
+        storage = self.storage()
+        if storage is None:
+            return None
+        try:
+            state: RunState | None = storage.load_run(run_id)
+            return state
+        except Exception as exc:  # the consumer decides when the store cannot answer
+            log.warning("http producer: cannot read the run store (%s); publishing", exc)
+            return None
+
+    def _remember(self, run_id: str, content: str) -> None:
+        with self._lock:
+            self._recent[run_id] = content
+            self._recent.move_to_end(run_id)
+            while len(self._recent) > RECENT_KEYS:
+                self._recent.popitem(last=False)
 
     async def _health(self) -> tuple[int, dict[str, Any]]:
         info: dict[str, Any] = {"queue": self.queue, "workflow": self.workflow_name}
@@ -263,6 +350,40 @@ class ProducerApp:
         except Exception as exc:
             return 503, {"status": "unavailable", "reason": str(exc) or type(exc).__name__, **info}
         return 200, {"status": "ok", **info}
+
+
+def _decode_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Header names in lower case; values as UTF-8 (what clients send for an
+    ``Idempotency-Key`` with non-ASCII text), never garbled as Latin-1; a value that is not
+    UTF-8 is a 400 naming the header."""
+    headers = {}
+    for key, value in raw:
+        name = key.decode("latin-1").lower()
+        try:
+            headers[name] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HttpError(400, "invalid_header", f"header {name!r} is not UTF-8") from None
+    return headers
+
+
+def _message_id(headers: dict[str, str], body: dict[str, Any]) -> str:
+    key = headers.get("idempotency-key")
+    if key is not None:
+        key = key.strip()
+        if not key or len(key.encode("utf-8")) > MAX_KEY_BYTES:
+            raise HttpError(
+                400,
+                "invalid_header",
+                f"Idempotency-Key must be 1 to {MAX_KEY_BYTES} bytes of UTF-8 text",
+            )
+        return key
+    order_id = body.get("order_id")
+    if isinstance(order_id, str) and order_id:
+        key = f"order-{order_id}"
+        if len(key.encode("utf-8")) <= MAX_KEY_BYTES:
+            return key
+        return "order-" + hashlib.sha256(order_id.encode("utf-8")).hexdigest()
+    return str(uuid.uuid4())
 
 
 async def _respond(send: Send, status: int, body: dict[str, Any]) -> None:

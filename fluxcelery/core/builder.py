@@ -10,7 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from .errors import DefinitionError, DispatchError, InvalidInput
+from .errors import (
+    DefinitionError,
+    DispatchError,
+    InvalidInput,
+    PayloadTooLarge,
+    SerializationError,
+)
+from .jsoncodec import DEFAULT_MAX_BYTES, check_depth, find_non_finite, roundtrip
 from .policy import Backoff
 
 if TYPE_CHECKING:
@@ -128,7 +135,16 @@ class InputSpec:
             if dataclasses.is_dataclass(raw) and not isinstance(raw, type):
                 raw = dataclasses.asdict(raw)
             elif _is_pydantic_model(type(raw)):
-                raw = raw.model_dump(mode="json")
+                raw = raw.model_dump()
+            # pydantic's JSON dump turns NaN and infinity into null (a ``dict[str, Any]``
+            # field, a float field): the stored input would differ from the one given.
+            bad = find_non_finite(raw)
+            if bad is not None:
+                raise InvalidInput(
+                    f"Invalid input for workflow {workflow!r}: field {bad!r}: NaN and "
+                    "infinity cannot be stored as JSON",
+                    field=bad,
+                )
             try:
                 value = self._adapter.validate_python(raw)
             except ValidationError as exc:
@@ -142,7 +158,10 @@ class InputSpec:
                     f"Invalid input for workflow {workflow!r}: " + "; ".join(problems),
                     field=first_field,
                 ) from None
-            return self._adapter.dump_python(value, mode="json")
+            try:
+                return self._adapter.dump_python(value, mode="json")
+            except (ValueError, RecursionError) as exc:  # e.g. "Maximum serialization depth"
+                raise InvalidInput(f"Invalid input for workflow {workflow!r}: {exc}") from None
         assert self._validator is not None
         try:
             ok = self._validator(raw)
@@ -370,6 +389,18 @@ class Workflow:
         if self._input is None:
             return {} if raw is None else raw
         return self._input.validate(self.name, raw)
+
+    def prepare_input(self, raw: Any, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> Any:
+        """The input exactly as a run would store it (validated, through the same JSON
+        round trip, within ``max_bytes`` once encoded), or ``InvalidInput`` saying why.
+        Every door checks with this before it says yes: the engine, the AMQP ingress and
+        the HTTP producer."""
+        try:
+            stored = roundtrip(self.validate_input(raw), what="workflow input", max_bytes=max_bytes)
+            check_depth(stored, what="workflow input")
+            return stored
+        except (SerializationError, PayloadTooLarge) as exc:
+            raise InvalidInput(f"Invalid input for workflow {self.name!r}: {exc}") from None
 
     def describe(self) -> dict[str, Any]:
         """A JSON-serializable description used by the CLI, the Flower tab and the viewer."""

@@ -30,6 +30,18 @@ class InvalidInput(FluxError):
         self.field = field
 
 
+class IdempotencyConflict(FluxError):
+    """A run with this id exists already, started with another workflow or other input: the
+    same idempotency key (a run id, a message id, an ``Idempotency-Key``) was reused for
+    different content. Refused, never silently taken for a duplicate."""
+
+    code = "idempotency_conflict"
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
 class RunNotFound(FluxError):
     """No run with this id exists in the store."""
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import json.encoder
+import math
 import re
+import sys
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
@@ -137,6 +139,84 @@ def dumps(value: Any, *, what: str = "value", max_bytes: int | None = None) -> s
             f"{what} is {len(text.encode())} bytes, over the limit of {max_bytes} bytes"
         )
     return text
+
+
+class JsonTextError(ValueError):
+    """Untrusted JSON text that cannot be taken, with the reason a person can act on."""
+
+
+def _no_constant(name: str) -> Any:
+    raise JsonTextError(f"{name} is not a JSON number")
+
+
+def parse_json_text(data: bytes | str) -> Any:
+    """Parse JSON text from outside (CLI arguments, AMQP bodies, HTTP bodies) strictly, the
+    same way at every door: ``NaN`` and ``Infinity`` are refused (not JSON, and a schema
+    such as ``dict[str, Any]`` would store them as null); every failure is a
+    ``JsonTextError`` saying what is wrong, never a ``RecursionError`` or a bare
+    ``ValueError`` from deep inside the decoder."""
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except JsonTextError:
+        raise
+    except RecursionError:
+        raise JsonTextError("nested too deeply (more than about 1,000 levels)") from None
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start : exc.start + 1].hex()
+        raise JsonTextError(f"not UTF-8 (byte 0x{bad} at offset {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise JsonTextError(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:  # an integer longer than Python converts (CVE-2020-10735)
+        if "digits" in str(exc):
+            limit = sys.get_int_max_str_digits()
+            raise JsonTextError(f"a number has more than {limit} digits") from None
+        raise JsonTextError(str(exc)) from None
+
+
+def find_non_finite(value: Any, path: str = "") -> str | None:
+    """The path of the first NaN or infinite float in a value (dicts, lists, tuples), or
+    None. Schemas that convert them to null on the way out are checked with it first."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        kind = item.__class__
+        if kind is float or isinstance(item, float):
+            if not math.isfinite(item):
+                return where or "$"
+        elif isinstance(item, dict):
+            stack.extend(
+                (v, f"{where}.{k}" if where else str(k)) for k, v in reversed(item.items())
+            )
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(item))))
+    return None
+
+
+#: Input and signal payloads nested deeper than this are refused at the door: real documents
+#: stay far below it, and the walks that redact, copy and scrub values recurse.
+MAX_DEPTH = 100
+
+
+def check_depth(value: Any, *, what: str = "value", limit: int = MAX_DEPTH) -> None:
+    """``SerializationError`` when ``value`` nests dicts and lists deeper than ``limit``."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            raise SerializationError(f"{what} is nested deeper than {limit} levels")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+
+
+def canonical_json(value: Any) -> str:
+    """One text per JSON value (sorted keys, no spaces): what "the same content" means for
+    run ids derived from a body and for idempotency checks."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def dumps_for_jsonb(value: Any, *, what: str = "value") -> str:

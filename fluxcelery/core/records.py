@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .jsoncodec import copy_json
+from .jsoncodec import canonical_json, copy_json
 from .states import DONE_STEP, RunStatus, StepStatus
 
 
@@ -141,6 +141,19 @@ class RunState:
             for s in self.steps
             if s.status in DONE_STEP or s.status == StepStatus.COMPENSATED
         }
+
+    def start_conflict(self, workflow: str, stored_input: Any) -> str | None:
+        """Why starting ``workflow`` with ``stored_input`` (as ``prepare_input`` gives it)
+        under this run's id is not a repeat of this run, or None when it is: the same key
+        with the same content is a duplicate, with other content a conflict."""
+        if self.workflow != workflow:
+            return f"run {self.id} already exists for workflow {self.workflow!r}, not {workflow!r}"
+        if canonical_json(self.input) != canonical_json(stored_input):
+            return (
+                f"run {self.id} already exists with different input: the same idempotency key "
+                "was used for other content"
+            )
+        return None
 
     def step(self, name: str) -> StepState:
         for s in self.steps:

@@ -9,14 +9,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from amqp import serialization as amqp_serialization
 from kombu import Connection, Producer
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.mixins import ConsumerMixin
 
-from ..core.errors import FluxError, InvalidInput
+from ..core.errors import FluxError, IdempotencyConflict, InvalidInput, describe_error
 from ..defaults import default_engine
 from .messages import (
     DEFAULT_QUEUE,
@@ -227,6 +227,7 @@ class IngressConsumer(ConsumerMixin):
                 workflow=self.workflow,
                 workflows=self.engine.workflows,
                 max_bytes=self.max_bytes,
+                max_input_bytes=self.engine.max_payload_bytes,
             )
         except Exception as exc:  # every message ends acked or dead-lettered
             decision = self._internal_error(exc, message_id)
@@ -249,7 +250,15 @@ class IngressConsumer(ConsumerMixin):
         except (KombuOperationalError, OSError):
             raise  # the broker: kombu reconnects, and the message comes again
         except Exception as exc:  # every message ends acked or dead-lettered
-            self._dead_letter(message, self._internal_error(exc, message_id))
+            rejected = self._internal_error(exc, message_id)
+            try:
+                self._dead_letter(message, rejected)
+            except (KombuOperationalError, OSError):
+                raise
+            except Exception:  # even the dead letter could not be made: let the broker
+                log.exception("ingress: dead-lettering message %s failed", printable(message_id))
+                message.reject(requeue=False)  # the queue's x-dead-letter-exchange takes it
+                self._count_dead_letter(rejected, message_id)
         finally:
             self._last_activity = time.monotonic()
             if self.max_messages is not None and self.stats.received >= self.max_messages:
@@ -267,8 +276,9 @@ class IngressConsumer(ConsumerMixin):
         self._emit({"outcome": outcome, **info})
 
     def _start(self, accepted: Accepted) -> str | Rejected:
-        """``started`` or ``duplicate``; a ``Rejected`` for input the engine refuses or a
-        run id taken by another workflow; waits out outages (or raises ``_Requeue``)."""
+        """``started`` or ``duplicate``; a ``Rejected`` for input the engine refuses, a run
+        id taken by another workflow, or a run id taken by other content (the same key
+        reused: ``idempotency_conflict``); waits out outages (or raises ``_Requeue``)."""
         failures = 0
         while True:
             try:
@@ -281,6 +291,9 @@ class IngressConsumer(ConsumerMixin):
                             f"{existing.workflow!r}",
                             accepted.workflow,
                         )
+                    conflict = existing.start_conflict(accepted.workflow, accepted.stored)
+                    if conflict is not None:
+                        return Rejected(IdempotencyConflict.code, conflict, accepted.workflow)
                     if failures and _never_dispatched(existing):
                         # Our own earlier start stored the run but did not enqueue it
                         # (an engine that keeps the run when dispatch fails): enqueue it now.
@@ -290,8 +303,8 @@ class IngressConsumer(ConsumerMixin):
                 wf = self.engine.workflow(accepted.workflow)
                 self.engine.start(wf, accepted.body, run_id=accepted.run_id)
                 return "started"
-            except InvalidInput as exc:
-                return Rejected(InvalidInput.code, str(exc), accepted.workflow)
+            except (InvalidInput, IdempotencyConflict) as exc:  # a conflict: a race lost
+                return Rejected(exc.code, str(exc), accepted.workflow)
             except Exception as exc:
                 failures += 1
                 self.stats.start_retries += 1
@@ -337,11 +350,14 @@ class IngressConsumer(ConsumerMixin):
             **extra,
         )
         message.ack()  # only after the broker confirmed the dead letter
+        self._count_dead_letter(rejected, props.get("message_id"))
+
+    def _count_dead_letter(self, rejected: Rejected, message_id: Any) -> None:
         self.stats.dead_lettered += 1
         self.stats.by_code[rejected.code] = self.stats.by_code.get(rejected.code, 0) + 1
         log.warning(
             "ingress: dead-lettered message %s to %s: [%s] %s",
-            printable(props.get("message_id") or "(no id)"),
+            printable(message_id or "(no id)"),
             self.topology.dead_letter_queue,
             rejected.code,
             rejected.reason,
@@ -349,7 +365,7 @@ class IngressConsumer(ConsumerMixin):
         self._emit(
             {
                 "outcome": "dead_lettered",
-                "message_id": props.get("message_id"),
+                "message_id": message_id,
                 "code": rejected.code,
                 "reason": rejected.reason,
             }
@@ -384,6 +400,35 @@ def _never_dispatched(state: Any) -> bool:
     )
 
 
+T = TypeVar("T")
+
+
+def wait_out_outage(
+    attempt: Callable[[], T], stop: threading.Event, what: str, max_delay: float = 30.0
+) -> T | None:
+    """``attempt()`` until it succeeds, waiting out outages (``is_transient``) with backoff
+    and one warning per try; None when ``stop`` is set first. A consumer started while its
+    database restarts (compose starting everything at once, a failover) waits instead of
+    exiting, as it does for the broker."""
+    failures = 0
+    while True:
+        try:
+            return attempt()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            failures += 1
+            delay = min(max_delay, 0.5 * 2 ** (failures - 1))
+            log.warning(
+                "ingress: %s is unreachable (%s); retrying in %.1fs",
+                what,
+                describe_error(exc),
+                delay,
+            )
+            if stop.wait(delay):
+                return None
+
+
 def consume(
     queue: str = DEFAULT_QUEUE,
     workflow: str = DEFAULT_WORKFLOW,
@@ -409,8 +454,11 @@ def consume(
         raise ValueError(f"max_messages must be >= 1 or None, got {max_messages}")
     if broker_url.startswith("memory://"):
         raise ValueError("the ingress needs a real AMQP broker URL (amqp://...), not memory://")
+    stop = stop or threading.Event()
     if engine is None:
-        engine = default_engine()
+        engine = wait_out_outage(default_engine, stop, "the database")
+        if engine is None:
+            return ConsumeStats(queue=queue)  # asked to stop before the database came back
     engine.workflow(workflow)  # fail fast on a typo, before dead-lettering every message
     tolerate_undecodable_text()
     consumer = IngressConsumer(
@@ -421,7 +469,7 @@ def consume(
         prefetch=prefetch,
         max_messages=max_messages,
         idle_timeout=idle_timeout,
-        stop=stop or threading.Event(),
+        stop=stop,
         on_event=on_event,
         max_bytes=max_bytes,
         progress_interval=progress_interval,

@@ -5,10 +5,10 @@ tests/test_ingress.py."""
 from __future__ import annotations
 
 import hashlib
-import json
 import re
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from ..core.errors import DispatchError, InvalidInput, StorageError
+from ..core.jsoncodec import DEFAULT_MAX_BYTES, JsonTextError, canonical_json, parse_json_text
 
 if TYPE_CHECKING:
     from ..core.builder import Workflow
@@ -94,6 +95,9 @@ class Accepted:
     run_id: str
     workflow: str
     body: dict[str, Any]
+    #: The input as the run stores it (``Workflow.prepare_input``): what "the same
+    #: content" is compared on when the run id exists already.
+    stored: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class Rejected:
     code: str
     reason: str
     workflow: str | None = None
+    #: The input field at fault (``invalid_input``), when known.
+    field: str | None = None
 
 
 def derive_run_id(message_id: str | None, body: Mapping[str, Any]) -> str:
@@ -112,8 +118,7 @@ def derive_run_id(message_id: str | None, body: Mapping[str, Any]) -> str:
         if _SAFE_ID.match(message_id):
             return message_id
         return "msg-" + hashlib.sha256(_utf8(message_id)).hexdigest()[:40]
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "body-" + hashlib.sha256(_utf8(canonical)).hexdigest()[:40]
+    return "body-" + hashlib.sha256(_utf8(canonical_json(body))).hexdigest()[:40]
 
 
 def _utf8(text: str) -> bytes:
@@ -143,8 +148,11 @@ def check_message(
     workflow: str,
     workflows: Mapping[str, Workflow],
     max_bytes: int = MAX_MESSAGE_BYTES,
+    max_input_bytes: int | None = DEFAULT_MAX_BYTES,
 ) -> Accepted | Rejected:
-    """Decide what one message becomes. Never deserializes anything but JSON."""
+    """Decide what one message becomes. Never deserializes anything but JSON. Accepted
+    means the engine will take the input as it is (``Workflow.prepare_input`` with the
+    engine's ``max_input_bytes``): the HTTP producer answers with this same decision."""
     if not is_json_content_type(content_type):
         return Rejected(
             "unsupported_content_type",
@@ -156,8 +164,8 @@ def check_message(
             "payload_too_large", f"message is {len(body)} bytes, over the limit of {max_bytes}"
         )
     try:
-        value = json.loads(body)
-    except (ValueError, RecursionError) as exc:
+        value = parse_json_text(body)
+    except JsonTextError as exc:
         return Rejected("invalid_json", f"body is not valid JSON: {exc}")
     if not isinstance(value, dict):
         return Rejected("not_an_object", f"body must be a JSON object, got {type(value).__name__}")
@@ -172,10 +180,10 @@ def check_message(
             printable(name),
         )
     try:
-        wf.validate_input(value)
+        stored = wf.prepare_input(value, max_bytes=max_input_bytes)
     except InvalidInput as exc:
-        return Rejected(InvalidInput.code, str(exc), name)
-    return Accepted(derive_run_id(message_id, value), name, value)
+        return Rejected(InvalidInput.code, str(exc), name, exc.field)
+    return Accepted(derive_run_id(message_id, value), name, value, stored)
 
 
 def dead_letter_headers(
@@ -234,6 +242,9 @@ def is_transient(exc: BaseException) -> bool:
         sa_exc.DisconnectionError,
         sa_exc.TimeoutError,
     )
+    psycopg = sys.modules.get("psycopg")  # only loaded with a PostgreSQL URL
+    if psycopg is not None:
+        transient += (psycopg.OperationalError,)
     return isinstance(exc, transient)
 
 
@@ -242,5 +253,10 @@ def raw_body(message: Any) -> bytes:
     the body with its ``content_encoding``, so encode it back (lossless)."""
     body = message.body
     if isinstance(body, str):
-        return body.encode(message.content_encoding or "utf-8")
+        if not body:  # py-amqp hands an empty body over as "" whatever its encoding
+            return b""
+        try:
+            return body.encode(message.content_encoding or "utf-8")
+        except (LookupError, UnicodeError):
+            return body.encode("utf-8", "surrogatepass")
     return bytes(body or b"")
