@@ -13,7 +13,7 @@ from typing import Any
 
 from .core.errors import RunNotFound
 from .core.records import RunState, iso
-from .core.states import DONE_STEP, RunStatus
+from .core.states import DONE_STEP, RunStatus, StepStatus
 from .engine import FluxEngine
 from .trace.event import TraceEvent
 
@@ -29,6 +29,7 @@ def run_row(state: RunState) -> dict[str, Any]:
         "version": state.workflow_version,
         "status": state.status.value,
         "current_step": current.name if current else None,
+        "progress": current.progress if current and current.status == StepStatus.RUNNING else None,
         "steps_done": sum(1 for s in state.steps if s.status in DONE_STEP),
         "steps_total": len(state.steps),
         "error": state.error,

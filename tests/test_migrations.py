@@ -27,6 +27,9 @@ from fluxcelery.storage.migrate import VERSION_TABLE, current_revision, head_rev
 FLUX_TABLES = {"flux_runs", "flux_steps", "flux_traces"}
 ALL_TABLES = FLUX_TABLES | {"flux_alembic_version"}
 
+#: The newest migration (tests/test_migrations.py checks every store reaches it).
+HEAD = "0006"
+
 
 class FreshDb:
     """An empty database (SQLite file or PostgreSQL schema) and the storages made on it."""
@@ -106,7 +109,7 @@ def a_run(run_id: str) -> RunState:
 
 # -- init -----------------------------------------------------------------------------------------
 def test_head_revision_is_the_latest_migration(fresh_db: FreshDb) -> None:
-    assert head_revision(fresh_db.storage()) == "0005"
+    assert head_revision(fresh_db.storage()) == HEAD
 
 
 def test_init_creates_the_schema_at_head(fresh_db: FreshDb) -> None:
@@ -117,10 +120,10 @@ def test_init_creates_the_schema_at_head(fresh_db: FreshDb) -> None:
     storage.init()
 
     assert fresh_db.tables() == ALL_TABLES
-    assert current_revision(storage) == head_revision(storage) == "0005"
+    assert current_revision(storage) == head_revision(storage) == HEAD
     with storage.engine.connect() as conn:
         versions = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
-    assert [tuple(v) for v in versions] == [("0005",)]
+    assert [tuple(v) for v in versions] == [(HEAD,)]
     # The schema works.
     assert storage.create_run(a_run("m-1"), []) is True
     assert storage.load_run("m-1") is not None
@@ -152,10 +155,10 @@ def test_init_twice_is_a_no_op(fresh_db: FreshDb) -> None:
 
     second = fresh_db.storage()  # another process starting up on the same database
     second.init()
-    assert upgrade(second) == ("0005", "0005")
+    assert upgrade(second) == (HEAD, HEAD)
 
     assert fresh_db.tables() == ALL_TABLES
-    assert current_revision(second) == "0005"
+    assert current_revision(second) == HEAD
     with second.engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar() == 1
     kept = second.load_run("keep-me")
@@ -165,8 +168,8 @@ def test_init_twice_is_a_no_op(fresh_db: FreshDb) -> None:
 
 def test_upgrade_reports_before_and_after(fresh_db: FreshDb) -> None:
     storage = fresh_db.storage(auto_migrate=False)
-    assert upgrade(storage) == (None, "0005")
-    assert upgrade(storage) == ("0005", "0005")
+    assert upgrade(storage) == (None, HEAD)
+    assert upgrade(storage) == (HEAD, HEAD)
 
 
 def test_auto_migrate_false_does_not_create_tables(fresh_db: FreshDb) -> None:
@@ -204,8 +207,8 @@ def test_concurrent_upgrades_in_threads_both_succeed(fresh_db: FreshDb) -> None:
 
     for outcome in outcomes:
         assert isinstance(outcome, tuple), f"upgrade failed: {outcome!r}"
-        assert outcome[1] == "0005"
-        assert outcome[0] in (None, "0005")
+        assert outcome[1] == HEAD
+        assert outcome[0] in (None, HEAD)
     assert fresh_db.tables() == ALL_TABLES
     with storages[0].engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar() == 1
@@ -225,7 +228,7 @@ def test_init_of_a_fresh_sqlite_file_waits_for_a_concurrent_writer(tmp_path: Any
     storage = SqlStorage(f"sqlite:///{path}")
     try:
         storage.init()
-        assert current_revision(storage) == "0005"
+        assert current_revision(storage) == HEAD
         assert storage.load_run("nothing") is None
     finally:
         release.join()
@@ -259,9 +262,9 @@ def test_concurrent_upgrades_in_processes_all_succeed(fresh_pg: FreshDb) -> None
     """Separate processes do not share the in-process lock: the advisory lock serializes them."""
     for outcome in upgrade_in_processes(fresh_pg.url):
         assert isinstance(outcome, tuple), f"upgrade failed: {outcome!r}"
-        assert outcome[1] == "0005"
+        assert outcome[1] == HEAD
     assert fresh_pg.tables() == ALL_TABLES
-    assert current_revision(fresh_pg.storage()) == "0005"
+    assert current_revision(fresh_pg.storage()) == HEAD
 
 
 @pytest.mark.parametrize("start", [None, "0001", "0002"])
@@ -277,10 +280,10 @@ def test_concurrent_sqlite_upgrades_in_processes_all_succeed(
         storage.close()
     for outcome in upgrade_in_processes(url, n=4):
         assert isinstance(outcome, tuple), f"upgrade failed: {outcome!r}"
-        assert outcome[1] == "0005"
+        assert outcome[1] == HEAD
     storage = SqlStorage(url)
     try:
-        assert current_revision(storage) == "0005"
+        assert current_revision(storage) == HEAD
         assert storage.load_run("nothing") is None
     finally:
         storage.close()
@@ -327,6 +330,7 @@ def test_json_columns_are_jsonb_on_postgresql(fresh_pg: FreshDb) -> None:
         ("flux_runs", "data"),
         ("flux_runs", "start_meta"),
         ("flux_steps", "output"),
+        ("flux_steps", "progress"),
         ("flux_traces", "meta"),
     }
     assert {k: types[k] for k in json_columns} == dict.fromkeys(json_columns, "jsonb")
@@ -356,7 +360,7 @@ NEEDS_SQLITE_335 = pytest.mark.skipif(
 def test_json_columns_on_sqlite_keep_their_text(tmp_path: Any) -> None:
     """Input and output may be a bare number: TEXT affinity keeps its JSON text (a column
     declared JSON has NUMERIC affinity and turned 2**70 into a float). The others only ever
-    hold objects."""
+    hold objects (progress included)."""
     storage = SqlStorage(f"sqlite:///{tmp_path}/types.db")
     try:
         storage.init()
@@ -375,6 +379,7 @@ def test_json_columns_on_sqlite_keep_their_text(tmp_path: Any) -> None:
     assert {k for k, v in declared.items() if v == "JSON"} == {
         ("flux_runs", "data"),
         ("flux_runs", "start_meta"),
+        ("flux_steps", "progress"),
         ("flux_traces", "meta"),
     }
 
@@ -417,7 +422,7 @@ def test_upgrading_sqlite_to_0003_keeps_stored_numbers_exact(tmp_path: Any) -> N
         with storage.engine.connect() as conn:
             kinds = conn.execute(sa.text("SELECT typeof(input) FROM flux_runs ORDER BY id"))
             assert {k for (k,) in kinds} == {"integer", "real", "text"}  # what 0002 left
-        assert upgrade(storage) == ("0002", "0005")  # through 0003
+        assert upgrade(storage) == ("0002", HEAD)  # through 0003
         for name, value in stored.items():
             state = storage.load_run(f"old-{name}")
             assert state is not None
@@ -467,7 +472,7 @@ def test_upgrading_from_0001_keeps_stored_runs(fresh_db: FreshDb) -> None:
             ),
             {"t": "2026-01-01 00:00:00"},
         )
-    assert upgrade(storage) == ("0001", "0005")
+    assert upgrade(storage) == ("0001", HEAD)
     state = storage.load_run("old-1")
     assert state is not None and state.input == {"x": 1} and state.status == RunStatus.PENDING
     with storage.engine.connect() as conn:

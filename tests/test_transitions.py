@@ -70,6 +70,35 @@ def test_a_step_found_running_was_redelivered(rerun: bool, meta: dict[str, bool]
     assert tr.events[0].meta == meta
 
 
+def test_a_running_step_reports_progress_and_a_new_attempt_starts_without_it() -> None:
+    state = run(R.RUNNING, S.RUNNING)
+    state.steps[0].attempts = 1
+    tr = t.report_progress(state, 0, done=3, total=10, message="m", at=T1)
+    assert state.steps[0].progress == {
+        "done": 3,
+        "total": 10,
+        "message": "m",
+        "at": T1.isoformat(),
+    }
+    assert tr.steps == ()  # stored out of band, never with a version bump
+    assert (types(tr), tr.events[0].attempt, tr.events[0].meta) == (
+        ["step:progress"],
+        1,
+        {"done": 3, "total": 10, "message": "m"},
+    )
+    assert state.status == R.RUNNING and state.steps[0].status == S.RUNNING
+    t.start_step(state, 0, attempt=2, max_attempts=4, at=T1, **ATTEMPT)
+    assert state.steps[0].progress is None
+
+
+@pytest.mark.parametrize("status", [S.PENDING, S.COMPLETED, S.FAILED, S.SUSPENDED])
+def test_only_a_running_step_reports_progress(status: StepStatus) -> None:
+    state = run(R.RUNNING, status)
+    with pytest.raises(InvalidTransition):
+        t.report_progress(state, 0, done=1, total=None, message=None, at=T1)
+    assert state.steps[0].progress is None
+
+
 def test_complete_step_clears_the_last_attempts_error() -> None:
     state = run(R.RUNNING, S.RUNNING, S.PENDING)
     state.steps[0].error, state.steps[0].traceback = "E: x", "Traceback..."

@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..core.builder import StepDef, Workflow, _Unset
 from ..core.errors import DefinitionError, StorageError
 from ..core.failure import Failure, stand_in
+from ..runner import progress
 from ..runner.change import Action, Next
 from ..settings import load_settings
 from .countdown import first_hop, max_countdown, seconds_left
@@ -253,6 +254,23 @@ def _define(
     return name
 
 
+def _progress_listener(task: Task) -> Callable[[dict[str, Any]], None] | None:
+    """Celery's progress convention, ``update_state(state="PROGRESS", meta=...)``, when the
+    app has a result backend (Flower and ``AsyncResult.info`` show it). The task id is
+    captured here: the handler may report from another thread, where ``task.request`` is
+    empty."""
+    from celery.backends.base import DisabledBackend
+
+    task_id = task.request.id
+    if task_id is None or isinstance(task.backend, DisabledBackend):
+        return None
+
+    def listener(report: dict[str, Any]) -> None:
+        task.update_state(task_id=task_id, state="PROGRESS", meta=report)
+
+    return listener
+
+
 def _register_step(app: Celery, workflow: str, sdef: StepDef, limits: dict[str, Any]) -> str:
     name = step_task_name(workflow, sdef.name)
     target = (workflow, sdef.name, "step")
@@ -268,6 +286,7 @@ def _register_step(app: Celery, workflow: str, sdef: StepDef, limits: dict[str, 
         outages: int = 0,
     ) -> None:
         _hop(self, not_before)
+        listening = progress.LISTENER.set(_progress_listener(self))
         try:
             # Inside the try: a fresh pool process builds its engine (and checks migrations)
             # here, and the database may be down right then. Failing the task would ack it
@@ -287,6 +306,8 @@ def _register_step(app: Celery, workflow: str, sdef: StepDef, limits: dict[str, 
             failed = _apply(self, engine, run_id, nxt)
         except (StorageError, SQLAlchemyError, OSError) as exc:
             raise _outage_retry(self, exc, mark=True)
+        finally:
+            progress.LISTENER.reset(listening)
         if failed is not None:
             raise failed
 

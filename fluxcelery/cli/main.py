@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ import click
 
 from .. import ops
 from ..core.builder import registered_workflows
+from ..core.states import MOVING_RUN, RunStatus
 from ..settings import load_settings
 from ..storage.migrate import head_revision
 from ..storage.migrate import upgrade as migrate
@@ -47,6 +49,8 @@ from .upkeep import prune, recover
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from ..engine import FluxEngine
 
 
 STEP_STATUSES = (
@@ -262,16 +266,31 @@ def runs(
 @cli.command()
 @click.argument("run_id")
 @click.option("--trace-limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Follow the run live until it settles (completed, failed, rolled back, cancelled "
+    "or suspended); with --json, one document per change.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often --watch reads the run.",
+)
 @json_option
 @pass_cli
-def show(cli_obj: Cli, run_id: str, trace_limit: int) -> int:
-    """Show one run: its header, a table of its steps, the traceback of a failed step, and
-    its trace events. RUN_ID may be a unique prefix (the short id of `fluxcelery runs`).
+def show(cli_obj: Cli, run_id: str, trace_limit: int, watch: bool, interval: float) -> int:
+    """Show one run: its header, a table of its steps (with the progress a running step
+    reports), the traceback of a failed step, and its trace events. RUN_ID may be a unique
+    prefix (the short id of `fluxcelery runs`).
 
     \b
     Examples:
       fluxcelery show 3f2a9c1e-0d5b-4a51-9a57-2f6f1c0e8b11
-      fluxcelery show 3f2a9c1e
+      fluxcelery show 3f2a9c1e --watch
     """
     engine = cli_obj.engine()
     run_id = cli_obj.resolve_run_id(run_id)
@@ -280,12 +299,52 @@ def show(cli_obj: Cli, run_id: str, trace_limit: int) -> int:
     except CliError:
         pass
     detail = ops.run_detail(engine, run_id, trace_limit=trace_limit)
+    if watch:
+        return _watch(cli_obj, engine, detail, trace_limit, interval)
 
     def render(console: Console) -> None:
 
         console.print(run_view(detail))
 
     cli_obj.out(detail, render)
+    return EXIT_OK
+
+
+def _watch(
+    cli_obj: Cli, engine: FluxEngine, detail: dict[str, Any], trace_limit: int, interval: float
+) -> int:
+    """``show --watch``: redraw the run in place on a terminal (rich's ``Live``), else
+    print it again each time it changed, until it no longer moves."""
+    from rich.live import Live
+
+    run_id = detail["id"]
+
+    def read() -> dict[str, Any]:
+        return ops.run_detail(engine, run_id, trace_limit=trace_limit)
+
+    def changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+        return (old["version"], old["steps"]) != (new["version"], new["steps"])
+
+    def settled(d: dict[str, Any]) -> bool:
+        return RunStatus(d["status"]) not in MOVING_RUN
+
+    def show_once(d: dict[str, Any]) -> None:
+        cli_obj.out(d, lambda console: console.print(run_view(d)))
+
+    if cli_obj.json or not cli_obj.console.is_terminal:
+        show_once(detail)
+        while not settled(detail):
+            time.sleep(interval)
+            new = read()
+            if changed(detail, new):
+                show_once(new)
+            detail = new
+        return EXIT_OK
+    with Live(run_view(detail), console=cli_obj.console, auto_refresh=False) as live:
+        while not settled(detail):
+            time.sleep(interval)
+            detail = read()
+            live.update(run_view(detail), refresh=True)
     return EXIT_OK
 
 

@@ -22,6 +22,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from ..core.records import describe_progress
+
 if TYPE_CHECKING:
     from rich.console import ConsoleOptions, JustifyMethod, RenderResult
 
@@ -203,7 +205,11 @@ def _progress(r: Mapping[str, Any]) -> Text:
 
 
 def _current_step(r: Mapping[str, Any]) -> Text:
-    return _cell(r.get("current_step") if r["status"] != "completed" else "")
+    if r["status"] == "completed":
+        return _cell("")
+    step = r.get("current_step") or ""
+    progress = describe_progress(r.get("progress"), message=False)
+    return _cell(f"{step} {progress}" if progress else step)
 
 
 _RUN_ID = Col("id", lambda r: _cell(short_id(str(r["id"]))))
@@ -247,6 +253,8 @@ def _step_error(s: Mapping[str, Any]) -> Text:
         return _cell(s["error"])
     if s.get("status") == "suspended":
         return _cell(f"waiting for '{terminal_safe(s.get('waiting_for'))}'")
+    if s.get("status") == "running" and s.get("progress"):
+        return _cell(describe_progress(s["progress"]))
     return _cell(None)
 
 
@@ -258,7 +266,8 @@ _STEP_HEAD = (
     Col("attempts", _attempts),
     Col("duration", lambda s: _cell(fmt_ms(s.get("duration_ms")))),
 )
-_STEP_ERROR = Col("error", _step_error, flexible=True)
+#: The error of a failed step, what a suspended one waits for, how far a running one got.
+_STEP_ERROR = Col("detail", _step_error, flexible=True)
 
 
 def steps_table(steps: Sequence[Mapping[str, Any]]) -> FitTable:

@@ -49,6 +49,7 @@ from tornado.options import options as tornado_options
 from tornado.web import HTTPError, url
 
 from ..core.errors import RunNotFound
+from ..core.records import describe_progress
 from ..core.states import ACTIVE_RUN, values
 from ..defaults import default_app, default_engine
 from ..engine import FluxEngine
@@ -208,6 +209,7 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "flux_event_class": event_class,
     "flux_short": short_id,
     "flux_json": to_json,
+    "flux_progress": describe_progress,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import traceback
 from collections.abc import Callable, Mapping, MutableMapping
@@ -73,6 +74,18 @@ def _exc_info(value: Any) -> _ExcInfo | None:
     return value if value[0] is not None else None
 
 
+#: Longer progress messages are cut: they are shown in one table cell.
+MAX_PROGRESS_MESSAGE = 200
+
+
+def _amount(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"progress {name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"progress {name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
 class StepContext:
     """The context passed to handlers, conditions, compensators and hooks.
 
@@ -82,6 +95,7 @@ class StepContext:
 
     __slots__ = (
         "_log",
+        "_progress",
         "_raw_input",
         "_redactor",
         "attempt",
@@ -127,6 +141,8 @@ class StepContext:
         self._redactor = redactor or _DEFAULT_REDACTOR
         #: The input as stored (``input`` may be a model parsed from it): where secrets are.
         self._raw_input = input if raw_input is None else raw_input
+        #: Where ``progress`` reports go (set by the runner for a step's attempt).
+        self._progress: Callable[[float, float | None, str | None], None] | None = None
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -139,6 +155,22 @@ class StepContext:
                 self.scrub,
             )
         return self._log
+
+    def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
+        """Report how far this attempt got: ``done`` out of ``total`` (when known), with
+        an optional ``message``. Stored on the step at most every 0.5 s (the last report of
+        an attempt always), traced as ``step:progress``, and sent to Celery's result backend
+        as ``PROGRESS`` when one is configured. A report outside a step's attempt (a
+        condition, a compensator) goes nowhere; a bad value raises ``ValueError``."""
+        done = _amount("done", done)
+        if total is not None:
+            total = _amount("total", total)
+        if message is not None:
+            if not isinstance(message, str):
+                raise ValueError(f"progress message must be a string, got {type(message).__name__}")
+            message = self.scrub(message[:MAX_PROGRESS_MESSAGE])
+        if self._progress is not None:
+            self._progress(done, total, message)
 
     def scrub(self, text: str) -> str:
         """``text`` with this run's secrets masked (for messages that leave the step)."""

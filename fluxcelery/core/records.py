@@ -30,6 +30,23 @@ def secret_sources(state: RunState) -> tuple[Any, ...]:
     return (state.input, state.data, *(s.output for s in state.steps if s.output is not None))
 
 
+def describe_progress(progress: dict[str, Any] | None, *, message: bool = True) -> str:
+    """``40/100 (40%) resizing``: a step's last ``ctx.progress`` report ('' for none), as
+    the CLI, the Flower tab and the viewer show it."""
+    if not progress:
+        return ""
+    done, total = progress.get("done"), progress.get("total")
+    number = (int, float)
+    text = f"{done:g}" if isinstance(done, number) else ""
+    if isinstance(total, number):
+        text += f"/{total:g}"
+        if total > 0 and isinstance(done, number):
+            text += f" ({min(100, round(100 * done / total))}%)"
+    if message and progress.get("message"):
+        text += f" {progress['message']}"
+    return text
+
+
 @dataclass
 class StepState:
     """One step of one run, as stored in ``flux_steps``."""
@@ -52,6 +69,9 @@ class StepState:
     duration_ms: int | None = None
     #: When a suspended step's wait expires (not part of SPEC's column list; stored too).
     wait_deadline: datetime | None = None
+    #: The attempt's last ``ctx.progress`` report: ``{"done", "total", "message", "at"}``
+    #: (None before the first report of an attempt).
+    progress: dict[str, Any] | None = None
 
     def copy(self) -> StepState:
         # A plain __dict__ copy: dataclasses.replace costs ~10x more on the hot path.
@@ -75,6 +95,7 @@ class StepState:
         self.finished_at = None
         self.duration_ms = None
         self.wait_deadline = None
+        self.progress = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +113,7 @@ class StepState:
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
             "duration_ms": self.duration_ms,
+            "progress": self.progress,
         }
 
 

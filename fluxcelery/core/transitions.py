@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..trace.event import TraceEvent
+from .errors import InvalidTransition
 from .records import RunState, StepState, ms_between
 from .states import RunStatus, StepStatus, check_run_change, check_step_transition
 
@@ -230,6 +231,7 @@ def start_step(
     s.task_id = task_id
     s.started_at = at
     s.finished_at = None
+    s.progress = None  # each attempt reports its own
     state.current_step = index
     meta = (
         ({"redelivered": True, "outage": True} if rerun else {"redelivered": True})
@@ -250,6 +252,31 @@ def start_step(
         id=event_id,
     )
     return Transition((index,), [event])
+
+
+def report_progress(
+    state: RunState,
+    index: int,
+    *,
+    done: float,
+    total: float | None,
+    message: str | None,
+    at: datetime,
+) -> Transition:
+    """The running attempt of step ``index`` reports how far it got (``ctx.progress``). Not
+    a status change: the step stays ``running``, and the report is stored out of band
+    (``Storage.record_progress``) or with the attempt's outcome."""
+    s = state.steps[index]
+    if s.status != S.RUNNING:
+        raise InvalidTransition(
+            s.status.value, "running", detail="only a running step reports progress"
+        )
+    s.progress = {"done": done, "total": total, "message": message, "at": at.isoformat()}
+    meta = {"done": done, "total": total, "message": message}
+    event = _step_event(
+        state, "step:progress", s, ts=at, status="running", attempt=s.attempts, meta=meta
+    )
+    return Transition((), [event])
 
 
 def keep_done_step(state: RunState, index: int) -> Transition:

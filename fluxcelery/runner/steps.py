@@ -28,9 +28,11 @@ from ..core.jsoncodec import roundtrip
 from ..core.policy import compensation_plan, should_retry
 from ..core.records import RunState
 from ..core.states import DONE_STEP, STEPPING_RUN, RunStatus, StepStatus
+from ..core.transitions import Transition
 from .change import DONE, STOP, Action, Change, Next
 from .claim import load_claiming
 from .compensation import Compensation
+from .progress import ProgressReporter
 from .runtime import Runtime
 
 log = logging.getLogger("fluxcelery.runner")
@@ -258,8 +260,12 @@ class StepRunner:
             return self._commit_attempt(wf, change, sdef, attempt, task_id, worker), None
         started = self.rt.clock()
         ctx = self.rt.context(wf, state, sdef, attempt)
+        reporter = ctx._progress = ProgressReporter(self.rt, change, sdef.index, deferred=False)
         try:
-            value = self._call_handler(sdef, ctx)
+            try:
+                value = self._call_handler(sdef, ctx)
+            finally:
+                reporter.close()
             nxt = self._apply_success(change, wf, sdef, ctx, value, started, task_id, worker)
         except Exception as exc:
             change.rebase()
@@ -294,10 +300,19 @@ class StepRunner:
         landed = False
         started = self.rt.clock()
         nxt = STOP
+        progress: Transition | None = None
         with self.rt.storage.transaction() as tx:
             ctx = self.rt.context(wf, change.state, sdef, attempt, session=tx.session)
+            # Reports wait for the outcome: this transaction may hold the database.
+            reporter = ProgressReporter(self.rt, change, sdef.index, deferred=True)
+            ctx._progress = reporter
             try:
-                value = self._call_handler(sdef, ctx)
+                try:
+                    value = self._call_handler(sdef, ctx)
+                finally:
+                    progress = reporter.close()
+                if progress is not None:
+                    change.apply(progress)
                 nxt = self._apply_success(change, wf, sdef, ctx, value, started, task_id, worker)
             except Exception as exc:
                 failure = exc
@@ -310,6 +325,8 @@ class StepRunner:
                 landed = change.save(tx)
         if failure is not None:
             change.rebase()
+            if progress is not None:
+                change.apply(progress)
             return self._attempt_failed(
                 wf, change, sdef, attempt, failure, started, task_id, worker
             )

@@ -55,6 +55,19 @@ class Storage(Protocol):
         """Write the run row and the listed step rows if the version matches; bump version."""
         ...
 
+    def record_progress(
+        self,
+        run_id: str,
+        index: int,
+        attempt: int,
+        progress: dict[str, Any],
+        events: Sequence[TraceEvent],
+    ) -> bool:
+        """Store a running attempt's progress report and its ``step:progress`` events, if
+        step ``index`` is still ``running`` with that ``attempt``. Out of band: no version
+        bump, so a report never makes the attempt's own outcome a concurrent update."""
+        ...
+
     def transaction(self) -> AbstractContextManager[Transaction]: ...
 
     def list_runs(

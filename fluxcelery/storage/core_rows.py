@@ -57,6 +57,7 @@ def step_values(s: StepState, stamp: Callable[[datetime | None], Any] = utc) -> 
         "duration_ms": s.duration_ms,
         "wait_deadline": stamp(s.wait_deadline),
         "traceback": s.traceback,
+        "progress": s.progress,
     }
 
 
@@ -94,6 +95,7 @@ STEP_FIELDS = (
     "duration_ms",
     "wait_deadline",
     "traceback",
+    "progress",
 )
 #: Where the step columns start in a run-and-steps row (``state_from_rows``).
 STEP_AT = len(RUN_FIELDS)
@@ -127,6 +129,7 @@ def decode_step(
         duration_ms=row[at + 12],
         wait_deadline=ts(row[at + 13]),
         traceback=row[at + 14],
+        progress=json(row[at + 15]),
     )
 
 

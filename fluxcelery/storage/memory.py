@@ -82,8 +82,9 @@ _pack_step = operator.attrgetter(*_STEP_FIELDS)
     )
 )
 R_STEPS = len(_RUN_FIELDS)
-S_STATUS, S_OUTPUT, S_WAIT_DEADLINE = (
-    _STEP_FIELDS.index(name) for name in ("status", "output", "wait_deadline")
+S_STATUS, S_OUTPUT, S_WAIT_DEADLINE, S_ATTEMPTS, S_PROGRESS = (
+    _STEP_FIELDS.index(name)
+    for name in ("status", "output", "wait_deadline", "attempts", "progress")
 )
 _RUN_STATUS = {s.value: s for s in RunStatus}
 _STEP_STATUS = {s.value: s for s in StepStatus}
@@ -206,6 +207,27 @@ class MemoryStorage:
             )
             state.version = expected_version + 1
             state.updated_at = now
+            self._add_traces(events)
+            return True
+
+    def record_progress(
+        self,
+        run_id: str,
+        index: int,
+        attempt: int,
+        progress: dict[str, Any],
+        events: Sequence[TraceEvent],
+    ) -> bool:
+        with self._lock:
+            current = self._runs.get(run_id)
+            if current is None or index >= len(current[R_STEPS]):
+                return False
+            row = current[R_STEPS][index]
+            if row[S_STATUS] != StepStatus.RUNNING.value or row[S_ATTEMPTS] != attempt:
+                return False  # a late report of an attempt that ended
+            steps = list(current[R_STEPS])
+            steps[index] = (*row[:S_PROGRESS], dict(progress), *row[S_PROGRESS + 1 :])
+            self._runs[run_id] = (*current[:R_STEPS], tuple(steps))
             self._add_traces(events)
             return True
 

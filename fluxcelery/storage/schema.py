@@ -64,6 +64,7 @@ steps = sa.Table(
     sa.Column("duration_ms", sa.Integer),
     sa.Column("wait_deadline", TZ),
     sa.Column("traceback", sa.Text),  # migration 0005: last, so that older columns keep places
+    sa.Column("progress", JsonType),  # migration 0006
     sa.Index("ix_flux_steps_wait_deadline", "wait_deadline"),
 )
 

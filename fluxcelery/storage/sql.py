@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from ..core.errors import FluxError, StorageError
 from ..core.jsoncodec import dumps, dumps_for_jsonb
 from ..core.records import RunState, StepState, utcnow
-from ..core.states import MOVING_RUN, values
+from ..core.states import MOVING_RUN, StepStatus, values
 from ..settings import require_extra
 from ..trace.event import TraceEvent
 from . import postgres, schema, sqlite
@@ -583,6 +583,32 @@ class SqlStorage:
             return int(conn.execute(r.delete().where(r.c.id.in_(batch))).rowcount)
 
     # -- traces ---------------------------------------------------------------------------
+    def record_progress(
+        self,
+        run_id: str,
+        index: int,
+        attempt: int,
+        progress: dict[str, Any],
+        events: Sequence[TraceEvent],
+    ) -> bool:
+        st = schema.steps
+        update = (
+            sa.update(st)
+            .where(
+                st.c.run_id == run_id,
+                st.c.idx == index,
+                st.c.status == StepStatus.RUNNING.value,
+                st.c.attempts == attempt,
+            )
+            .values(progress=progress)
+        )
+        with self._begin() as conn:
+            if conn.execute(update).rowcount != 1:
+                return False  # a late report of an attempt that ended
+            if events:
+                conn.execute(_INSERT_TRACES, [trace_values(e) for e in events])
+        return True
+
     def append_traces(self, events: Sequence[TraceEvent]) -> None:
         if not events:
             return

@@ -165,6 +165,7 @@ def _step_values(s: StepState) -> tuple[Any, ...]:
         s.duration_ms,
         _ts(s.wait_deadline),
         s.traceback,
+        None if s.progress is None else dumps(s.progress),
     )
 
 

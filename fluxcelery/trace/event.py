@@ -21,6 +21,7 @@ EVENT_TYPES = (
     "step:retry",
     "step:skipped",
     "step:suspend",
+    "step:progress",
     "step:compensate",
     "step:compensate_error",
     "signal:received",

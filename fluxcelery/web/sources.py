@@ -60,6 +60,7 @@ def pending_step(name: Any, index: Any, kind: str) -> dict[str, Any]:
         "started_at": None,
         "finished_at": None,
         "duration_ms": None,
+        "progress": None,
     }
 
 
@@ -224,7 +225,9 @@ def derive_steps(events: Iterable[TraceEvent]) -> list[dict[str, Any]]:
             s["task_id"] = e.task_id
         if e.type == "step:start":
             s.update(attempts=e.attempt or s["attempts"] + 1, started_at=_iso(e.ts))
-            s.update(error=None, finished_at=None, duration_ms=None)
+            s.update(error=None, finished_at=None, duration_ms=None, progress=None)
+        elif e.type == "step:progress":
+            s["progress"] = {**(e.meta or {}), "at": _iso(e.ts)}
         elif e.type in ("step:complete", "step:error", "step:skipped", "step:suspend"):
             s.update(finished_at=_iso(e.ts), duration_ms=e.duration_ms)
         if e.type == "step:suspend":

@@ -252,4 +252,5 @@ def _it_workflows() -> list[Any]:
         w.declined,
         w.missing,
         w.long_step,
+        w.progressing,
     ]

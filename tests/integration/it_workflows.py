@@ -176,3 +176,16 @@ missing = workflow("it-missing").step("read", missing_file, retries=0).step("aft
 
 # No timeout of its own: the worker engine's default_timeout (FLUX_DEFAULT_TIMEOUT) rules.
 long_step = workflow("it-long-step").step("work", slow, retries=0)
+
+
+def crunch(ctx):
+    """Reports progress while it works: 10 chunks of ``input.chunk`` seconds each."""
+    chunks = int(ctx.input.get("chunks", 10))
+    for i in range(chunks):
+        ctx.progress(i, chunks, f"chunk {i}")
+        time.sleep(float(ctx.input.get("chunk", 0.3)))
+    ctx.progress(chunks, chunks, "done")
+    return {"chunks": chunks}
+
+
+progressing = workflow("it-progress").step("crunch", crunch, retries=0).step("after", noop)

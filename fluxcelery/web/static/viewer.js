@@ -74,6 +74,17 @@
     if (ms === null || ms === undefined || Number.isNaN(Number(ms))) return "—";
     return `${Math.round(Number(ms)).toLocaleString("en-US")} ms`;
   }
+  // "40/100 (40%) resizing": a running step's last ctx.progress report (as the CLI shows it).
+  function fmtProgress(p) {
+    if (!p) return "";
+    const num = (v) => typeof v === "number";
+    let text = num(p.done) ? String(p.done) : "";
+    if (num(p.total)) {
+      text += `/${p.total}`;
+      if (p.total > 0 && num(p.done)) text += ` (${Math.min(100, Math.round(100 * p.done / p.total))}%)`;
+    }
+    return p.message ? `${text} ${p.message}` : text;
+  }
   function fmtDuration(ms) {
     if (ms === null || ms === undefined) return "—";
     if (ms < 1000) return `${ms} ms`;
@@ -326,6 +337,10 @@
         h("span", { text: s.attempts ? `attempt ${fmtAttempt(s.attempts, s.max_attempts)}` : "" }),
         h("span", { text: hasMs ? fmtMs(s.duration_ms) : "" })) : null,
       s.waiting_for ? h("div", { class: "step-wait", text: `waits for “${s.waiting_for}”` }) : null,
+      s.status === "running" && s.progress ? h("div", { class: "step-progress" },
+        typeof s.progress.total === "number" && s.progress.total > 0
+          ? h("progress", { value: s.progress.done, max: s.progress.total }) : null,
+        h("span", { text: fmtProgress(s.progress) })) : null,
       s.task_id ? h("div", { class: "step-task", title: s.task_id,
         text: `task ${shortId(s.task_id)}` }) : null);
       // An arrow leads into every step but the first, so a wrapped line starts with one.
