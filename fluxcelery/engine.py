@@ -85,6 +85,10 @@ class Dispatcher(Protocol):
         """Task ids workers hold now (None: they could not be asked): ``recover`` leaves
         their runs alone, and runs it cannot check."""
 
+    def revoke(self, run_id: str, running: Sequence[str], *, terminate: bool) -> None:
+        """A cancel was recorded: workers drop the run's tasks they hold (prefetched,
+        waiting for a countdown); ``terminate`` also interrupts the ``running`` ones."""
+
 
 class FluxEngine:
     """Runs workflows and owns their persisted state.
@@ -556,8 +560,22 @@ class FluxEngine:
         self.continue_run(state, resume_point(state, self.workflow(state.workflow)))
         return self._handle(state)
 
-    def cancel(self, run_id: str, reason: str = "cancelled") -> RunState:
-        """Stop a run for good. A step still running on a worker is discarded when it ends."""
+    def cancel(
+        self,
+        run_id: str,
+        reason: str = "cancelled",
+        *,
+        compensate: bool = False,
+        terminate: bool = False,
+    ) -> RunState:
+        """Stop a run for good (SPEC section 12). Once the cancel is recorded no step starts:
+        tasks of the run that workers hold are revoked, and one that arrives anyway finds
+        the run cancelled and does nothing. A running attempt finishes and its outcome is
+        recorded, unless ``terminate``: then it is interrupted (revoked with SIGTERM on a
+        process pool; cancelled in this process for async handlers and handlers running on
+        a helper thread) and its writes are discarded. ``compensate``: the completed steps
+        are compensated in reverse order (``rolling_back``, after the running attempt
+        settled), then the run ends ``cancelled``."""
         state = self._load(run_id)
         if state.status not in CANCELLABLE_RUN:
             raise InvalidTransition(
@@ -565,11 +583,35 @@ class FluxEngine:
                 "cancelled",
                 detail=f"run {run_id} is already {state.status.value}",
             )
+        wf = self.workflow(state.workflow) if compensate else None
+        plan = (
+            compensation_plan(wf.steps, [s.status for s in state.steps], len(state.steps))
+            if wf is not None
+            else None
+        )
+        running = [s.task_id for s in state.steps if s.status == StepStatus.RUNNING and s.task_id]
         change = self.rt.change(state)
-        change.apply(t.cancel_run(state, reason, self.clock()))
+        change.apply(t.cancel_run(state, reason, self.clock(), terminate=terminate, plan=plan))
         if not change.save():
             raise ConcurrentUpdate(f"Run {run_id} was changed concurrently; not cancelled")
+        self._stop_work(state, running, terminate)
+        waiting = any(s.status == StepStatus.RUNNING for s in state.steps)
+        if state.status == RunStatus.ROLLING_BACK and wf is not None and not waiting:
+            self.continue_run(state, resume_point(state, wf))  # the rollback starts now
+            return self._load(run_id)
         return state
+
+    def _stop_work(self, state: RunState, running: builtins.list[str], terminate: bool) -> None:
+        """After a cancel: workers drop the run's tasks they hold (and, ``terminate``,
+        interrupt its running attempt); in this process, a running attempt is cancelled."""
+        if terminate:
+            self.rt.interrupts.interrupt(state.id)
+        if state.executor != "celery":
+            return
+        try:
+            self.dispatcher().revoke(state.id, running, terminate=terminate)
+        except Exception as exc:  # the cancel is recorded: a task that arrives does nothing
+            log.warning("run %s cancelled, but its tasks could not be revoked: %s", state.id, exc)
 
     def expire_wait(self, run_id: str, index: int, now: datetime | None = None) -> bool:
         """Fail a suspended step whose wait deadline has passed; True if it did."""

@@ -59,6 +59,13 @@ approval = (
     .step("after", after)
 )
 
+trip = (
+    workflow("cli-trip", version="1")
+    .commit("book", record, compensate=undo_record)
+    .step("approve", ask)
+    .step("after", after)
+)
+
 ORDER_EVENTS = [
     "workflow:start",
     "step:start",

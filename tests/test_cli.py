@@ -210,6 +210,18 @@ def test_signal_then_cancel(run: Invoke, store: FluxEngine, tmp_path: Path) -> N
     assert snapshot(store, other) == before
 
 
+def test_cancel_compensate_undoes_the_booking(run: Invoke, store: FluxEngine) -> None:
+    waiting = ok_json(run("run", "cli-trip", "--local", "--json"))
+    assert waiting["status"] == "suspended"
+    cancelled = ok_json(run("cancel", waiting["id"], "--compensate", "--json"))
+    assert cancelled["status"] == "cancelled"
+    state = store.get(waiting["id"])
+    assert state is not None and state.step("book").status.value == "compensated"
+    assert state.cancel_reason == "cancelled from the CLI"
+    shown = run("cancel", waiting["id"])
+    assert_one_error(shown, 1, "cancelled -> cancelled")
+
+
 @pytest.mark.parametrize(
     ("args", "code", "fragment"),
     [

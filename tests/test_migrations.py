@@ -28,7 +28,7 @@ FLUX_TABLES = {"flux_runs", "flux_steps", "flux_traces"}
 ALL_TABLES = FLUX_TABLES | {"flux_alembic_version"}
 
 #: The newest migration (tests/test_migrations.py checks every store reaches it).
-HEAD = "0006"
+HEAD = "0007"
 
 
 class FreshDb:

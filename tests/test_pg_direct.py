@@ -367,6 +367,7 @@ def test_a_load_sends_the_runs_json_once_not_once_per_step(pg_storage: SqlStorag
     """psycopg parses every jsonb value it receives: with input and data on each step's row,
     a 20-step run with a 48 KB input cost 7 ms of client CPU per load (every step task)."""
     from fluxcelery.storage import postgres
+    from fluxcelery.storage.core_rows import STEP_AT
 
     run = new_run("load-once")
     run.input = {"items": [{"sku": f"A{i}", "note": "x" * 40} for i in range(50)]}
@@ -374,7 +375,7 @@ def test_a_load_sends_the_runs_json_once_not_once_per_step(pg_storage: SqlStorag
     run.steps = [StepState(name=f"s{i}", index=i) for i in range(5)]
     assert pg_storage.create_run(run, [])
     rows = pg_storage._fetch(postgres.LOAD_SQL, {"id": "load-once"})
-    assert [row[14] for row in rows] == [0, 1, 2, 3, 4]
+    assert [row[STEP_AT] for row in rows] == [0, 1, 2, 3, 4]
     assert rows[0][5] == run.input and rows[0][6] == run.data
     assert all(row[5] is None and row[6] is None for row in rows[1:])
     loaded = pg_storage.load_run("load-once")

@@ -214,11 +214,41 @@ def test_reset_for_retry_keeps_a_landed_commit() -> None:
     assert tr.events[0].meta == {"retry": True, "from_step": "s0"}
 
 
-def test_cancel_fails_the_running_step() -> None:
+def test_cancel_leaves_the_running_attempt_to_finish_unless_terminated() -> None:
     state = run(R.RUNNING, S.COMPLETED, S.RUNNING, current=1)
     tr = t.cancel_run(state, "by ops", T1)
-    assert state.status == R.CANCELLED and state.steps[1].status == S.FAILED
-    assert state.steps[1].error == "Cancelled: by ops" and tr.steps == (1,)
+    assert state.status == R.CANCELLED and state.steps[1].status == S.RUNNING
+    assert (state.cancel_reason, state.error, tr.steps) == ("by ops", "Cancelled: by ops", ())
+    assert tr.events[0].meta == {"reason": "by ops", "running": ["s1"]}
+    tr = t.settle_cancelled_attempt(state, 1, output="late", started=T0, at=T1)
+    assert (state.steps[1].status, state.steps[1].output, tr.events[0].type) == (
+        S.COMPLETED,
+        "late",
+        "step:complete",
+    )
+    assert state.status == R.CANCELLED  # nothing follows
+
+    state = run(R.RUNNING, S.COMPLETED, S.RUNNING, current=1)
+    tr = t.cancel_run(state, "by ops", T1, terminate=True)
+    assert state.steps[1].status == S.FAILED and tr.steps == (1,)
+    assert state.steps[1].error == "Cancelled: by ops (attempt terminated)"
+
+
+def test_a_cancel_that_compensates_rolls_back_then_ends_cancelled() -> None:
+    state = run(R.SUSPENDED, S.COMPLETED, S.SUSPENDED, current=1)
+    tr = t.cancel_run(state, "off", T1, plan=[0])
+    assert state.status == R.ROLLING_BACK and types(tr) == [
+        "workflow:cancel",
+        "workflow:rollback_start",
+    ]
+    t.begin_compensation(state, 0)
+    t.compensate_step(state, 0, attempt=1, max_attempts=1, duration_ms=1, task_id=None, worker=None)
+    tr = t.finish_rollback(state, T1)
+    assert (state.status, state.error, types(tr)) == (
+        R.CANCELLED,
+        "Cancelled: off",
+        ["workflow:rollback_complete"],
+    )
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, chain
@@ -101,6 +102,36 @@ class CeleryDispatcher:
         self.app.signature(
             "flux.wait_timeout", kwargs={"run_id": run_id, "index": index}, immutable=True
         ).apply_async(countdown=min(seconds, max_countdown(self.app)))
+
+    def revoke(self, run_id: str, running: Sequence[str], *, terminate: bool) -> None:
+        """Revoke the run's tasks that workers hold (asked with ``inspect``, found by their
+        ``run_id`` argument) and, with ``terminate``, its running ones with SIGTERM (the
+        pool process is stopped; prefork only: the threads and solo pools cannot). A task
+        still in the queue is not found: when it arrives, it finds the run cancelled."""
+        if self.embedded:
+            return
+        held = set(self._held_tasks(run_id)) - set(running)
+        control = self.app.control
+        if held:
+            control.revoke(sorted(held))
+        if running and terminate:
+            control.revoke(list(running), terminate=True, signal="SIGTERM")
+
+    def _held_tasks(self, run_id: str) -> list[str]:
+        inspect = self.app.control.inspect(timeout=1.0)
+        found = []
+        for getter in (inspect.reserved, inspect.scheduled):
+            for tasks in (getter() or {}).values():
+                for t in tasks:
+                    req = t.get("request", t)
+                    kwargs = req.get("kwargs") or {}
+                    if (
+                        isinstance(kwargs, dict)
+                        and kwargs.get("run_id") == run_id
+                        and req.get("id")
+                    ):
+                        found.append(req["id"])
+        return found
 
     def live_task_ids(self) -> set[str] | None:
         """Task ids active, reserved or scheduled on any worker (1 s to answer; a worker

@@ -493,23 +493,46 @@ def signal(
 @cli.command()
 @click.argument("run_id")
 @click.option("--reason", default="cancelled from the CLI", show_default=True)
+@click.option(
+    "--compensate",
+    is_flag=True,
+    help="Undo the completed steps (their compensators, in reverse order), then end cancelled.",
+)
+@click.option(
+    "--terminate",
+    is_flag=True,
+    help="Interrupt the running attempt (SIGTERM to its pool process) and discard its writes; "
+    "without it, the attempt finishes and its outcome is recorded.",
+)
 @json_option
 @pass_cli
-def cancel(cli_obj: Cli, run_id: str, reason: str) -> int:
-    """Cancel a pending, running or suspended run for good.
+def cancel(cli_obj: Cli, run_id: str, reason: str, compensate: bool, terminate: bool) -> int:
+    """Cancel a pending, running or suspended run for good: no step starts after it, and
+    the run's tasks that workers hold are revoked.
 
     \b
-    Example:
+    Examples:
       fluxcelery cancel 3f2a9c1e --reason "customer asked"
+      fluxcelery cancel 3f2a9c1e --compensate --terminate
     """
     run_id = cli_obj.resolve_run_id(run_id)
-    state = cli_obj.engine().cancel(run_id, reason=reason)
+    if compensate:
+        cli_obj.definitions_for(run_id)  # which steps have compensators
+    state = cli_obj.engine().cancel(
+        run_id, reason=reason, compensate=compensate, terminate=terminate
+    )
     row = ops.run_row(state)
 
     def render(console: Console) -> None:
         from rich.text import Text
 
-        line = f"run {terminal_safe(run_id)} cancelled: {terminal_safe(reason)}"
+        what = {"rolling_back": "cancelled, compensating", "cancelled": "cancelled"}.get(
+            state.status.value, state.status.value
+        )
+        line = f"run {terminal_safe(run_id)} {what}: {terminal_safe(reason)}"
+        running = [s.name for s in state.steps if s.status.value == "running"]
+        if running:
+            line += f" (step {running[0]!r} finishes its attempt first)"
         console.print(Text(line))
 
     cli_obj.out(row, render)

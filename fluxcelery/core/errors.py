@@ -105,6 +105,13 @@ class StepTimeout(FluxError):
     code = "step_timeout"
 
 
+class AttemptInterrupted(FluxError):
+    """The attempt was interrupted by ``engine.cancel(terminate=True)``; its writes are
+    discarded."""
+
+    code = "attempt_interrupted"
+
+
 class SerializationError(FluxError):
     """A value that must be stored as JSON is not JSON-serializable."""
 

@@ -136,6 +136,8 @@ class RunState:
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
     finished_at: datetime | None = None
+    #: Why the run was cancelled (``engine.cancel``); None for a run not cancelled.
+    cancel_reason: str | None = None
     #: The ``workflow:start`` event's meta (the redacted input), stored with a new run so that
     #: a worker's claim can emit that event in SQL. Set by the engine; not loaded back.
     start_meta: dict[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -200,6 +202,7 @@ class RunState:
             "error": self.error,
             "executor": self.executor,
             "version": self.version,
+            "cancel_reason": self.cancel_reason,
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
             "finished_at": iso(self.finished_at),

@@ -23,7 +23,13 @@ from typing import Any
 from ..trace.event import TraceEvent
 from .errors import InvalidTransition
 from .records import RunState, StepState, ms_between
-from .states import RunStatus, StepStatus, check_run_change, check_step_transition
+from .states import (
+    CANCELLABLE_RUN,
+    RunStatus,
+    StepStatus,
+    check_run_change,
+    check_step_transition,
+)
 
 R = RunStatus
 S = StepStatus
@@ -118,26 +124,86 @@ def finish_run(
     return Transition(events=[event])
 
 
-def cancel_run(state: RunState, reason: str, at: datetime) -> Transition:
-    """Stop a pending, running or suspended run for good; a running or waiting step fails
-    with the reason (a task still running it is discarded when it ends)."""
-    check_run_change(state.status, R.CANCELLED)  # before any step changes
+def cancel_run(
+    state: RunState,
+    reason: str,
+    at: datetime,
+    *,
+    terminate: bool = False,
+    plan: Sequence[int] | None = None,
+) -> Transition:
+    """Record a cancel: no step starts after it. A suspended step fails with the reason; so
+    does a running one whose attempt is ``terminate``d (its writes are discarded). Without
+    ``terminate`` a running attempt goes on, and its outcome is recorded when it ends
+    (``settle_cancelled_attempt``). ``plan`` (a cancel that compensates): the completed
+    steps to compensate; the run goes ``rolling_back`` (its rollback starts now, or once the
+    running attempt settled) and ends ``cancelled``."""
+    if state.status not in CANCELLABLE_RUN:  # a rollback under way is not cancelled
+        raise InvalidTransition(state.status.value, R.CANCELLED.value)
+    running = [s.name for s in state.steps if s.status == S.RUNNING and not terminate]
+    compensating = plan is not None and bool(plan or running)
+    target = R.ROLLING_BACK if compensating else R.CANCELLED
+    check_run_change(state.status, target)  # before any step changes
     error = f"Cancelled: {reason}"
     touched = []
     for s in state.steps:
-        if s.status in (S.RUNNING, S.SUSPENDED):
+        if s.status == S.SUSPENDED or (s.status == S.RUNNING and terminate):
             _step_to(s, S.FAILED)
-            s.error = error
+            s.error = error if s.status == S.SUSPENDED else f"{error} (attempt terminated)"
             s.finished_at = at
             s.wait_deadline = None
             touched.append(s.index)
-    _run_to(state, R.CANCELLED)
+    _run_to(state, target)
     state.error = error
-    state.finished_at = at
-    event = _event(
-        state, "workflow:cancel", status="cancelled", error=error, meta={"reason": reason}
+    state.cancel_reason = reason
+    meta: dict[str, Any] = {"reason": reason}
+    if terminate:
+        meta["terminate"] = True
+    if plan is not None:
+        meta["compensate"] = True
+    if running:
+        meta["running"] = running
+    events = [_event(state, "workflow:cancel", status=target.value, error=error, ts=at, meta=meta)]
+    if target == R.CANCELLED:
+        state.finished_at = at
+    elif not running:
+        events.extend(begin_rollback(state, plan or (), error).events)
+    return Transition(tuple(touched), events)
+
+
+def settle_cancelled_attempt(
+    state: RunState,
+    index: int,
+    *,
+    output: Any = None,
+    error: str | None = None,
+    traceback: str | None = None,
+    started: datetime | None,
+    at: datetime,
+) -> Transition:
+    """The attempt that was running when a cancel was recorded ended (SPEC section 12): its
+    outcome (``error`` None: completed with ``output``) is recorded on its step, and the run
+    stays where the cancel put it; no later step runs."""
+    s = state.steps[index]
+    if state.cancel_reason is None:
+        raise InvalidTransition(state.status.value, "cancelled", detail="the run was not cancelled")
+    _step_to(s, S.COMPLETED if error is None else S.FAILED)
+    s.output = output if error is None else None
+    s.error, s.traceback = error, traceback
+    s.finished_at = at
+    s.duration_ms = ms_between(started or s.started_at, at)
+    event = _step_event(
+        state,
+        "step:complete" if error is None else "step:error",
+        s,
+        status=s.status.value,
+        attempt=s.attempts,
+        duration_ms=s.duration_ms,
+        error=error,
+        ts=at,
+        meta={"after_cancel": True},
     )
-    return Transition(tuple(touched), [event])
+    return Transition((index,), [event])
 
 
 def begin_rollback(
@@ -168,6 +234,13 @@ def finish_rollback(state: RunState, at: datetime) -> Transition:
     """Every compensation has run: ``rolled_back`` with the failed step's error, or
     ``failed`` naming the steps whose compensation failed."""
     failed = [s.name for s in state.steps if s.status == S.COMPENSATION_FAILED]
+    if state.cancel_reason is not None and not failed:  # a cancel that compensated
+        _run_to(state, R.CANCELLED)
+        state.finished_at = at
+        state.error = f"Cancelled: {state.cancel_reason}"
+        meta = {"reason": state.cancel_reason}
+        done = _event(state, "workflow:rollback_complete", status="cancelled", ts=at, meta=meta)
+        return Transition(events=[done])
     # The failed step keeps the error that started the rollback (state.error may already
     # describe an earlier, retried compensation failure).
     original = next((s.error for s in state.steps if s.status == S.FAILED and s.error), state.error)

@@ -7,6 +7,10 @@
 
 In every case a timed-out attempt's writes to ``ctx.data`` are discarded, because the attempt
 works on a private copy that is only persisted on success.
+
+``interrupt`` (``engine.cancel(terminate=True)`` in this process) stops the two kinds this
+process waits on, a coroutine (cancelled) and a helper thread (abandoned), as a timeout does;
+a function called directly in the caller's thread runs to its end.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import functools
 import inspect
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +32,7 @@ try:  # ``signal.getsignal`` converts to an enum by raising ValueError: too slow
 except ImportError:  # pragma: no cover - other Pythons
     _getsignal = signal.getsignal
 
-from ..core.errors import StepTimeout
+from ..core.errors import AttemptInterrupted, StepTimeout
 
 _native_time_limits = False
 
@@ -60,29 +65,40 @@ class Invoker:
 
     # -- public ---------------------------------------------------------------------------
     def call(
-        self, fn: Callable[..., Any], *args: Any, timeout: float | None = None, what: str = "step"
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        timeout: float | None = None,
+        what: str = "step",
+        interrupt: threading.Event | None = None,
     ) -> Any:
-        """Call ``fn(*args)``; raise ``StepTimeout`` if it runs past ``timeout`` seconds."""
+        """Call ``fn(*args)``; raise ``StepTimeout`` if it runs past ``timeout`` seconds,
+        ``AttemptInterrupted`` when ``interrupt`` is set while this process waits for it."""
         try:
-            return self._call(fn, args, timeout, what)
+            return self._call(fn, args, timeout, what, interrupt)
         except SoftTimeLimitExceeded:
             # Celery's soft time limit on prefork: the backstop for code our timer missed.
             raise StepTimeout(f"{what} exceeded the worker's soft time limit") from None
 
     def _call(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float | None, what: str
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        timeout: float | None,
+        what: str,
+        interrupt: threading.Event | None = None,
     ) -> Any:
         if _is_coroutine_function(fn):
-            return self._call_async(fn, args, timeout, what)
+            return self._await(fn(*args), timeout, what, interrupt)
         on_main = threading.current_thread() is threading.main_thread()
         if timeout is None or (_native_time_limits and on_main):
             out = fn(*args)
             if out is not None and inspect.isawaitable(out):
-                return self._await(out, None, what)
+                return self._await(out, None, what, interrupt)
             return out
         if on_main and _alarm_usable():
             return self._call_with_alarm(fn, args, timeout, what)
-        return self._call_in_thread(fn, args, timeout, what)
+        return self._call_in_thread(fn, args, timeout, what, interrupt)
 
     def close(self) -> None:
         if self._loop is not None:
@@ -111,26 +127,35 @@ class Invoker:
         return out
 
     def _call_in_thread(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float, what: str
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        timeout: float,
+        what: str,
+        interrupt: threading.Event | None = None,
     ) -> Any:
         future = self._executor().submit(fn, *args)
         try:
-            out = future.result(timeout=timeout)
+            out = _result(future, timeout, interrupt)
         except concurrent.futures.TimeoutError:
             if future.done():
                 raise  # the handler's own TimeoutError (a socket timeout, say): not ours
             future.cancel()
             raise StepTimeout(f"{what} timed out after {timeout:g}s (attempt abandoned)") from None
+        except _Interrupted:
+            future.cancel()
+            raise AttemptInterrupted(f"{what} was interrupted (attempt abandoned)") from None
         if inspect.isawaitable(out):
-            return self._await(out, timeout, what)
+            return self._await(out, timeout, what, interrupt)
         return out
 
-    def _call_async(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float | None, what: str
+    def _await(
+        self,
+        awaitable: Any,
+        timeout: float | None,
+        what: str,
+        interrupt: threading.Event | None = None,
     ) -> Any:
-        return self._await(fn(*args), timeout, what)
-
-    def _await(self, awaitable: Any, timeout: float | None, what: str) -> Any:
         async def runner() -> Any:
             scope = asyncio.timeout(timeout)
             try:
@@ -143,9 +168,12 @@ class Invoker:
 
         future = asyncio.run_coroutine_threadsafe(runner(), self._event_loop())
         try:
-            return future.result()
+            return _result(future, None, interrupt)
         except _DeadlinePassed:
             raise StepTimeout(f"{what} timed out after {timeout:g}s (cancelled)") from None
+        except _Interrupted:
+            future.cancel()  # cancels the coroutine on the loop
+            raise AttemptInterrupted(f"{what} was interrupted (cancelled)") from None
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -162,6 +190,34 @@ class Invoker:
                     max_workers=64, thread_name_prefix="flux-step"
                 )
             return self._pool
+
+
+class _Interrupted(Exception):
+    """``interrupt`` was set while we waited."""
+
+
+#: How often a wait looks at its ``interrupt`` event.
+_POLL = 0.05
+
+
+def _result(
+    future: concurrent.futures.Future[Any], timeout: float | None, interrupt: threading.Event | None
+) -> Any:
+    """``future.result(timeout)``, raising ``_Interrupted`` as soon as ``interrupt`` is set."""
+    if interrupt is None:
+        return future.result(timeout=timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        wait = _POLL if deadline is None else max(0.0, min(_POLL, deadline - time.monotonic()))
+        try:
+            return future.result(timeout=wait)
+        except concurrent.futures.TimeoutError:
+            if future.done():
+                raise
+            if interrupt.is_set():
+                raise _Interrupted() from None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
 
 
 def _alarm_usable() -> bool:

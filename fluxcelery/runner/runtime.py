@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from ..core.states import RunStatus
 from ..storage.base import ClaimingStorage, Storage
 from .catalog import Catalog
 from .change import STOP, Action, Change, Next
+from .interrupts import Interrupts
 from .invoke import Invoker
 from .notify import Notifier
 
@@ -40,6 +41,8 @@ class Runtime:
     #: The store, when it can start a step in the load statement (asked once: a runtime
     #: protocol check is slow, and every step task would ask it).
     claiming: ClaimingStorage | None
+    #: Attempts running in this process (``engine.cancel(terminate=True)`` stops them).
+    interrupts: Interrupts = field(default_factory=Interrupts)
 
     def change(self, state: RunState, *, create: bool = False) -> Change:
         return Change(self.storage, self.notifier, state, create=create)

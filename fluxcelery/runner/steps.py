@@ -86,6 +86,29 @@ class StepRunner:
         store that can (``ClaimingStorage``) starts the step in the same round trip as the
         load, in the plain case; any other case goes the usual way from the loaded run.
         """
+        attempted: list[tuple[Change, int, int]] = []
+        nxt = self._run_step(
+            run_id, index, task_id, worker, fuse, state, outage, create, workflow, attempted
+        )
+        if nxt is STOP and attempted:
+            # A lost race: when a cancel recorded while the attempt ran was the reason, the
+            # attempt's outcome is recorded all the same (SPEC section 12).
+            return self._settle_if_cancelled(*attempted[-1]) or STOP
+        return nxt
+
+    def _run_step(
+        self,
+        run_id: str,
+        index: int,
+        task_id: str | None,
+        worker: str | None,
+        fuse: bool,
+        state: RunState | None,
+        outage: bool,
+        create: bool,
+        workflow: str | None,
+        attempted: list[tuple[Change, int, int]],
+    ) -> Next:
         claimed = False
         if state is None:
             state, claimed = load_claiming(
@@ -120,6 +143,8 @@ class StepRunner:
             if "step_start" in self.rt.notifier.hooks:
                 ctx = self.rt.context(wf, state, sdef, attempt)
                 self.rt.notifier.call_hook("step_start", state, sdef.name, ctx)
+            if not sdef.is_commit:  # a commit settles inside its own transaction
+                attempted.append((change, index, attempt))
             nxt, pending = self._attempt(wf, change, sdef, attempt, task_id, worker, fuse)
             if pending is None:
                 return nxt
@@ -127,6 +152,51 @@ class StepRunner:
                 index = nxt.index or 0
                 continue  # the next step's start joins this write
             return nxt if change.save() else STOP
+
+    def _settle_if_cancelled(
+        self, change: Change, index: int, attempt: int, tx: Any = None
+    ) -> Next | None:
+        """The write of attempt ``attempt`` of step ``index`` (its outcome, in ``change``)
+        lost its race. When the run was cancelled while the attempt ran (and not
+        terminated), record the outcome on the step anyway and say what follows (a cancel
+        that compensates waited for it: its rollback starts now). None: not that case."""
+        mine = change.state.steps[index]
+        if mine.status == StepStatus.RUNNING:
+            return None  # no outcome (a write before the handler ran lost)
+        fresh = self.rt.storage.load_run(change.state.id)
+        if fresh is None or fresh.cancel_reason is None:
+            return None
+        step = fresh.steps[index]
+        if step.status != StepStatus.RUNNING or step.attempts != attempt:
+            return None  # terminated, or another attempt's
+        now = self.rt.clock()
+        ok = mine.status == StepStatus.COMPLETED
+        settle = self.rt.change(fresh)
+        settle.apply(
+            t.settle_cancelled_attempt(
+                fresh,
+                index,
+                output=mine.output if ok else None,
+                error=None if ok else (mine.error or "the attempt failed"),
+                traceback=None if ok else mine.traceback,
+                started=mine.started_at,
+                at=now,
+            )
+        )
+        nxt = STOP
+        if fresh.status == RunStatus.ROLLING_BACK:
+            wf = self.rt.catalog.for_run(fresh)
+            plan = compensation_plan(wf.steps, [s.status for s in fresh.steps], len(fresh.steps))
+            if plan:
+                settle.apply(t.begin_rollback(fresh, plan, fresh.error))
+                nxt = Next(Action.COMPENSATE, plan[0])
+            else:
+                settle.apply(t.finish_rollback(fresh, now))
+                nxt = DONE
+        if not settle.save(tx):
+            return None
+        change.state.__dict__.update(fresh.__dict__)  # callers hold that object (in process)
+        return nxt
 
     def _decide(self, state: RunState, index: int) -> Next | None:
         """Whether a task for step ``index`` may run now; None means go ahead."""
@@ -277,10 +347,16 @@ class StepRunner:
         return (nxt if change.save() else STOP), None
 
     def _call_handler(self, sdef: StepDef, ctx: StepContext) -> Any:
-        """The step's handler, under its resolved timeout."""
-        return self.rt.invoker.call(
-            sdef.handler, ctx, timeout=self.rt.defaults.timeout_of(sdef), what=f"step {sdef.name!r}"
-        )
+        """The step's handler, under its resolved timeout; ``engine.cancel(terminate=True)``
+        in this process interrupts it where the invoker can (async, or on a helper thread)."""
+        with self.rt.interrupts.attempt(ctx.run_id) as interrupt:
+            return self.rt.invoker.call(
+                sdef.handler,
+                ctx,
+                timeout=self.rt.defaults.timeout_of(sdef),
+                what=f"step {sdef.name!r}",
+                interrupt=interrupt,
+            )
 
     def _commit_attempt(
         self,
@@ -301,6 +377,7 @@ class StepRunner:
         started = self.rt.clock()
         nxt = STOP
         progress: Transition | None = None
+        settled: Next | None = None
         with self.rt.storage.transaction() as tx:
             ctx = self.rt.context(wf, change.state, sdef, attempt, session=tx.session)
             # Reports wait for the outcome: this transaction may hold the database.
@@ -323,12 +400,19 @@ class StepRunner:
                 # instead of recording a failure on top of the in-memory completed state
                 # (which left the run's cursor past the step and the run stuck).
                 landed = change.save(tx)
+                if not landed:  # its effect and its record commit together, or neither
+                    settled = self._settle_if_cancelled(change, sdef.index, attempt, tx)
+        if settled is not None:
+            return settled
         if failure is not None:
             change.rebase()
             if progress is not None:
                 change.apply(progress)
-            return self._attempt_failed(
-                wf, change, sdef, attempt, failure, started, task_id, worker
+            nxt = self._attempt_failed(wf, change, sdef, attempt, failure, started, task_id, worker)
+            return (
+                nxt
+                if nxt is not STOP
+                else (self._settle_if_cancelled(change, sdef.index, attempt) or STOP)
             )
         if not landed:
             return STOP

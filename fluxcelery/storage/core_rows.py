@@ -35,6 +35,7 @@ def run_values(state: RunState) -> dict[str, Any]:
         "error": state.error,
         "executor": state.executor,
         "finished_at": utc(state.finished_at),
+        "cancel_reason": state.cancel_reason,
     }
 
 
@@ -78,6 +79,7 @@ RUN_FIELDS = (
     "created_at",
     "updated_at",
     "finished_at",
+    "cancel_reason",
 )
 STEP_FIELDS = (
     "idx",
@@ -156,6 +158,7 @@ def decode_run(
         created_at=ts(row[11]) or utcnow(),
         updated_at=ts(row[12]) or utcnow(),
         finished_at=ts(row[13]),
+        cancel_reason=row[14],
     )
 
 

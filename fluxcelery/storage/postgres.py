@@ -60,7 +60,8 @@ SAVE_SQL = (
     "WITH r AS (UPDATE flux_runs SET workflow_version = %(workflow_version)s, "
     "definition_hash = %(definition_hash)s, status = %(status)s, data = %(data)s::jsonb, "
     "current_step = %(current_step)s::integer, error = %(error)s, executor = %(executor)s, "
-    "finished_at = %(finished_at)s::timestamptz, version = %(new_version)s::integer, "
+    "finished_at = %(finished_at)s::timestamptz, cancel_reason = %(cancel_reason)s, "
+    "version = %(new_version)s::integer, "
     "updated_at = %(updated_at)s::timestamptz "
     "WHERE id = %(id)s AND version = %(expected)s::integer RETURNING id), "
     "s AS (UPDATE flux_steps AS st SET "
@@ -74,11 +75,12 @@ SAVE_SQL = (
 CREATE_SQL = (
     "WITH r AS (INSERT INTO flux_runs (id, workflow, workflow_version, definition_hash, "
     "status, input, data, current_step, error, executor, version, created_at, updated_at, "
-    "finished_at, start_meta, not_before) VALUES (%(id)s, %(workflow)s, %(workflow_version)s, "
+    "finished_at, start_meta, not_before, cancel_reason) "
+    "VALUES (%(id)s, %(workflow)s, %(workflow_version)s, "
     "%(definition_hash)s, %(status)s, %(input)s::jsonb, %(data)s::jsonb, "
     "%(current_step)s::integer, %(error)s, %(executor)s, %(version)s::integer, "
     "%(created_at)s::timestamptz, %(updated_at)s::timestamptz, %(finished_at)s::timestamptz, "
-    "%(start_meta)s::jsonb, %(not_before)s::timestamptz) "
+    "%(start_meta)s::jsonb, %(not_before)s::timestamptz, %(cancel_reason)s) "
     "ON CONFLICT (id) DO NOTHING RETURNING id), "
     f"s AS (INSERT INTO flux_steps (run_id, {', '.join(STEP_COLS)}) "
     f"SELECT r.id, {', '.join('x.' + c for c in STEP_COLS)} "
@@ -199,6 +201,7 @@ def save_params(
         "error": state.error,
         "executor": state.executor,
         "finished_at": state.finished_at,
+        "cancel_reason": state.cancel_reason,
         "steps": _rows([_step_row(state.steps[i]) for i in sorted(set(steps))], "step rows"),
         "events": _rows([_trace_row(e) for e in events], "trace events"),
     }
@@ -223,6 +226,7 @@ def create_params(state: RunState, events: Sequence[TraceEvent], now: datetime) 
         "finished_at": state.finished_at,
         "start_meta": _json(state.start_meta),
         "not_before": state.not_before,
+        "cancel_reason": state.cancel_reason,
         "steps": _rows([_step_row(s) for s in state.steps], "step rows"),
         "events": _rows([_trace_row(e) for e in events], "trace events"),
     }

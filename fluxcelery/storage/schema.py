@@ -35,6 +35,9 @@ runs = sa.Table(
     # When a run started with a countdown is due: ``recover`` leaves it alone until then.
     # Written when the run is created; never read back into ``RunState``.
     sa.Column("not_before", TZ),
+    # Why the run was cancelled (migration 0007): a rollback that ends with it set ends
+    # ``cancelled``, not ``rolled_back`` (``engine.cancel(compensate=True)``).
+    sa.Column("cancel_reason", sa.Text),
     sa.Index("ix_flux_runs_workflow_created", "workflow", "created_at"),
     sa.Index("ix_flux_runs_status_updated", "status", "updated_at"),
     sa.Index("ix_flux_runs_created", "created_at"),

@@ -34,6 +34,7 @@ _RUN_SET = (
     "error",
     "executor",
     "finished_at",
+    "cancel_reason",
 )
 
 SAVE_RUN_SQL = (
@@ -215,6 +216,7 @@ def save(
             state.error,
             state.executor,
             _ts(state.finished_at),
+            state.cancel_reason,
             expected_version + 1,
             _ts(now),
             state.id,
@@ -252,6 +254,7 @@ def create(cur: Any, state: RunState, events: Sequence[TraceEvent], now: datetim
             _ts(state.finished_at),
             _json_in(state.start_meta),
             _ts(state.not_before),
+            state.cancel_reason,
         ),
     )
     cur.executemany(INSERT_STEP_SQL, [(state.id, s.index, *_step_values(s)) for s in state.steps])

@@ -165,10 +165,12 @@ def derive_run_status(events: Iterable[TraceEvent]) -> str:
     for e in events:
         if e.type == "workflow:error":
             status = e.status if e.status in ("failed", "rolled_back") else "failed"
+        elif e.type in ("workflow:cancel", "workflow:rollback_complete") and e.status:
+            status = e.status  # a cancel that compensates: rolling_back, then cancelled
         elif e.type in _RUN_STATUS_OF:
             status = _RUN_STATUS_OF[e.type]
-        elif e.type.startswith("step:") and status != "rolling_back":
-            status = "running"
+        elif e.type.startswith("step:") and status not in ("rolling_back", "cancelled"):
+            status = "running"  # (an attempt that ends after a cancel leaves it cancelled)
     return status
 
 

@@ -253,4 +253,5 @@ def _it_workflows() -> list[Any]:
         w.missing,
         w.long_step,
         w.progressing,
+        w.cancellable,
     ]

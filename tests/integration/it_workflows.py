@@ -189,3 +189,27 @@ def crunch(ctx):
 
 
 progressing = workflow("it-progress").step("crunch", crunch, retries=0).step("after", noop)
+
+
+def booked(ctx):
+    """A commit whose effect is a row; it sleeps ``input.sleep`` seconds first (only the
+    step named in ``input.slow``)."""
+    if ctx.step == ctx.input.get("slow"):
+        time.sleep(float(ctx.input.get("sleep", 0)))
+    effect(ctx, "booked")
+    return {"booked": ctx.step}
+
+
+def unbook(ctx):
+    effect(ctx, "unbooked")
+
+
+# Cancellation on workers: ``hold`` waits for a signal (cancel while suspended), or a step
+# sleeps (cancel while it runs).
+cancellable = (
+    workflow("it-cancel")
+    .commit("flight", booked, compensate=unbook, timeout=120)
+    .commit("hotel", booked, compensate=unbook, retries=0, timeout=120)
+    .step("hold", lambda ctx: wait_for("go") if ctx.input.get("hold") else None)
+    .commit("car", booked, compensate=unbook)
+)
