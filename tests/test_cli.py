@@ -729,7 +729,7 @@ def test_doctor_passes_with_services_and_a_worker(worker: str, pg_storage: SqlSt
     ], result.stdout
     assert worker in lines[4]  # the worker answered by name
     assert f"'{worker}' (FLUX_QUEUE) consumed by {worker}@" in lines[5]
-    assert "have the tasks of all 2 registered workflow(s)" in lines[7]
+    assert "have the tasks of all 3 registered workflow(s)" in lines[7]
     assert "guest:guest" not in result.stdout + result.stderr
 
 

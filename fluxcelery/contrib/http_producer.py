@@ -324,10 +324,10 @@ class ProducerApp:
         return {"status": existing.status.value}
 
     def _stored_run(self, run_id: str) -> RunState | None:
-        storage = self.storage()
-        if storage is None:
-            return None
         try:
+            storage = self.storage()
+            if storage is None:
+                return None
             state: RunState | None = storage.load_run(run_id)
             return state
         except Exception as exc:  # the consumer decides when the store cannot answer
