@@ -261,3 +261,27 @@ def test_compensate_with_nothing_to_undo_just_cancels(any_storage: Any) -> None:
     state = engine.cancel(run.id, compensate=True)
     assert state.status == RunStatus.CANCELLED
     assert "workflow:rollback_start" not in _types(engine, run.id)
+
+
+def test_a_redelivered_task_settles_a_lost_attempt_and_the_rollback_goes_on(
+    any_storage: Any, background: Any
+) -> None:
+    """The worker running 'hotel' dies after a cancel that compensates: its task comes back
+    (redelivered). The lost attempt fails, the waiting rollback starts, and the original
+    attempt, should it end after all, changes nothing."""
+    engine = FluxEngine(storage=any_storage)
+    undone: list[str] = []
+    gate = Gate()
+    thread = background(engine, _saga(undone, gate), "cl-1")
+    assert gate.started.wait(10)
+    assert engine.cancel("cl-1", "off", compensate=True).status == RunStatus.ROLLING_BACK
+    nxt = engine.runner.run_step("cl-1", 1, task_id="redelivered")  # as on a worker
+    state = engine.get("cl-1")
+    assert state is not None and state.step("hotel").status == S.FAILED
+    assert (state.step("hotel").error or "").startswith("WorkerLost: step 'hotel'")
+    engine.continue_run(state, nxt)  # what the task does with the next action
+    gate.release.set()
+    thread.join(10)
+    final = engine.get("cl-1")
+    assert final is not None and final.status == RunStatus.CANCELLED
+    assert undone == ["flight"] and final.step("hotel").status == S.FAILED

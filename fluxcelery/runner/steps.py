@@ -117,6 +117,13 @@ class StepRunner:
         if state is None:
             log.warning("step task for unknown run %s ignored", run_id)
             return STOP
+        if (
+            not claimed
+            and state.cancel_reason is not None
+            and 0 <= index < len(state.steps)
+            and state.steps[index].status == StepStatus.RUNNING
+        ):
+            return self._settle_lost_attempt(state, index)
         decision = None if claimed else self._decide(state, index)
         if decision is not None:
             return decision
@@ -183,20 +190,37 @@ class StepRunner:
                 at=now,
             )
         )
-        nxt = STOP
-        if fresh.status == RunStatus.ROLLING_BACK:
-            wf = self.rt.catalog.for_run(fresh)
-            plan = compensation_plan(wf.steps, [s.status for s in fresh.steps], len(fresh.steps))
-            if plan:
-                settle.apply(t.begin_rollback(fresh, plan, fresh.error))
-                nxt = Next(Action.COMPENSATE, plan[0])
-            else:
-                settle.apply(t.finish_rollback(fresh, now))
-                nxt = DONE
+        nxt = self._rollback_after_cancel(settle, now)
         if not settle.save(tx):
             return None
         change.state.__dict__.update(fresh.__dict__)  # callers hold that object (in process)
         return nxt
+
+    def _rollback_after_cancel(self, settle: Change, now: datetime) -> Next:
+        """A cancel that compensates waited for the attempt just settled: its rollback
+        starts now (or, with nothing to undo, the run ends cancelled)."""
+        state = settle.state
+        if state.status != RunStatus.ROLLING_BACK:
+            return STOP
+        wf = self.rt.catalog.for_run(state)
+        plan = compensation_plan(wf.steps, [s.status for s in state.steps], len(state.steps))
+        if plan:
+            settle.apply(t.begin_rollback(state, plan, state.error))
+            return Next(Action.COMPENSATE, plan[0])
+        settle.apply(t.finish_rollback(state, now))
+        return DONE
+
+    def _settle_lost_attempt(self, state: RunState, index: int) -> Next:
+        """A task of step ``index`` came back (redelivered) to a run cancelled while that
+        step was running: the attempt's worker is gone, and its outcome never will come.
+        The step fails as a lost attempt, and what the cancel waited for goes on."""
+        now = self.rt.clock()
+        settle = self.rt.change(state)
+        name = state.steps[index].name
+        error = f"WorkerLost: step {name!r} was interrupted after the run was cancelled"
+        settle.apply(t.settle_cancelled_attempt(state, index, error=error, started=None, at=now))
+        nxt = self._rollback_after_cancel(settle, now)
+        return nxt if settle.save() else STOP
 
     def _decide(self, state: RunState, index: int) -> Next | None:
         """Whether a task for step ``index`` may run now; None means go ahead."""
