@@ -402,3 +402,57 @@ def test_failed_step_traceback_is_text(page: Any, tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_a_running_steps_progress_is_drawn_and_follows_the_run(page: Any, tmp_path: Path) -> None:
+    """From a database, while a step runs: a bar and "40/100 (40%) resizing photos" on its
+    node, redrawn when the step reports again, gone once it completed."""
+    url = f"sqlite:///{tmp_path}/flux.db"
+    engine = FluxEngine(storage=SqlStorage(url))
+    reported, more, release = threading.Event(), threading.Event(), threading.Event()
+
+    def resize(ctx: Any) -> str:
+        ctx.progress(40, 100, "resizing photos")
+        reported.set()
+        assert more.wait(30)
+        ctx.progress(90, 100, "almost there")
+        assert release.wait(30)
+        return "done"
+
+    wf = workflow(f"photos-{TAG}").step("fetch", _work(2)).step("resize", resize)
+    runner = threading.Thread(target=engine.execute, args=(wf, {}), kwargs={"run_id": "ph-1"})
+    runner.start()
+    server = create_server(db_url=url, port=0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        assert reported.wait(10)
+        page.goto(f"{server.url}#run=ph-1")
+        node = page.locator('#path .step-node[data-step="resize"]')
+        node.locator(".step-progress").wait_for()
+        assert node.locator(".step-progress span").text_content() == "40/100 (40%) resizing photos"
+        assert node.locator("progress").evaluate("p => [p.value, p.max]") == [40, 100]
+        assert "null" not in page.locator("#run-head").inner_text()  # no error, no "null"
+        page.screenshot(path=str(DOCS_IMG / "viewer-progress.png"))
+        time.sleep(0.6)  # reports are stored at most every 0.5 s
+        more.set()
+        page.wait_for_function(
+            "() => document.querySelector("
+            "'#path .step-node[data-step=\"resize\"] .step-progress span')"
+            "?.textContent === '90/100 (90%) almost there'",
+            timeout=10000,
+        )
+        release.set()
+        page.wait_for_function(
+            "() => !document.querySelector('#path .step-progress')", timeout=10000
+        )
+        assert node.get_attribute("data-status") == "completed"
+    finally:
+        more.set()
+        release.set()
+        runner.join(10)
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        engine.close()

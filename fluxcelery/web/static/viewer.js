@@ -313,8 +313,9 @@
           "aria-label": "Close run", onclick: () => selectRun("") }, "×")),
       h("dl", { class: "facts" }, facts.map(([k, v]) =>
         h("div", {}, h("dt", { text: k }), h("dd", {}, v)))),
-      run.error ? h("div", { class: "callout" }, h("strong", { text: "Error" }),
-        h("span", { text: run.error })) : null,
+      // replaceChildren() turns a null argument into the text "null": no callout, no node.
+      ...(run.error ? [h("div", { class: "callout" }, h("strong", { text: "Error" }),
+        h("span", { text: run.error }))] : []),
     );
   }
 
