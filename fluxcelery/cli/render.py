@@ -285,6 +285,13 @@ def _attempt(e: Mapping[str, Any]) -> Text:
     return _cell(attempt)
 
 
+def _event_detail(e: Mapping[str, Any]) -> Text:
+    """An event's error; a progress report's numbers and message."""
+    if e.get("type") == "step:progress" and isinstance(e.get("meta"), dict):
+        return _cell(describe_progress(e["meta"]))
+    return _cell(e.get("error"))
+
+
 def trace_table(rows: Sequence[Mapping[str, Any]], *, with_run: bool = True) -> FitTable:
     """Trace events; narrow: time of day, no workflow, status or duration columns."""
     run = (Col("run", lambda e: _cell(short_id(str(e.get("run_id") or "")))),)
@@ -294,7 +301,7 @@ def trace_table(rows: Sequence[Mapping[str, Any]], *, with_run: bool = True) -> 
     attempt = Col("attempt", _attempt)
     status = Col("status", lambda e: status_text(e.get("status")))
     duration = Col("duration", lambda e: _cell(fmt_ms(e.get("duration_ms"))))
-    error = Col("error", lambda e: _cell(e.get("error")), flexible=True)
+    error = Col("error", _event_detail, flexible=True)
     wide = (
         Col("ts", lambda e: _cell(fmt_ts(e.get("ts")))),
         *(run + workflow if with_run else ()),

@@ -335,6 +335,7 @@ def report_progress(
     total: float | None,
     message: str | None,
     at: datetime,
+    max_attempts: int | None = None,
 ) -> Transition:
     """The running attempt of step ``index`` reports how far it got (``ctx.progress``). Not
     a status change: the step stays ``running``, and the report is stored out of band
@@ -347,7 +348,14 @@ def report_progress(
     s.progress = {"done": done, "total": total, "message": message, "at": at.isoformat()}
     meta = {"done": done, "total": total, "message": message}
     event = _step_event(
-        state, "step:progress", s, ts=at, status="running", attempt=s.attempts, meta=meta
+        state,
+        "step:progress",
+        s,
+        ts=at,
+        status="running",
+        attempt=s.attempts,
+        max_attempts=max_attempts,
+        meta=meta,
     )
     return Transition((), [event])
 

@@ -39,8 +39,17 @@ class ProgressReporter:
     """Receives one attempt's ``ctx.progress`` calls (from the handler's thread, or a
     thread the attempt was abandoned in: those after ``close`` are dropped)."""
 
-    def __init__(self, rt: Runtime, change: Change, index: int, *, deferred: bool) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        change: Change,
+        index: int,
+        *,
+        deferred: bool,
+        max_attempts: int | None = None,
+    ) -> None:
         self.rt = rt
+        self.max_attempts = max_attempts
         self.change = change
         self.index = index
         self.attempt = change.state.steps[index].attempts
@@ -57,7 +66,13 @@ class ProgressReporter:
                 return
             now = self.rt.clock()
             self._pending = t.report_progress(
-                self.change.state, self.index, done=done, total=total, message=message, at=now
+                self.change.state,
+                self.index,
+                done=done,
+                total=total,
+                message=message,
+                at=now,
+                max_attempts=self.max_attempts,
             )
             if self._stored_at is not None and now - self._stored_at < INTERVAL:
                 return

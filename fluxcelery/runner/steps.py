@@ -354,7 +354,13 @@ class StepRunner:
             return self._commit_attempt(wf, change, sdef, attempt, task_id, worker), None
         started = self.rt.clock()
         ctx = self.rt.context(wf, state, sdef, attempt)
-        reporter = ctx._progress = ProgressReporter(self.rt, change, sdef.index, deferred=False)
+        reporter = ctx._progress = ProgressReporter(
+            self.rt,
+            change,
+            sdef.index,
+            deferred=False,
+            max_attempts=self.rt.defaults.max_attempts(sdef),
+        )
         try:
             try:
                 value = self._call_handler(sdef, ctx)
@@ -405,7 +411,13 @@ class StepRunner:
         with self.rt.storage.transaction() as tx:
             ctx = self.rt.context(wf, change.state, sdef, attempt, session=tx.session)
             # Reports wait for the outcome: this transaction may hold the database.
-            reporter = ProgressReporter(self.rt, change, sdef.index, deferred=True)
+            reporter = ProgressReporter(
+                self.rt,
+                change,
+                sdef.index,
+                deferred=True,
+                max_attempts=self.rt.defaults.max_attempts(sdef),
+            )
             ctx._progress = reporter
             try:
                 try:
