@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -55,3 +58,15 @@ ZERO_BACKOFF = Backoff(base=0.0, factor=1.0, max=0.0, jitter=False)
 
 def event_types(engine: FluxEngine, run_id: str) -> list[str]:
     return [e.type for e in engine.traces(run_id=run_id)]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    """Poll ``predicate`` every 50 ms until it returns something true (returned), or fail
+    after ``timeout`` seconds naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or 'the condition'}")

@@ -12,20 +12,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import Cluster
+from helpers import wait_until
 
 from fluxcelery import RunStatus, StepStatus
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-
-def _wait(until: Any, timeout: float = 60.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = until()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _effects(c: Cluster, run_id: str) -> list[tuple[str, str]]:
@@ -51,7 +42,7 @@ def _running(c: Cluster, run_id: str, step: str) -> Any:
         s = state.step(step) if state else None
         return s if s and s.status == StepStatus.RUNNING and s.task_id else None
 
-    return _wait(check, what=f"{step} running")
+    return wait_until(check, what=f"{step} running")
 
 
 def test_terminate_interrupts_a_60s_step_within_5s_and_discards_its_writes(
@@ -65,7 +56,7 @@ def test_terminate_interrupts_a_60s_step_within_5s_and_discards_its_writes(
     began = time.monotonic()
     state = c.engine.cancel(handle.id, "stop now", terminate=True)
     assert state.status == RunStatus.CANCELLED
-    _wait(lambda: hotel.task_id not in _held(c, "active"), timeout=10, what="the task to stop")
+    wait_until(lambda: hotel.task_id not in _held(c, "active"), timeout=10, what="the task to stop")
     took = time.monotonic() - began
     assert took < 5, f"the attempt was interrupted after {took:.1f}s"
     time.sleep(2)  # a redelivery, if any, must change nothing
@@ -91,7 +82,7 @@ def test_without_terminate_the_attempt_finishes_is_recorded_and_nothing_follows(
         state = c.engine.get(handle.id)
         return state if state and state.step("hotel").status == StepStatus.COMPLETED else None
 
-    final = _wait(settled, what="the hotel's outcome")
+    final = wait_until(settled, what="the hotel's outcome")
     assert final.status == RunStatus.CANCELLED
     time.sleep(1)
     assert c.engine.get(handle.id).step("car").status == StepStatus.PENDING  # type: ignore[union-attr]
@@ -103,12 +94,12 @@ def test_compensate_undoes_the_commits_in_reverse_on_the_worker(workers: Cluster
 
     c = workers
     handle = c.engine.start(w.cancellable, {"hold": True})
-    _wait(
+    wait_until(
         lambda: (s := c.engine.get(handle.id)) and s.status == RunStatus.SUSPENDED,
         what="the run to wait",
     )
     c.engine.cancel(handle.id, "trip called off", compensate=True)
-    final = _wait(
+    final = wait_until(
         lambda: (s := c.engine.get(handle.id)) and s.status == RunStatus.CANCELLED and s,
         what="the rollback",
     )
@@ -132,7 +123,7 @@ def test_a_task_held_for_a_countdown_is_revoked(workers: Cluster) -> None:
     def scheduled() -> set[str]:
         return _held(c, "scheduled")
 
-    held = _wait(scheduled, timeout=20, what="the worker to hold the task")
+    held = wait_until(scheduled, timeout=20, what="the worker to hold the task")
 
     def revoked() -> set[str]:
         found = c.app.control.inspect(timeout=1.0).revoked() or {}
@@ -140,5 +131,5 @@ def test_a_task_held_for_a_countdown_is_revoked(workers: Cluster) -> None:
 
     c.engine.cancel(handle.id, "never mind")
     # The worker keeps the timer entry, and drops the task when it is due (not waited here).
-    _wait(lambda: held <= revoked(), timeout=10, what="the revoke")
+    wait_until(lambda: held <= revoked(), timeout=10, what="the revoke")
     assert _effects(c, handle.id) == []

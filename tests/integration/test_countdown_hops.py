@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from helpers import wait_until
 
 from fluxcelery import RunStatus, StepStatus
 
@@ -17,16 +18,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 def hopping(rabbit_cluster):
     rabbit_cluster.worker("hops", concurrency=2, env={"FLUX_MAX_COUNTDOWN": "1"})
     return rabbit_cluster
-
-
-def wait_until(predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def test_a_wait_timeout_longer_than_a_hop_fires_at_its_deadline(hopping) -> None:

@@ -5,28 +5,17 @@ its meta (what Flower and ``AsyncResult.info`` show)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 from celery import Celery
 from celery.result import AsyncResult
 from conftest import Cluster
-from helpers import require_service
+from helpers import require_service, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 REDIS_BACKEND = "redis://127.0.0.1:6379/3"
-
-
-def _wait(until: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = until()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_progress_is_read_live_and_reaches_celerys_result_backend(rabbit_cluster: Cluster) -> None:
@@ -42,13 +31,13 @@ def test_progress_is_read_live_and_reaches_celerys_result_backend(rabbit_cluster
         step = state.steps[0] if state else None
         return step if step and step.progress and 3 <= step.progress["done"] < 10 else None
 
-    step = _wait(midway)
+    step = wait_until(midway)
     assert step.status.value == "running" and step.progress["total"] == 10
     assert step.progress["message"] == f"chunk {step.progress['done']}"
     reader = Celery("progress-reader", backend=REDIS_BACKEND)
     try:
         result = AsyncResult(step.task_id, app=reader)
-        info = _wait(lambda: result.info if result.state == "PROGRESS" else None, timeout=10)
+        info = wait_until(lambda: result.info if result.state == "PROGRESS" else None, timeout=10)
         assert info["total"] == 10 and 0 <= info["done"] <= 10
     finally:
         reader.close()
