@@ -531,12 +531,11 @@ class Chaos:
             want = "rolled_back" if forced else "completed"
             state = self.engine.get(run_id)
             assert state is not None
-            interrupted = (
-                status == "failed" and (state.error or "").startswith("WorkerLost:") and not forced
-            )
+            interrupted = status == "failed" and (state.error or "").startswith("WorkerLost:")
             if interrupted:
                 # By design a SIGKILL uses up an attempt (so a step that crashes its worker
-                # cannot loop forever); a step with retries=0 then fails the run, cleanly.
+                # cannot loop forever); a step with retries=0 then fails the run, cleanly. An
+                # order forced to fail later (at charge-payment) can be hit there first too.
                 rep.failed_worker_lost += 1
                 rep.problems.append(f"{run_id}: failed by design: {state.error}")
             elif status != want:
