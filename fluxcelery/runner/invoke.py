@@ -33,6 +33,7 @@ except ImportError:  # pragma: no cover - other Pythons
     _getsignal = signal.getsignal
 
 from ..core.errors import AttemptInterrupted, StepTimeout
+from .interrupts import Interrupt
 
 _native_time_limits = False
 
@@ -70,7 +71,7 @@ class Invoker:
         *args: Any,
         timeout: float | None = None,
         what: str = "step",
-        interrupt: threading.Event | None = None,
+        interrupt: Interrupt | None = None,
     ) -> Any:
         """Call ``fn(*args)``; raise ``StepTimeout`` if it runs past ``timeout`` seconds,
         ``AttemptInterrupted`` when ``interrupt`` is set while this process waits for it."""
@@ -86,7 +87,7 @@ class Invoker:
         args: tuple[Any, ...],
         timeout: float | None,
         what: str,
-        interrupt: threading.Event | None = None,
+        interrupt: Interrupt | None = None,
     ) -> Any:
         if _is_coroutine_function(fn):
             return self._await(fn(*args), timeout, what, interrupt)
@@ -132,7 +133,7 @@ class Invoker:
         args: tuple[Any, ...],
         timeout: float,
         what: str,
-        interrupt: threading.Event | None = None,
+        interrupt: Interrupt | None = None,
     ) -> Any:
         future = self._executor().submit(fn, *args)
         try:
@@ -154,7 +155,7 @@ class Invoker:
         awaitable: Any,
         timeout: float | None,
         what: str,
-        interrupt: threading.Event | None = None,
+        interrupt: Interrupt | None = None,
     ) -> Any:
         async def runner() -> Any:
             scope = asyncio.timeout(timeout)
@@ -201,7 +202,7 @@ _POLL = 0.05
 
 
 def _result(
-    future: concurrent.futures.Future[Any], timeout: float | None, interrupt: threading.Event | None
+    future: concurrent.futures.Future[Any], timeout: float | None, interrupt: Interrupt | None
 ) -> Any:
     """``future.result(timeout)``, raising ``_Interrupted`` as soon as ``interrupt`` is set."""
     if interrupt is None:

@@ -379,7 +379,9 @@ class StepRunner:
     def _call_handler(self, sdef: StepDef, ctx: StepContext) -> Any:
         """The step's handler, under its resolved timeout; ``engine.cancel(terminate=True)``
         in this process interrupts it where the invoker can (async, or on a helper thread)."""
-        with self.rt.interrupts.attempt(ctx.run_id) as interrupt:
+        interrupts = self.rt.interrupts
+        interrupt = interrupts.begin(ctx.run_id)
+        try:
             return self.rt.invoker.call(
                 sdef.handler,
                 ctx,
@@ -387,6 +389,8 @@ class StepRunner:
                 what=f"step {sdef.name!r}",
                 interrupt=interrupt,
             )
+        finally:
+            interrupts.end(ctx.run_id, interrupt)
 
     def _commit_attempt(
         self,
