@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,3 +165,14 @@ def load_settings(module: str | None = None) -> Settings:
         ),
         celery=celery_conf,
     )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address a server binds (or a broker URL names) is reachable from this
+    machine only: ``localhost`` or a loopback IP. An empty host means every interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -11,7 +11,6 @@ applied.
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..celery.tasks import HARD_LIMIT_MARGIN, compensate_task_name, step_task_name
-from ..settings import Settings
+from ..settings import Settings, is_loopback
 from ..storage.migrate import _config, current_revision, head_revision
 from ..storage.sql import SqlStorage, redact_url
 
@@ -213,7 +212,7 @@ def check_guest_account(broker_url: str) -> Check | None:
     user = parts.username or "guest"
     password = parts.password or "guest"
     host = parts.hostname or "localhost"
-    if user != "guest" or password != "guest" or _loopback(host):
+    if user != "guest" or password != "guest" or is_loopback(host):
         return None
     return Check(
         "broker auth",
@@ -277,15 +276,6 @@ def check_otel(settings: Settings) -> Check | None:
             fix="pip install opentelemetry-sdk (or opentelemetry-distro with an exporter)",
         )
     return Check("otel", "ok", "trace events also go to the tracer provider each process sets")
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_workers(

@@ -21,7 +21,6 @@ Importing ``fluxcelery`` never imports this module (it needs the ``flower`` extr
 from __future__ import annotations
 
 import atexit
-import ipaddress
 import json
 import logging
 import math
@@ -54,6 +53,7 @@ from ..core.states import ACTIVE_RUN, values
 from ..defaults import default_app, default_engine
 from ..engine import FluxEngine
 from ..ops import RUN_STATUSES, RunFilter, find_runs, run_detail, status_counts, trace_rows
+from ..settings import is_loopback
 
 __all__ = [
     "ChainLoader",
@@ -597,15 +597,6 @@ def _normalize_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _loopback(address: str) -> bool:
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
 def bind_address(options: Any, *, insecure: bool) -> str | None:
     """Flower's own default is every interface, with the Workflows pages open when no auth
     option is given. Without ``--address`` bind 127.0.0.1; refuse another address without
@@ -613,7 +604,7 @@ def bind_address(options: Any, *, insecure: bool) -> str | None:
     if not options.address:
         options.address = "127.0.0.1"
         return None
-    if _loopback(options.address) or options.basic_auth or options.auth or insecure:
+    if is_loopback(options.address) or options.basic_auth or options.auth or insecure:
         return None
     return (
         f"refusing to serve on {options.address} without authentication: give "
