@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 # Definitions
-from .core.builder import StepDef, WaitFor, Workflow, wait_for, workflow
+from .core.builder import Branch, StepDef, WaitFor, Workflow, branch, wait_for, workflow
 from .core.context import StepContext
 from .core.errors import (
     ConcurrentUpdate,
+    DataConflict,
     DefinitionChanged,
     DefinitionError,
     DispatchError,
@@ -50,10 +51,12 @@ from .version import __version__
 __all__ = [
     # definitions
     "Backoff",
+    "Branch",
     "StepContext",
     "StepDef",
     "WaitFor",
     "Workflow",
+    "branch",
     "wait_for",
     "workflow",
     # running
@@ -75,6 +78,7 @@ __all__ = [
     "TraceEvent",
     # errors
     "ConcurrentUpdate",
+    "DataConflict",
     "DefinitionChanged",
     "DefinitionError",
     "DispatchError",

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
@@ -35,7 +36,7 @@ from .core.jsoncodec import (
     check_depth,
     roundtrip,
 )
-from .core.policy import Backoff, Defaults, compensation_plan
+from .core.policy import Backoff, Defaults, rollback_plan
 from .core.records import FluxResult, RunState, StepState, utcnow
 from .core.states import (
     CANCELLABLE_RUN,
@@ -62,6 +63,9 @@ from .trace.event import TraceEvent
 from .trace.fanout import TraceFanout
 
 log = logging.getLogger("fluxcelery.engine")
+
+#: Threads that run a group's branch steps or items in process (``execute``), at most.
+GROUP_THREADS = 32
 
 EXECUTORS = ("local", "celery")
 
@@ -231,7 +235,10 @@ class FluxEngine:
             status=RunStatus.PENDING,
             input=stored,
             data={},
-            steps=[StepState(name=s.name, index=s.index, kind=s.kind) for s in wf.steps],
+            steps=[
+                StepState(name=s.name, index=s.index, kind=s.kind, branch=s.branch, parent=s.parent)
+                for s in wf.steps
+            ],
             executor=executor,
             start_meta={"input": self.redact(stored)},
         )
@@ -327,7 +334,10 @@ class FluxEngine:
             self._drive_local(state.id, nxt)
             return
         wf = self.workflow(state.workflow)
-        if nxt.action is Action.COMPENSATE and wf.steps[nxt.index or 0].compensate is None:
+        if (
+            nxt.action is Action.COMPENSATE
+            and wf.row_def(state, nxt.index or 0).compensate is None
+        ):
             # Nothing to run at this index: finalize the rollback here.
             self.continue_run(state, self.runner.run_compensation(state.id, nxt.index or 0))
             return
@@ -357,6 +367,9 @@ class FluxEngine:
                     if nxt.phase == "compensate"
                     else runner.run_step(run_id, index, fuse=True, state=state)
                 )
+            elif action is Action.FANOUT:
+                nxt = self._drive_group(run_id, nxt)
+                state = None
             elif action is Action.SUSPEND:
                 if nxt.wait_timeout:
                     self._local_wait_timer(run_id, nxt.index or 0, nxt.wait_timeout)
@@ -365,6 +378,35 @@ class FluxEngine:
                 return state
             else:
                 return None
+
+    def _drive_group(self, run_id: str, fanout: Next) -> Next:
+        """Run a group's branch steps or items in this process, at the same time on threads
+        (as many as the group sends at once: its branches, or ``max_concurrency`` items),
+        until the group is done. Returns what follows it (the join's next action, or the
+        rollback a failed branch started); STOP when nothing follows here."""
+        runner = self.runner
+
+        def run_row(row: int) -> Next:
+            nxt = runner.run_step(run_id, row)
+            while nxt.action is Action.RETRY and nxt.phase == "step" and nxt.index == row:
+                if nxt.delay > 0:
+                    self.sleep(nxt.delay)
+                nxt = runner.run_step(run_id, row)
+            return nxt
+
+        outcome = Next(Action.STOP)
+        width = max(1, min(len(fanout.rows), GROUP_THREADS))
+        with ThreadPoolExecutor(width, thread_name_prefix=f"flux-{run_id[:8]}") as pool:
+            pending = {pool.submit(run_row, row) for row, _, _ in fanout.rows}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    nxt = future.result()
+                    if nxt.action is Action.FANOUT:
+                        pending |= {pool.submit(run_row, row) for row, _, _ in nxt.rows}
+                    elif nxt.action is not Action.STOP:
+                        outcome = nxt  # the join's (or the rollback's): one row says it
+        return outcome
 
     def _local_wait_timer(self, run_id: str, index: int, seconds: float) -> None:
         """In-process wait deadline; ``recover`` is the durable path if this process exits."""
@@ -488,7 +530,7 @@ class FluxEngine:
         comp_failed = [s.index for s in state.steps if s.status in UNCOMPENSATED_STEP]
         if comp_failed and from_step is None:
             limit = failed_idx if failed_idx is not None else len(state.steps)
-            plan = compensation_plan(wf.steps, [s.status for s in state.steps], limit)
+            plan = rollback_plan(wf, state, limit if limit < len(state.steps) else None)
             change.apply(t.begin_rollback(state, plan, state.error, retry=True))
             if not change.save():
                 raise ConcurrentUpdate(f"Run {run_id} was changed concurrently; not retried")
@@ -498,9 +540,13 @@ class FluxEngine:
             return self._handle(state)
 
         start = self._retry_index(state, wf, from_step, failed_idx)
-        compensated = [s.index for s in state.steps if s.status == StepStatus.COMPENSATED]
+        compensated = [
+            s.index if s.parent is None else s.parent  # a group is redone as a whole
+            for s in state.steps
+            if s.status == StepStatus.COMPENSATED
+        ]
         if compensated:
-            start = min(start, compensated[0])  # undone effects are redone
+            start = min(start, min(compensated))  # undone effects are redone
         change.apply(t.reset_for_retry(state, start))
         if not change.save():
             raise ConcurrentUpdate(f"Run {run_id} was changed concurrently; not retried")
@@ -518,7 +564,9 @@ class FluxEngine:
                 raise FluxError(f"Invalid step index: {from_step} (0..{len(wf.steps) - 1})")
             index = from_step
         else:
-            index = wf.step_named(str(from_step)).index
+            named = wf.step_named(str(from_step))
+            # A branch step is retried with its parallel step (its branch and the join).
+            index = named.parent if named.parent is not None else named.index
         # Compensated steps are redone by the retry, so they do not block it.
         unfinished = next(
             (
@@ -585,7 +633,7 @@ class FluxEngine:
             )
         wf = self.workflow(state.workflow) if compensate else None
         plan = (
-            compensation_plan(wf.steps, [s.status for s in state.steps], len(state.steps))
+            rollback_plan(wf, state, None)
             if wf is not None
             else None
         )

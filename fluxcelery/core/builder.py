@@ -23,8 +23,13 @@ from .policy import Backoff
 if TYPE_CHECKING:
     from ..handle import RunHandle
     from .context import StepContext
+    from .records import RunState
 
-StepKind = Literal["step", "commit"]
+StepKind = Literal["step", "commit", "parallel", "for_each"]
+#: The kinds of a step that starts branches or items and waits for them (the join).
+GROUP_KINDS = frozenset({"parallel", "for_each"})
+#: At most this many items per ``for_each`` (SPEC section 11).
+MAX_ITEMS = 10_000
 Handler = Callable[["StepContext"], Any]
 Condition = Callable[["StepContext"], Any]
 
@@ -85,12 +90,47 @@ class StepDef:
     compensate: Handler | None = None
     retry_on: tuple[type[BaseException], ...] | None = None
     no_retry_on: tuple[type[BaseException], ...] = ()
+    #: A branch step: the branch's name and the index of its ``.parallel`` step.
+    branch: str | None = None
+    parent: int | None = None
+    #: A branch step: the index of the next step of its branch (None: the branch's last).
+    next_in_branch: int | None = None
+    #: A ``.parallel`` step: each branch's name and step indexes, in definition order.
+    branches: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    #: A ``.for_each`` step: ``items(ctx)`` (evaluated at fan-out), the most items in flight
+    #: (None: all), and whether each item is a commit (once-only).
+    items: Callable[[StepContext], Any] | None = None
+    max_concurrency: int | None = None
+    item_commit: bool = False
 
     @property
     def is_commit(self) -> bool:
         return self.kind == "commit"
 
+    @property
+    def is_group(self) -> bool:
+        """A ``.parallel`` or ``.for_each`` step: it fans out, and completes at the join."""
+        return self.kind in GROUP_KINDS
+
+    @property
+    def span(self) -> int:
+        """How many rows after this one belong to it (its branch steps)."""
+        return sum(len(indexes) for _, indexes in self.branches)
+
     def describe(self) -> dict[str, Any]:
+        out = self._describe_one()
+        if self.kind == "parallel":
+            out["branches"] = [{"name": name, "steps": list(ix)} for name, ix in self.branches]
+            out["has_compensation"] = False
+        elif self.kind == "for_each":
+            out["max_concurrency"] = self.max_concurrency
+            out["item_kind"] = "commit" if self.item_commit else "step"
+        if self.branch is not None:
+            out["branch"] = self.branch
+            out["parent"] = self.parent
+        return out
+
+    def _describe_one(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "index": self.index,
@@ -342,6 +382,120 @@ class Workflow:
         )
         return self
 
+    def parallel(self, name: str, *branches: Branch) -> Workflow:
+        """Run ``branches`` at the same time; the step completes when all have (the join).
+        ``ctx.results[name]`` is ``{branch: output of its last step}`` (SPEC section 11)."""
+        self._check_open()
+        problems: list[str] = []
+        try:
+            _check_name("Step", name)
+        except DefinitionError as exc:
+            problems.append(str(exc))
+        if not branches:
+            problems.append("give at least one branch: .parallel(name, branch('a').step(...))")
+        seen: set[str] = set()
+        for b in branches:
+            if not isinstance(b, Branch):
+                problems.append(f"branches must be made with branch(name), got {b!r}")
+                continue
+            if b.name in seen:
+                problems.append(f"duplicate branch name {b.name!r}")
+            seen.add(b.name)
+            if not b.steps:
+                problems.append(f"branch {b.name!r} has no steps")
+        taken = {s.name for s in self._steps} | {name}
+        for b in branches:
+            for sd in b.steps if isinstance(b, Branch) else ():
+                if sd.name in taken:
+                    problems.append(
+                        f"duplicate step name {sd.name!r} (step names must be unique across "
+                        "the workflow, branches included)"
+                    )
+                taken.add(sd.name)
+        if problems:
+            raise DefinitionError(f"Workflow {self.name!r}, step {name!r}: " + "; ".join(problems))
+        parent = len(self._steps)
+        rows: list[StepDef] = []
+        layout: list[tuple[str, tuple[int, ...]]] = []
+        at = parent + 1
+        for b in branches:
+            indexes = tuple(range(at, at + len(b.steps)))
+            layout.append((b.name, indexes))
+            for k, sd in enumerate(b.steps):
+                rows.append(
+                    dataclasses.replace(
+                        sd,
+                        index=at + k,
+                        branch=b.name,
+                        parent=parent,
+                        next_in_branch=at + k + 1 if k + 1 < len(b.steps) else None,
+                    )
+                )
+            at += len(b.steps)
+        self._steps.append(
+            StepDef(
+                name=name,
+                index=parent,
+                kind="parallel",
+                handler=_join_only,
+                retries=0,
+                timeout=None,
+                branches=tuple(layout),
+            )
+        )
+        self._steps.extend(rows)
+        return self
+
+    def for_each(
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        items: Callable[[StepContext], Any],
+        max_concurrency: int | None = None,
+        commit: bool = False,
+        retries: int | None = None,
+        timeout: float | _Unset | None = DEFAULT,
+        backoff: Backoff | None = None,
+        when: Condition | None = None,
+        compensate: Handler | None = None,
+        retry_on: tuple[type[BaseException], ...] | type[BaseException] | None = None,
+        no_retry_on: tuple[type[BaseException], ...] | type[BaseException] = (),
+    ) -> Workflow:
+        """Run ``handler`` once per item of ``items(ctx)`` (a JSON list, evaluated once at
+        fan-out, at most 10,000), at most ``max_concurrency`` at a time; ``ctx.item`` and
+        ``ctx.item_index`` say which. ``ctx.results[name]`` is the list of outputs in item
+        order. ``commit=True``: each item is a commit (once-only, its own idempotency key).
+        The options apply to each item; ``compensate`` runs once per completed item."""
+        problems: list[str] = []
+        if not callable(items):
+            problems.append(f"items must be callable(ctx) -> list, got {items!r}")
+        if max_concurrency is not None and (
+            isinstance(max_concurrency, bool)
+            or not isinstance(max_concurrency, int)
+            or max_concurrency < 1
+        ):
+            problems.append(f"max_concurrency must be an int >= 1 or None, got {max_concurrency!r}")
+        if problems:
+            raise DefinitionError(f"Workflow {self.name!r}, step {name!r}: " + "; ".join(problems))
+        self._add(
+            "for_each",
+            name,
+            handler,
+            retries,
+            timeout,
+            backoff,
+            when,
+            compensate,
+            retry_on,
+            no_retry_on,
+        )
+        last = self._steps[-1]
+        self._steps[-1] = dataclasses.replace(
+            last, items=items, max_concurrency=max_concurrency, item_commit=bool(commit)
+        )
+        return self
+
     def _check_open(self) -> None:
         if self._frozen:
             raise DefinitionError(
@@ -374,6 +528,24 @@ class Workflow:
     @property
     def definition_hash(self) -> str:
         return self.freeze()._hash or ""
+
+    def row_def(self, state: RunState, index: int) -> StepDef:
+        """The definition row ``index`` of a run runs: its own, or for a for_each item
+        (a row added at fan-out) its for_each step's."""
+        steps = self.steps
+        if index < len(steps):
+            return steps[index]
+        parent = state.steps[index].parent
+        if parent is None or not 0 <= parent < len(steps) or steps[parent].kind != "for_each":
+            raise DefinitionError(f"run {state.id}: step row {index} belongs to no for_each")
+        group = steps[parent]
+        kind: StepKind = "commit" if group.item_commit else "step"
+        return dataclasses.replace(group, index=index, kind=kind, parent=parent)
+
+    def after(self, index: int) -> int:
+        """The index of the step that follows step ``index`` at the top level (past the
+        branch steps of a ``.parallel``)."""
+        return index + 1 + self.steps[index].span
 
     def step_named(self, name: str) -> StepDef:
         for step in self._steps:
@@ -441,9 +613,49 @@ def _definition_hash(wf: Workflow) -> str:
     shape = {
         "name": wf.name,
         "version": wf.version,
-        "steps": [[s.name, s.kind] for s in wf._steps],
+        # A branch step's branch joins its shape (linear workflows keep their hash).
+        "steps": [[s.name, s.kind] + ([s.branch] if s.branch else []) for s in wf._steps],
     }
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _join_only(ctx: StepContext) -> None:
+    """The handler of a ``.parallel`` step: its work is its branches'."""
+    return None
+
+
+class Branch:
+    """One branch of a ``.parallel`` step: a sequence built with ``.step``/``.commit``
+    (same options as a workflow's), made with ``branch(name)``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = _check_name("Branch", name)
+        self._wf = Workflow.__new__(Workflow)  # a scratch builder, not registered
+        self._wf.name = f"branch {name!r}"
+        self._wf._steps = []
+        self._wf._frozen = False
+
+    @property
+    def steps(self) -> list[StepDef]:
+        return list(self._wf._steps)
+
+    def step(self, name: str, handler: Handler, **options: Any) -> Branch:
+        """Add a step to this branch (options as ``Workflow.step``)."""
+        self._wf.step(name, handler, **options)
+        return self
+
+    def commit(self, name: str, handler: Handler, **options: Any) -> Branch:
+        """Add a commit step to this branch (options as ``Workflow.commit``)."""
+        self._wf.commit(name, handler, **options)
+        return self
+
+    def __repr__(self) -> str:
+        return f"<Branch {self.name}: {len(self._wf._steps)} steps>"
+
+
+def branch(name: str) -> Branch:
+    """Start a branch for ``.parallel``: ``branch("hotel").step("pick", pick).commit(...)``."""
+    return Branch(name)
 
 
 def workflow(name: str, version: str | None = None) -> Workflow:
@@ -469,6 +681,10 @@ def registered_workflows() -> dict[str, Workflow]:
 
 __all__ = [
     "DEFAULT",
+    "GROUP_KINDS",
+    "MAX_ITEMS",
+    "Branch",
+    "branch",
     "InputSpec",
     "StepDef",
     "WaitFor",

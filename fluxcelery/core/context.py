@@ -99,9 +99,12 @@ class StepContext:
         "_raw_input",
         "_redactor",
         "attempt",
+        "branch",
         "data",
         "idempotency_key",
         "input",
+        "item",
+        "item_index",
         "results",
         "run_id",
         "session",
@@ -143,6 +146,11 @@ class StepContext:
         self._raw_input = input if raw_input is None else raw_input
         #: Where ``progress`` reports go (set by the runner for a step's attempt).
         self._progress: Callable[[float, float | None, str | None], None] | None = None
+        #: The branch of a ``.parallel`` step this step belongs to (None otherwise).
+        self.branch: str | None = None
+        #: A ``.for_each`` item and its index (None outside a for_each).
+        self.item: Any = None
+        self.item_index: int | None = None
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:

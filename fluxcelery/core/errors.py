@@ -99,6 +99,13 @@ class NonRetryableError(FluxError):
     code = "non_retryable"
 
 
+class DataConflict(NonRetryableError):
+    """Two branches (or items) of one parallel step set the same key of ``ctx.data``: the
+    join cannot tell which value wins, so the parallel step fails (never retried)."""
+
+    code = "data_conflict"
+
+
 class StepTimeout(FluxError):
     """A step attempt ran past its timeout (its writes to ``ctx.data`` are discarded)."""
 

@@ -11,7 +11,8 @@ from .errors import DefinitionError, NonRetryableError, PayloadTooLarge, Seriali
 from .states import COMPENSABLE_STEP, StepStatus
 
 if TYPE_CHECKING:
-    from .builder import StepDef
+    from .builder import StepDef, Workflow
+    from .records import RunState
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,52 @@ def compensation_plan(
         for i in range(min(failed_index, len(steps)) - 1, -1, -1)
         if steps[i].compensate is not None and statuses[i] in COMPENSABLE_STEP
     ]
+
+
+_GROUP = ("parallel", "for_each")
+
+
+def row_order(wf: Workflow, state: RunState, index: int) -> tuple[int, int, int, int]:
+    """Where row ``index`` of a run comes in the workflow's order: a top-level step by its
+    index; a branch step or item inside its group (branches in definition order, steps in
+    branch order; items in item order)."""
+    s = state.steps[index]
+    if s.parent is None:
+        return (index, 0, 0, 0)
+    if s.item is not None:
+        return (s.parent, 1, s.item, 0)
+    names = [name for name, _ in wf.steps[s.parent].branches]
+    return (s.parent, 1, names.index(s.branch) if s.branch in names else 0, index)
+
+
+def rollback_plan(
+    wf: Workflow, state: RunState, failed: int | None, *, after: bool = False
+) -> list[int]:
+    """The rows to compensate, in order (SPEC sections 4 and 11): every completed row with
+    a compensator that comes before ``failed`` (the row whose failure started the rollback,
+    or the row compensated last; None: all of them, for a cancel), latest first. A failure
+    inside a group (or of the group step itself) undoes the whole group first: every
+    branch (latest branch first, reverse order within it) or every item (latest first),
+    then the earlier steps. ``after``: ``failed`` is the row compensated last; the plan
+    goes on with the rows before it."""
+    n = len(state.steps)
+    if failed is None:
+        limit: tuple[int, ...] = (n + 1,)
+    else:
+        key = row_order(wf, state, failed)
+        in_group = key[1] == 1 or state.steps[failed].kind in _GROUP
+        limit = (key[0], 2) if in_group and not after else key
+    picked = []
+    for i, s in enumerate(state.steps):
+        if s.kind in _GROUP or s.status not in COMPENSABLE_STEP:
+            continue
+        sdef = wf.steps[i] if i < len(wf.steps) else wf.steps[s.parent or 0]
+        if sdef.compensate is None:
+            continue
+        key = row_order(wf, state, i)
+        if key < limit:
+            picked.append((key, i))
+    return [i for _, i in sorted(picked, reverse=True)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,15 @@ class StepState:
     #: The attempt's last ``ctx.progress`` report: ``{"done", "total", "message", "at"}``
     #: (None before the first report of an attempt).
     progress: dict[str, Any] | None = None
+    #: The branch of a ``.parallel`` step this row belongs to (None for other steps).
+    branch: str | None = None
+    #: The item index of a ``.for_each`` step this row runs (None for other steps).
+    item: int | None = None
+    #: The index of the ``.parallel``/``.for_each`` step this branch step or item belongs to.
+    parent: int | None = None
+    #: A branch step's or item's own state until the join: ``{"data": keys it set in
+    #: ctx.data, "unset": keys it removed, "value": the item}`` (None for other steps).
+    scope: dict[str, Any] | None = None
 
     def copy(self) -> StepState:
         # A plain __dict__ copy: dataclasses.replace costs ~10x more on the hot path.
@@ -79,6 +88,8 @@ class StepState:
         new.__dict__.update(self.__dict__)
         if isinstance(self.output, (dict, list)):
             new.output = copy_json(self.output)
+        if self.scope is not None:
+            new.scope = copy_json(self.scope)
         return new
 
     def reset(self) -> None:
@@ -96,6 +107,8 @@ class StepState:
         self.duration_ms = None
         self.wait_deadline = None
         self.progress = None
+        if self.scope is not None:  # an item keeps its value; its data changes go
+            self.scope = {"value": self.scope["value"]} if "value" in self.scope else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +127,9 @@ class StepState:
             "finished_at": iso(self.finished_at),
             "duration_ms": self.duration_ms,
             "progress": self.progress,
+            "branch": self.branch,
+            "item": self.item,
+            "parent": self.parent,
         }
 
 
@@ -163,7 +179,7 @@ class RunState:
         return {
             s.name: s.output
             for s in self.steps
-            if s.status in DONE_STEP or s.status == StepStatus.COMPENSATED
+            if (s.status in DONE_STEP or s.status == StepStatus.COMPENSATED) and s.item is None
         }
 
     def start_conflict(self, workflow: str, stored_input: Any) -> str | None:
@@ -181,9 +197,16 @@ class RunState:
 
     def step(self, name: str) -> StepState:
         for s in self.steps:
-            if s.name == name:
+            if s.name == name and s.item is None:
                 return s
         raise KeyError(name)
+
+    def items_of(self, parent: int) -> list[StepState]:
+        """The item rows of ``for_each`` step ``parent``, in item order."""
+        return sorted(
+            (s for s in self.steps if s.parent == parent and s.item is not None),
+            key=lambda s: s.item or 0,
+        )
 
     @property
     def duration_ms(self) -> int | None:

@@ -23,6 +23,9 @@ from typing import Any
 from ..trace.event import TraceEvent
 from .errors import InvalidTransition
 from .records import RunState, StepState, ms_between
+
+#: The kinds of a step that fans out (builder.GROUP_KINDS; not imported: no cycle).
+GROUP_KINDS = frozenset({"parallel", "for_each"})
 from .states import (
     CANCELLABLE_RUN,
     RunStatus,
@@ -41,6 +44,8 @@ class Transition:
 
     steps: tuple[int, ...] = ()
     events: list[TraceEvent] = field(default_factory=list)
+    #: Step rows this transition added to the run (a for_each's items at fan-out).
+    created: tuple[int, ...] = ()
 
 
 # -- edges -----------------------------------------------------------------------------------
@@ -60,6 +65,9 @@ def _event(state: RunState, type: str, **fields: Any) -> TraceEvent:
 
 
 def _step_event(state: RunState, type: str, step: StepState, **fields: Any) -> TraceEvent:
+    if step.parent is not None:  # a branch step or an item: say which (SPEC section 11)
+        where = {"branch": step.branch} if step.item is None else {"item": step.item}
+        fields["meta"] = {**(fields.get("meta") or {}), **where}
     return TraceEvent.make(
         type,
         state.id,
@@ -140,14 +148,20 @@ def cancel_run(
     running attempt settled) and ends ``cancelled``."""
     if state.status not in CANCELLABLE_RUN:  # a rollback under way is not cancelled
         raise InvalidTransition(state.status.value, R.CANCELLED.value)
-    running = [s.name for s in state.steps if s.status == S.RUNNING and not terminate]
+    running = [
+        s.name
+        for s in state.steps
+        if s.status == S.RUNNING and not terminate and s.kind not in GROUP_KINDS
+    ]
     compensating = plan is not None and bool(plan or running)
     target = R.ROLLING_BACK if compensating else R.CANCELLED
     check_run_change(state.status, target)  # before any step changes
     error = f"Cancelled: {reason}"
     touched = []
     for s in state.steps:
-        if s.status == S.SUSPENDED or (s.status == S.RUNNING and terminate):
+        if s.status == S.SUSPENDED or (
+            s.status == S.RUNNING and (terminate or s.kind in GROUP_KINDS)
+        ):
             _step_to(s, S.FAILED)
             s.error = error if s.status == S.SUSPENDED else f"{error} (attempt terminated)"
             s.finished_at = at
@@ -185,8 +199,10 @@ def settle_cancelled_attempt(
     outcome (``error`` None: completed with ``output``) is recorded on its step, and the run
     stays where the cancel put it; no later step runs."""
     s = state.steps[index]
-    if state.cancel_reason is None:
-        raise InvalidTransition(state.status.value, "cancelled", detail="the run was not cancelled")
+    if state.cancel_reason is None and state.status in (R.PENDING, R.RUNNING):
+        raise InvalidTransition(
+            state.status.value, "cancelled", detail="the run was not cancelled or stopped"
+        )
     _step_to(s, S.COMPLETED if error is None else S.FAILED)
     s.output = output if error is None else None
     s.error, s.traceback = error, traceback
@@ -230,6 +246,15 @@ def begin_rollback(
     return Transition(tuple(plan), [event])
 
 
+def hold_rollback(state: RunState, error: str) -> Transition:
+    """A branch or item failed while siblings still run: the run stops stepping
+    (``rolling_back``) and its rollback starts when the last of them ends
+    (``begin_rollback``, or ``finish_run`` with nothing to undo)."""
+    _run_to(state, R.ROLLING_BACK)
+    state.error = error
+    return Transition()
+
+
 def finish_rollback(state: RunState, at: datetime) -> Transition:
     """Every compensation has run: ``rolled_back`` with the failed step's error, or
     ``failed`` naming the steps whose compensation failed."""
@@ -260,6 +285,8 @@ def reset_for_retry(state: RunState, start: int) -> Transition:
     landed = (S.COMPLETED, S.COMPENSATION_FAILED, S.COMPENSATING)
     touched = []
     for s in state.steps[start:]:
+        if s.parent is not None and s.parent < start:
+            continue  # an item of an earlier for_each (items are the run's last rows)
         if s.kind == "commit" and s.status in landed:
             if s.status != S.COMPLETED:
                 _step_to(s, S.COMPLETED)
@@ -305,7 +332,8 @@ def start_step(
     s.started_at = at
     s.finished_at = None
     s.progress = None  # each attempt reports its own
-    state.current_step = index
+    if s.parent is None:  # a branch step or item moves within its group, not the run
+        state.current_step = index
     meta = (
         ({"redelivered": True, "outage": True} if rerun else {"redelivered": True})
         if redelivered
@@ -363,7 +391,8 @@ def report_progress(
 def keep_done_step(state: RunState, index: int) -> Transition:
     """A step already done (a commit kept ``completed`` across a retry) is not run again."""
     s = state.steps[index]
-    state.current_step = index + 1
+    if s.parent is None:
+        state.current_step = index + 1
     event = _step_event(
         state,
         "step:skipped",
@@ -375,13 +404,21 @@ def keep_done_step(state: RunState, index: int) -> Transition:
 
 
 def skip_step(
-    state: RunState, index: int, *, task_id: str | None, worker: str | None, at: datetime
+    state: RunState,
+    index: int,
+    *,
+    task_id: str | None,
+    worker: str | None,
+    at: datetime,
+    next_index: int | None = None,
 ) -> Transition:
-    """The step's ``when`` said no."""
+    """The step's ``when`` said no (``next_index``: where the run goes on, past a skipped
+    ``.parallel``'s branch steps)."""
     s = state.steps[index]
     _step_to(s, S.SKIPPED)
     s.finished_at = at
-    state.current_step = index + 1
+    if s.parent is None:
+        state.current_step = next_index if next_index is not None else index + 1
     event = _step_event(state, "step:skipped", s, status="skipped", task_id=task_id, worker=worker)
     return Transition((index,), [event])
 
@@ -406,7 +443,8 @@ def complete_step(
     s.traceback = None
     s.finished_at = at
     s.duration_ms = ms_between(started, at)
-    state.current_step = index + 1
+    if s.parent is None:
+        state.current_step = index + 1
     event = _step_event(
         state,
         "step:complete",
@@ -541,7 +579,8 @@ def fail_step(
         s.duration_ms = ms_between(started, at)
     if state.status in (R.PENDING, R.SUSPENDED):
         _run_to(state, R.RUNNING)
-    state.current_step = index
+    if s.parent is None:
+        state.current_step = index
     state.error = error
     event = _step_event(
         state,
@@ -556,6 +595,103 @@ def fail_step(
         worker=worker,
     )
     return Transition((index,), [event])
+
+
+# -- parallel branches and for_each items (SPEC section 11) ----------------------------------
+def start_group(
+    state: RunState,
+    index: int,
+    *,
+    new_rows: Sequence[StepState] = (),
+    launch: Sequence[tuple[int, str]] = (),
+    task_id: str | None,
+    worker: str | None,
+    at: datetime,
+    meta: dict[str, Any] | None = None,
+) -> Transition:
+    """A ``.parallel`` or ``.for_each`` step fans out: it is ``running`` until the join.
+    ``new_rows``: the items' rows, added to the run; ``launch``: the rows whose tasks are
+    sent now, with the task id each is sent under (a row given one is in flight)."""
+    s = state.steps[index]
+    _step_to(s, S.RUNNING)
+    s.attempts = 1
+    s.task_id = task_id
+    s.started_at = at
+    s.finished_at = None
+    s.output = None
+    state.current_step = index
+    created = []
+    for row in new_rows:
+        if row.index != len(state.steps):
+            raise InvalidTransition("running", "running", detail=f"row {row.index} out of order")
+        state.steps.append(row)
+        created.append(row.index)
+    touched = launch_rows(state, launch).steps
+    event = _step_event(
+        state,
+        "parallel:start",
+        s,
+        status="running",
+        attempt=1,
+        task_id=task_id,
+        worker=worker,
+        ts=at,
+        meta=meta,
+    )
+    return Transition((index, *touched), [event], tuple(created))
+
+
+def launch_rows(state: RunState, launch: Sequence[tuple[int, str]]) -> Transition:
+    """Rows of a group whose tasks are sent now, under the task ids given: from then on
+    they are in flight (``for_each`` starts the next item when one ends)."""
+    touched = []
+    for row, task_id in launch:
+        r = state.steps[row]
+        if r.status != S.PENDING:
+            raise InvalidTransition(r.status.value, "running", detail=f"step row {row}")
+        r.task_id = task_id
+        touched.append(row)
+    return Transition(tuple(touched))
+
+
+def join_group(
+    state: RunState,
+    index: int,
+    output: Any,
+    data: dict[str, Any],
+    *,
+    next_index: int,
+    at: datetime,
+) -> Transition:
+    """Every branch (every item) of group step ``index`` is done: the join. The step
+    completes with ``output``, the run's data becomes ``data`` (the branches' keys merged)
+    and it moves on to ``next_index``."""
+    s = state.steps[index]
+    _step_to(s, S.COMPLETED)
+    s.output = output
+    s.error = None
+    s.finished_at = at
+    s.duration_ms = ms_between(s.started_at, at)
+    state.data = data
+    state.current_step = next_index
+    rows = [r for r in state.steps if r.parent == index]
+    meta = {"rows": len(rows), "skipped": sum(1 for r in rows if r.status == S.SKIPPED)}
+    events = [
+        _step_event(
+            state,
+            "parallel:join",
+            s,
+            status="completed",
+            attempt=s.attempts,
+            duration_ms=s.duration_ms,
+            ts=at,
+            meta=meta,
+        ),
+        _step_event(
+            state, "step:complete", s, attempt=s.attempts, duration_ms=s.duration_ms, ts=at
+        ),
+    ]
+    return Transition((index,), events)
 
 
 # -- compensation ----------------------------------------------------------------------------

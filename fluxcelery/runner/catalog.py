@@ -48,7 +48,7 @@ class Catalog:
         """The current definition for a run started with another one (``force=True``): only
         when its steps are the same; the run takes the current hash and version."""
         wf = self.get(state.workflow)
-        names = [(s.name, s.kind) for s in state.steps]
+        names = [(s.name, s.kind) for s in state.steps if s.item is None]
         if names != [(s.name, s.kind) for s in wf.steps]:
             raise DefinitionChanged(
                 f"Run {state.id}: the steps of {state.workflow!r} changed "

@@ -21,6 +21,7 @@ from .notify import Notifier
 
 class Action(StrEnum):
     CONTINUE = "continue"  # run step ``index`` next
+    FANOUT = "fanout"  # run the branch steps or items in ``rows`` (at the same time)
     RETRY = "retry"  # run the same step (or compensation) again after ``delay``
     COMPENSATE = "compensate"  # run the compensation of step ``index`` next
     SUSPEND = "suspend"  # the run waits for a signal
@@ -42,6 +43,9 @@ class Next:
     reason: str = ""
     #: The attempt failed (RETRY, or for good): what the Celery task shows (celery/tasks.py).
     failure: Failure | None = None
+    #: FANOUT: ``(row, task id, definition index)`` of each row to send now (an item's
+    #: definition is its for_each step's).
+    rows: tuple[tuple[int, str, int], ...] = ()
 
 
 STOP = Next(Action.STOP)
@@ -62,6 +66,7 @@ class Change:
         self.create = create
         self.version = state.version
         self.steps: set[int] = set()
+        self.created: set[int] = set()
         self.events: list[TraceEvent] = []
         self.hooks: list[tuple[str, tuple[Any, ...]]] = []
 
@@ -69,6 +74,8 @@ class Change:
         """Add a transition (already made on ``state``) to this write."""
         self.steps.update(transition.steps)
         self.events.extend(transition.events)
+        if transition.created:
+            self.created.update(transition.created)
 
     def hook(self, name: str, *args: Any) -> None:
         """Call hook ``name`` after this change has landed (never for a lost race)."""
@@ -83,7 +90,14 @@ class Change:
             landed = bool(self.storage.create_run(self.state, self.events))
         else:
             target = tx if tx is not None else self.storage
-            landed = bool(target.save_run(self.state, self.version, self.steps, self.events))
+            if self.created:
+                landed = bool(
+                    target.save_run(
+                        self.state, self.version, self.steps, self.events, self.created
+                    )
+                )
+            else:
+                landed = bool(target.save_run(self.state, self.version, self.steps, self.events))
         if landed and tx is None:
             self.landed()
         return landed
@@ -98,5 +112,6 @@ class Change:
         """Start a new change on the same (now stored) state."""
         self.version = self.state.version
         self.steps = set()
+        self.created = set()
         self.events = []
         self.hooks = []

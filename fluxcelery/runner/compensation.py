@@ -17,7 +17,7 @@ from ..core import transitions as t
 from ..core.builder import StepDef, Workflow
 from ..core.context import StepContext
 from ..core.errors import FluxError
-from ..core.policy import compensation_plan, should_retry
+from ..core.policy import rollback_plan, should_retry
 from ..core.records import RunState, ms_between
 from ..core.states import COMPENSABLE_STEP, RunStatus
 from .change import DONE, STOP, Action, Change, Next
@@ -47,9 +47,9 @@ class Compensation:
             wf = self.rt.catalog.for_run(state)
         except FluxError as exc:
             return self.rt.fail_unrunnable(state, exc)
-        if not 0 <= index < len(wf.steps):
+        if not 0 <= index < len(state.steps):
             return STOP
-        sdef = wf.steps[index]
+        sdef = wf.row_def(state, index)
         step = state.steps[index]
         change = self.rt.change(state)
         if sdef.compensate is None or step.status not in COMPENSABLE_STEP:
@@ -172,11 +172,11 @@ class Compensation:
 
     def _next_compensation(self, change: Change, wf: Workflow, index: int, tx: Any = None) -> Next:
         state = change.state
-        plan = compensation_plan(wf.steps, [x.status for x in state.steps], index)
+        plan = rollback_plan(wf, state, index, after=True)
         if plan:
             return Next(Action.COMPENSATE, plan[0]) if change.save(tx) else STOP
         change.apply(t.finish_rollback(state, self.rt.clock()))
         if self.rt.notifier.hooks:
-            ctx = self.rt.context(wf, state, wf.steps[index], 0)
+            ctx = self.rt.context(wf, state, wf.row_def(state, index), 0)
             change.hook("workflow_error", ctx, RuntimeError(state.error or "rolled back"))
         return DONE if change.save(tx) else STOP

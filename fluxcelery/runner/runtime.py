@@ -10,13 +10,14 @@ from datetime import datetime
 from typing import Any
 
 from ..core import transitions as t
+from ..core.branching import branch_data
 from ..core.builder import StepDef, Workflow
 from ..core.context import StepContext
 from ..core.errors import FluxError, describe_error
 from ..core.failure import Failure, capture
 from ..core.jsoncodec import Redactor, roundtrip
 from ..core.policy import Defaults
-from ..core.records import RunState, secret_sources
+from ..core.records import RunState, StepState, secret_sources
 from ..core.states import RunStatus
 from ..storage.base import ClaimingStorage, Storage
 from .catalog import Catalog
@@ -51,6 +52,9 @@ class Runtime:
         self, wf: Workflow, state: RunState, sdef: StepDef, attempt: int, session: Any = None
     ) -> StepContext:
         spec = wf.input_spec
+        row = state.steps[sdef.index] if sdef.index < len(state.steps) else None
+        if row is not None and row.parent is not None:
+            return self._row_context(wf, state, sdef, attempt, session, row)
         return StepContext(
             run_id=state.id,
             workflow=state.workflow,
@@ -64,6 +68,43 @@ class Runtime:
             redactor=self.redact,
             raw_input=state.input,
         )
+
+    def _row_context(
+        self,
+        wf: Workflow,
+        state: RunState,
+        sdef: StepDef,
+        attempt: int,
+        session: Any,
+        row: StepState,
+    ) -> StepContext:
+        """A branch step's or item's context: the run's data as it was at fan-out plus the
+        keys its branch set so far; an item's value and index; an idempotency key per item."""
+        spec = wf.input_spec
+        scope = row.scope or {}
+        if row.branch is not None and row.index > (row.parent or 0) + 1:
+            before = state.steps[row.index - 1]  # the branch's previous step carries its keys
+            if before.branch == row.branch:
+                scope = before.scope or {}
+        ctx = StepContext(
+            run_id=state.id,
+            workflow=state.workflow,
+            step=sdef.name,
+            step_index=sdef.index,
+            attempt=attempt,
+            input=spec.load(state.input) if spec else state.input,
+            data=branch_data(state.data, scope),
+            results=state.results,
+            session=session,
+            redactor=self.redact,
+            raw_input=state.input,
+        )
+        ctx.branch = row.branch
+        if row.item is not None:
+            ctx.item = roundtrip(scope.get("value"))
+            ctx.item_index = row.item
+            ctx.idempotency_key = f"{state.id}:{sdef.name}:{row.item}"
+        return ctx
 
     def error_text(self, exc: BaseException, state: RunState) -> str:
         return self.notifier.error_text(exc, state)

@@ -23,19 +23,25 @@ from typing import Any
 from ..core import transitions as t
 from ..core.builder import StepDef, WaitFor, Workflow
 from ..core.context import StepContext
-from ..core.errors import FluxError, SerializationError
+from ..core.errors import FluxError, NonRetryableError, SerializationError
 from ..core.jsoncodec import roundtrip
-from ..core.policy import compensation_plan, should_retry
+from ..core.branching import data_changes
+from ..core.policy import rollback_plan, should_retry
 from ..core.records import RunState
 from ..core.states import DONE_STEP, STEPPING_RUN, RunStatus, StepStatus
 from ..core.transitions import Transition
 from .change import DONE, STOP, Action, Change, Next
 from .claim import load_claiming
 from .compensation import Compensation
+from .fanout import Groups, group_error, running_rows
 from .progress import ProgressReporter
 from .runtime import Runtime
 
 log = logging.getLogger("fluxcelery.runner")
+
+#: How many times a branch step's or item's write is made again after siblings' writes
+#: won the race (each try reads the run afresh; a handful is the most seen).
+MERGE_TRIES = 200
 
 
 class StepRunner:
@@ -44,6 +50,7 @@ class StepRunner:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.compensation = Compensation(rt)
+        self.groups = Groups(rt, self._advance)
 
     def run_compensation(
         self,
@@ -135,17 +142,23 @@ class StepRunner:
         change = self.rt.change(state, create=create)
         while True:
             if not claimed:
+                in_group = state.steps[index].parent is not None
                 nxt = self._prepare(change, wf, index, task_id, worker, outage)
                 outage = False  # only the step this task was retried for
-                if nxt is not None:
-                    if nxt.action is Action.CONTINUE and fuse:
-                        index = nxt.index or 0
-                        continue
-                    return nxt if change.save() else STOP
-                if not change.save():
+                if nxt is not None and nxt.action is Action.CONTINUE and fuse and not in_group:
+                    index = nxt.index or 0
+                    continue
+                saved = change.save()
+                if not saved and in_group:
+                    saved, nxt = self._start_again(change, wf, index, task_id, worker)
+                if not saved:
                     return STOP
+                if nxt is not None:
+                    return nxt
             claimed = False
-            sdef = wf.steps[index]
+            sdef = wf.row_def(state, index)
+            if sdef.parent is not None or state.steps[index].parent is not None:
+                fuse = False  # a branch step or item writes its own outcome
             attempt = state.steps[index].attempts
             if "step_start" in self.rt.notifier.hooks:
                 ctx = self.rt.context(wf, state, sdef, attempt)
@@ -160,6 +173,93 @@ class StepRunner:
                 continue  # the next step's start joins this write
             return nxt if change.save() else STOP
 
+    def _start_again(
+        self, change: Change, wf: Workflow, index: int, task_id: str | None, worker: str | None
+    ) -> tuple[bool, Next | None]:
+        """The start (or skip) of branch step or item ``index`` lost its race to a
+        sibling's write: read the run again and, while the row may still start, redo it."""
+        state = change.state
+        for _ in range(MERGE_TRIES):
+            fresh = self.rt.storage.load_run(state.id)
+            if fresh is None:
+                return False, None
+            state.__dict__.update(fresh.__dict__)
+            change.rebase()
+            decision = self._decide(state, index)
+            if decision is not None:
+                return False, None
+            nxt = self._prepare(change, wf, index, task_id, worker)
+            if change.save():
+                return True, nxt
+        return False, None
+
+    def _store(
+        self,
+        change: Change,
+        nxt: Next,
+        index: int,
+        attempt: int,
+        redo: Callable[[Change], Next],
+        tx: Any = None,
+    ) -> Next:
+        """Write an attempt's outcome. A branch step's or item's write that lost its race
+        to a sibling's is made again on the fresh run (``redo`` re-applies the outcome),
+        so that two rows ending together both land and the second one joins; when the run
+        stopped stepping meanwhile (a sibling failed, a cancel), the outcome is recorded
+        on the row all the same."""
+        if change.save(tx):
+            return nxt
+        if change.state.steps[index].parent is None:
+            return STOP
+        state = change.state
+        mine = state.steps[index]
+        for _ in range(MERGE_TRIES):
+            fresh = self.rt.storage.load_run(state.id)
+            if fresh is None:
+                return STOP
+            row = fresh.steps[index]
+            if row.status != StepStatus.RUNNING or row.attempts != attempt:
+                return STOP  # terminated, or another attempt's
+            p = row.parent or 0
+            if (
+                fresh.status not in STEPPING_RUN
+                or fresh.cancel_reason is not None
+                or fresh.steps[p].status != StepStatus.RUNNING
+            ):
+                settle = self.rt.change(fresh)
+                nxt = self._settle_row(settle, index, mine)
+                if settle.save(tx):
+                    state.__dict__.update(fresh.__dict__)
+                    return nxt
+                continue
+            state.__dict__.update(fresh.__dict__)
+            change.rebase()
+            nxt = redo(change)
+            if change.save(tx):
+                return nxt
+        return STOP
+
+    def _settle_row(self, settle: Change, index: int, mine: StepState) -> Next:
+        """Record on a run that stopped stepping the outcome ``mine`` of an attempt that
+        was running, and start the rollback it waited for, if it was the last."""
+        fresh = settle.state
+        now = self.rt.clock()
+        ok = mine.status == StepStatus.COMPLETED
+        if ok and mine.scope is not None:
+            fresh.steps[index].scope = mine.scope
+        settle.apply(
+            t.settle_cancelled_attempt(
+                fresh,
+                index,
+                output=mine.output if ok else None,
+                error=None if ok else (mine.error or "the attempt failed"),
+                traceback=None if ok else mine.traceback,
+                started=mine.started_at,
+                at=now,
+            )
+        )
+        return self._rollback_after_cancel(settle, now)
+
     def _settle_if_cancelled(
         self, change: Change, index: int, attempt: int, tx: Any = None
     ) -> Next | None:
@@ -173,6 +273,8 @@ class StepRunner:
         fresh = self.rt.storage.load_run(change.state.id)
         if fresh is None or fresh.cancel_reason is None:
             return None
+        if fresh.steps[index].parent is not None:
+            return None  # a branch step's or item's outcome is settled by ``_store``
         step = fresh.steps[index]
         if step.status != StepStatus.RUNNING or step.attempts != attempt:
             return None  # terminated, or another attempt's
@@ -200,14 +302,21 @@ class StepRunner:
         """A cancel that compensates waited for the attempt just settled: its rollback
         starts now (or, with nothing to undo, the run ends cancelled)."""
         state = settle.state
-        if state.status != RunStatus.ROLLING_BACK:
-            return STOP
+        if state.status != RunStatus.ROLLING_BACK or running_rows(state):
+            return STOP  # not a rollback, or others still running: the last one starts it
         wf = self.rt.catalog.for_run(state)
-        plan = compensation_plan(wf.steps, [s.status for s in state.steps], len(state.steps))
+        if state.cancel_reason is not None:
+            plan = rollback_plan(wf, state, None)
+        else:  # a branch or item failed while others ran: undo from its group
+            failed = next((s.index for s in state.steps if s.status == StepStatus.FAILED), None)
+            plan = rollback_plan(wf, state, failed)
         if plan:
             settle.apply(t.begin_rollback(state, plan, state.error))
             return Next(Action.COMPENSATE, plan[0])
-        settle.apply(t.finish_rollback(state, now))
+        if state.cancel_reason is not None:
+            settle.apply(t.finish_rollback(state, now))
+        else:
+            settle.apply(t.finish_run(state, RunStatus.FAILED, now, state.error))
         return DONE
 
     def _settle_lost_attempt(self, state: RunState, index: int) -> Next:
@@ -230,6 +339,11 @@ class StepRunner:
         n = len(state.steps)
         if index < 0 or index >= n:
             return STOP
+        row = state.steps[index]
+        if row.parent is not None:  # a branch step or item: while its group runs
+            if cursor != row.parent or state.steps[row.parent].status != StepStatus.RUNNING:
+                return STOP
+            return None if row.status in (StepStatus.PENDING, StepStatus.RUNNING) else STOP
         if index < cursor:
             # A redelivered task whose step finished before the worker died: make sure the
             # run moves on (the next task may never have been sent).
@@ -262,7 +376,7 @@ class StepRunner:
         """Mutate ``change`` to start step ``index``. None: an attempt is ready to run;
         otherwise what happens next (the step was skipped, kept, or failed at once)."""
         state = change.state
-        sdef = wf.steps[index]
+        sdef = wf.row_def(state, index)
         step = state.steps[index]
         if state.status == RunStatus.PENDING:
             # The start meta was made with the run (``start_meta``) unless it was loaded since.
@@ -273,6 +387,8 @@ class StepRunner:
             change.apply(t.keep_done_step(state, index))
             return self._advance(change, wf, index)
 
+        if sdef.is_group and (step.status == StepStatus.RUNNING or sdef.when is None):
+            return self._fan_out(change, wf, sdef, task_id, worker)
         if step.attempts == 0 and sdef.when is not None:
             ctx = self.rt.context(wf, state, sdef, 0)
             try:
@@ -286,11 +402,21 @@ class StepRunner:
                 err = f"when() raised {self.rt.error_text(exc, state)}"
                 return self._apply_fail(change, wf, sdef, 0, err, exc, task_id, worker)
             if not go:
+                now = self.rt.clock()
+                after = wf.after(index) if step.parent is None else None
                 change.apply(
-                    t.skip_step(state, index, task_id=task_id, worker=worker, at=self.rt.clock())
+                    t.skip_step(
+                        state, index, task_id=task_id, worker=worker, at=now, next_index=after
+                    )
                 )
+                if step.parent is not None:  # the branch's keys so far go on past it
+                    state.steps[index].scope = self._branch_scope(state, index)
+                for i in range(index + 1, after or index):  # a skipped parallel's branches
+                    change.apply(t.skip_step(state, i, task_id=None, worker=None, at=now))
                 change.hook("step_complete", sdef.name, ctx, None)
                 return self._advance(change, wf, index, ctx)
+            if sdef.is_group:
+                return self._fan_out(change, wf, sdef, task_id, worker)
 
         max_attempts = self.rt.defaults.max_attempts(sdef)
         attempt = step.attempts + 1
@@ -325,17 +451,50 @@ class StepRunner:
         )
         return None
 
+    def _fan_out(
+        self, change: Change, wf: Workflow, sdef: StepDef, task_id: str | None, worker: str | None
+    ) -> Next:
+        """Start a group step (see fanout.py); a failure to make its items fails it."""
+        try:
+            return self.groups.fan_out(change, wf, sdef, task_id, worker)
+        except Exception as exc:
+            change.rebase()
+            err = self.rt.error_text(exc, change.state)
+            return self._apply_fail(change, wf, sdef, 0, err, exc, task_id, worker)
+
+    @staticmethod
+    def _branch_scope(state: RunState, index: int) -> dict[str, Any] | None:
+        """The keys a branch set before step ``index`` (its previous step's scope)."""
+        row = state.steps[index]
+        before = state.steps[index - 1] if index > 0 else None
+        if row.item is None and before is not None and before.branch == row.branch:
+            return before.scope
+        return row.scope
+
     def _advance(
         self, change: Change, wf: Workflow, index: int, ctx: StepContext | None = None
     ) -> Next:
         """After step ``index`` is done: finish the run, or go on with the next step."""
+        if change.state.steps[index].parent is not None:
+            return self._after_row(change, wf, index)
         if change.state.current_step >= len(wf.steps):
             change.apply(t.finish_run(change.state, RunStatus.COMPLETED, self.rt.clock()))
             change.hook(
                 "workflow_complete", ctx or self.rt.context(wf, change.state, wf.steps[index], 0)
             )
             return DONE
-        return Next(Action.CONTINUE, index + 1)
+        return Next(Action.CONTINUE, wf.after(index))
+
+    def _after_row(self, change: Change, wf: Workflow, index: int) -> Next:
+        """A branch step or item ended well: what follows in its group, or the join (a
+        data conflict at the join fails the group step)."""
+        try:
+            nxt = self.groups.after_row(change, wf, index)
+        except FluxError as exc:
+            p = change.state.steps[index].parent or 0
+            err = self.rt.error_text(exc, change.state)
+            return self._apply_fail(change, wf, wf.steps[p], 1, err, exc, None, None)
+        return nxt if nxt is not None else STOP
 
     def _attempt(
         self,
@@ -374,7 +533,11 @@ class StepRunner:
             ), None
         if fuse and nxt.action is Action.CONTINUE:
             return nxt, change
-        return (nxt if change.save() else STOP), None
+
+        def redo(c: Change) -> Next:
+            return self._apply_success(c, wf, sdef, ctx, value, started, task_id, worker)
+
+        return self._store(change, nxt, sdef.index, attempt, redo), None
 
     def _call_handler(self, sdef: StepDef, ctx: StepContext) -> Any:
         """The step's handler, under its resolved timeout; ``engine.cancel(terminate=True)``
@@ -439,7 +602,15 @@ class StepRunner:
                 # task retries the attempt (see celery/tasks.py) from the stored state,
                 # instead of recording a failure on top of the in-memory completed state
                 # (which left the run's cursor past the step and the run stuck).
-                landed = change.save(tx)
+                if change.state.steps[sdef.index].parent is None:
+                    landed = change.save(tx)
+                else:  # a branch commit: a sibling's write may come first; redo on it
+
+                    def redo(c: Change) -> Next:
+                        return self._apply_success(c, wf, sdef, ctx, value, started, task_id, worker)
+
+                    nxt = self._store(change, nxt, sdef.index, attempt, redo, tx)
+                    landed = nxt is not STOP
                 if not landed:  # its effect and its record commit together, or neither
                     settled = self._settle_if_cancelled(change, sdef.index, attempt, tx)
         if settled is not None:
@@ -478,6 +649,15 @@ class StepRunner:
         if not isinstance(data, dict):
             raise SerializationError(f"ctx.data must stay a dict, got {type(data).__name__}")
         waiting = isinstance(value, WaitFor)
+        row = state.steps[sdef.index]
+        if row.parent is not None:
+            if waiting:
+                raise NonRetryableError(
+                    f"step {sdef.name!r} returned wait_for(...) inside a parallel branch or "
+                    "for_each item: a run waits for signals only in its top-level steps"
+                )
+            row.scope = data_changes(state.data, data, row.scope)
+            data = state.data
         output = (
             None
             if waiting
@@ -528,6 +708,23 @@ class StepRunner:
         worker: str | None,
     ) -> Next:
         """Store a failed attempt: a retry, or the step's failure."""
+
+        def apply(c: Change) -> Next:
+            return self._apply_attempt_failed(wf, c, sdef, attempt, exc, started, task_id, worker)
+
+        return self._store(change, apply(change), sdef.index, attempt, apply)
+
+    def _apply_attempt_failed(
+        self,
+        wf: Workflow,
+        change: Change,
+        sdef: StepDef,
+        attempt: int,
+        exc: BaseException,
+        started: datetime,
+        task_id: str | None,
+        worker: str | None,
+    ) -> Next:
         max_attempts = self.rt.defaults.max_attempts(sdef)
         err = self.rt.error_text(exc, change.state)
         if should_retry(exc, attempt, max_attempts, sdef.retry_on, sdef.no_retry_on):
@@ -548,10 +745,8 @@ class StepRunner:
                     worker=worker,
                 )
             )
-            nxt = Next(Action.RETRY, sdef.index, delay=delay, failure=failure)
-            return nxt if change.save() else STOP
-        nxt = self._apply_fail(change, wf, sdef, attempt, err, exc, task_id, worker, started)
-        return nxt if change.save() else STOP
+            return Next(Action.RETRY, sdef.index, delay=delay, failure=failure)
+        return self._apply_fail(change, wf, sdef, attempt, err, exc, task_id, worker, started)
 
     def fail_step(
         self, change: Change, wf: Workflow, sdef: StepDef, attempt: int, err: str
@@ -576,6 +771,7 @@ class StepRunner:
         action carries the failure, which a Celery task raises once it is stored."""
         state = change.state
         failure = self.rt.failure(exc, err, state)
+        now = self.rt.clock()
         change.apply(
             t.fail_step(
                 state,
@@ -584,16 +780,29 @@ class StepRunner:
                 failure.traceback,
                 attempt=attempt,
                 max_attempts=self.rt.defaults.max_attempts(sdef),
-                at=self.rt.clock(),
+                at=now,
                 started=started,
                 task_id=task_id,
                 worker=worker,
             )
         )
-        plan = compensation_plan(wf.steps, [x.status for x in state.steps], sdef.index)
         error = exc or RuntimeError(err)
         ctx = self.rt.context(wf, state, sdef, attempt) if self.rt.notifier.hooks else None
         change.hook("step_error", sdef.name, ctx, error)
+        failed = sdef.index
+        p = state.steps[failed].parent
+        if p is not None:  # a branch step or item: its group step fails with it
+            err = group_error(state, failed, err)
+            change.apply(
+                t.fail_step(state, p, err, failure.traceback, attempt=1, max_attempts=1, at=now)
+            )
+            failed = p
+            if running_rows(state):
+                # Running siblings finish their attempts first (recorded); the last one to
+                # end starts the rollback (``_rollback_after_cancel``).
+                change.apply(t.hold_rollback(state, err))
+                return Next(Action.STOP, failure=failure)
+        plan = rollback_plan(wf, state, failed)
         if plan:
             change.apply(t.begin_rollback(state, plan, err))
             return Next(Action.COMPENSATE, plan[0], failure=failure)
@@ -608,10 +817,8 @@ def resume_point(state: RunState, wf: Workflow) -> Next:
     """Where an interrupted run goes on: its rollback's next compensation, else its first
     unfinished step."""
     if state.status == RunStatus.ROLLING_BACK:
-        failed = next(
-            (s.index for s in state.steps if s.status == StepStatus.FAILED), len(state.steps)
-        )
-        plan = compensation_plan(wf.steps, [s.status for s in state.steps], failed)
+        failed = next((s.index for s in state.steps if s.status == StepStatus.FAILED), None)
+        plan = rollback_plan(wf, state, failed)
         if plan:
             return Next(Action.COMPENSATE, plan[0])
         return Next(Action.COMPENSATE, 0)  # finalizes the rollback

@@ -28,6 +28,7 @@ class Transaction(Protocol):
         expected_version: int,
         steps: Iterable[int],
         events: Sequence[TraceEvent],
+        created: Iterable[int] = (),
     ) -> bool: ...
 
 
@@ -51,8 +52,10 @@ class Storage(Protocol):
         expected_version: int,
         steps: Iterable[int],
         events: Sequence[TraceEvent],
+        created: Iterable[int] = (),
     ) -> bool:
-        """Write the run row and the listed step rows if the version matches; bump version."""
+        """Write the run row and the listed step rows if the version matches; bump version.
+        ``created``: step rows that are new (a for_each's items), inserted, not updated."""
         ...
 
     def record_progress(

@@ -59,6 +59,10 @@ def step_values(s: StepState, stamp: Callable[[datetime | None], Any] = utc) -> 
         "wait_deadline": stamp(s.wait_deadline),
         "traceback": s.traceback,
         "progress": s.progress,
+        "branch": s.branch,
+        "item": s.item,
+        "parent": s.parent,
+        "scope": s.scope,
     }
 
 
@@ -98,6 +102,10 @@ STEP_FIELDS = (
     "wait_deadline",
     "traceback",
     "progress",
+    "branch",
+    "item",
+    "parent",
+    "scope",
 )
 #: Where the step columns start in a run-and-steps row (``state_from_rows``).
 STEP_AT = len(RUN_FIELDS)
@@ -132,6 +140,10 @@ def decode_step(
         wait_deadline=ts(row[at + 13]),
         traceback=row[at + 14],
         progress=json(row[at + 15]),
+        branch=row[at + 16],
+        item=row[at + 17],
+        parent=row[at + 18],
+        scope=json(row[at + 19]),
     )
 
 

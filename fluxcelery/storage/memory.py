@@ -30,8 +30,9 @@ class _MemoryTransaction:
         expected_version: int,
         steps: Iterable[int],
         events: Sequence[TraceEvent],
+        created: Iterable[int] = (),
     ) -> bool:
-        return self._storage.save_run(state, expected_version, steps, events)
+        return self._storage.save_run(state, expected_version, steps, events, created)
 
 
 # Runs, steps and trace events are kept as plain tuples, not objects. The cyclic garbage
@@ -82,9 +83,9 @@ _pack_step = operator.attrgetter(*_STEP_FIELDS)
     )
 )
 R_STEPS = len(_RUN_FIELDS)
-S_STATUS, S_OUTPUT, S_WAIT_DEADLINE, S_ATTEMPTS, S_PROGRESS = (
+S_STATUS, S_OUTPUT, S_WAIT_DEADLINE, S_ATTEMPTS, S_PROGRESS, S_SCOPE = (
     _STEP_FIELDS.index(name)
-    for name in ("status", "output", "wait_deadline", "attempts", "progress")
+    for name in ("status", "output", "wait_deadline", "attempts", "progress", "scope")
 )
 _RUN_STATUS = {s.value: s for s in RunStatus}
 _STEP_STATUS = {s.value: s for s in StepStatus}
@@ -94,13 +95,16 @@ _ACTIVE = values(MOVING_RUN)
 def _step_row(step: StepState) -> _Row:
     row = _pack_step(step)
     output = row[S_OUTPUT]
-    return (
+    packed = (
         *row[:S_STATUS],
         row[S_STATUS].value,
         *row[S_STATUS + 1 : S_OUTPUT],
         copy_json(output) if output.__class__ in (dict, list) else output,
         *row[S_OUTPUT + 1 :],
     )
+    if row[S_SCOPE] is not None:  # a branch step's or item's: a private copy too
+        packed = (*packed[:S_SCOPE], copy_json(row[S_SCOPE]), *packed[S_SCOPE + 1 :])
+    return packed
 
 
 def _run_row(
@@ -127,6 +131,8 @@ def _step(row: _Row) -> StepState:
     output = row[S_OUTPUT]
     if output.__class__ in (dict, list):
         values["output"] = copy_json(output)
+    if row[S_SCOPE] is not None:
+        values["scope"] = copy_json(row[S_SCOPE])
     return step
 
 
@@ -185,6 +191,7 @@ class MemoryStorage:
         expected_version: int,
         steps: Iterable[int],
         events: Sequence[TraceEvent],
+        created: Iterable[int] = (),
     ) -> bool:
         with self._lock:
             current = self._runs.get(state.id)
@@ -192,6 +199,10 @@ class MemoryStorage:
                 return False
             # Only the listed steps are written, as in SQL; unlisted ones stay as stored.
             rows = list(current[R_STEPS])
+            for i in sorted(created):  # new rows (for_each items) are the run's last
+                if i != len(rows):
+                    raise ValueError(f"step row {i} is not the next row ({len(rows)})")
+                rows.append(_step_row(state.steps[i]))
             for i in steps:
                 rows[i] = _step_row(state.steps[i])
             now = utcnow()

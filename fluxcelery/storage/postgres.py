@@ -68,6 +68,11 @@ SAVE_SQL = (
     + ", ".join(f"{c} = x.{c}" for c in STEP_COLS[1:])
     + f" FROM jsonb_to_recordset(%(steps)s::jsonb) AS x({_STEP_RECORD}) "
     "WHERE st.run_id = %(id)s AND st.idx = x.idx AND EXISTS (SELECT 1 FROM r)), "
+    # New step rows (for_each items, made at fan-out): usually an empty array.
+    f"n AS (INSERT INTO flux_steps (run_id, {', '.join(STEP_COLS)}) "
+    f"SELECT %(id)s, {', '.join('x.' + c for c in STEP_COLS)} "
+    f"FROM jsonb_to_recordset(%(new_steps)s::jsonb) AS x({_STEP_RECORD}) "
+    "WHERE EXISTS (SELECT 1 FROM r)), "
     + _TRACE_INSERT
     + " SELECT count(*) FROM r"
 )
@@ -186,8 +191,11 @@ def save_params(
     steps: Iterable[int],
     events: Sequence[TraceEvent],
     now: datetime,
+    created: Iterable[int] = (),
 ) -> dict[str, Any]:
-    """Parameters of ``SAVE_SQL``: it returns 1 when the guarded write landed, else 0."""
+    """Parameters of ``SAVE_SQL``: it returns 1 when the guarded write landed, else 0.
+    ``created``: step rows that are new (for_each items), inserted."""
+    new = set(created)
     return {
         "id": state.id,
         "expected": expected_version,
@@ -202,7 +210,10 @@ def save_params(
         "executor": state.executor,
         "finished_at": state.finished_at,
         "cancel_reason": state.cancel_reason,
-        "steps": _rows([_step_row(state.steps[i]) for i in sorted(set(steps))], "step rows"),
+        "steps": _rows(
+            [_step_row(state.steps[i]) for i in sorted(set(steps) - new)], "step rows"
+        ),
+        "new_steps": _rows([_step_row(state.steps[i]) for i in sorted(new)], "step rows"),
         "events": _rows([_trace_row(e) for e in events], "trace events"),
     }
 
@@ -239,9 +250,10 @@ def save(
     steps: Iterable[int],
     events: Sequence[TraceEvent],
     now: datetime,
+    created: Iterable[int] = (),
 ) -> bool:
     """A guarded save inside an open SQLAlchemy transaction (a commit step's)."""
-    params = save_params(state, expected_version, steps, events, now)
+    params = save_params(state, expected_version, steps, events, now, created)
     return conn.exec_driver_sql(SAVE_SQL, params).scalar() == 1
 
 

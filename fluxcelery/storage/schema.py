@@ -68,6 +68,11 @@ steps = sa.Table(
     sa.Column("wait_deadline", TZ),
     sa.Column("traceback", sa.Text),  # migration 0005: last, so that older columns keep places
     sa.Column("progress", JsonType),  # migration 0006
+    # migration 0008: branch steps and for_each items (SPEC section 11)
+    sa.Column("branch", sa.String(200)),
+    sa.Column("item", sa.Integer),
+    sa.Column("parent", sa.Integer),
+    sa.Column("scope", JsonType),
     sa.Index("ix_flux_steps_wait_deadline", "wait_deadline"),
 )
 

@@ -169,9 +169,12 @@ class _SqlTransaction:
         expected_version: int,
         steps: Iterable[int],
         events: Sequence[TraceEvent],
+        created: Iterable[int] = (),
     ) -> bool:
         self.session.flush()
-        self.landed = self._storage._save(self._conn, state, expected_version, steps, events)
+        self.landed = self._storage._save(
+            self._conn, state, expected_version, steps, events, created
+        )
         return self.landed
 
 
@@ -401,10 +404,11 @@ class SqlStorage:
         expected_version: int,
         steps: Iterable[int],
         events: Sequence[TraceEvent],
+        created: Iterable[int] = (),
     ) -> bool:
         now = utcnow()
         if conn.dialect.name == "postgresql":
-            if not postgres.save(conn, state, expected_version, steps, events, now):
+            if not postgres.save(conn, state, expected_version, steps, events, now, created):
                 return False
             state.version = expected_version + 1
             state.updated_at = now
@@ -419,8 +423,14 @@ class SqlStorage:
         result = conn.execute(_SAVE_RUN, params)
         if result.rowcount != 1:
             return False
+        new = set(created)
+        if new:
+            conn.execute(
+                schema.steps.insert(),
+                [{"run_id": state.id, **step_values(state.steps[i])} for i in sorted(new)],
+            )
         rows = []
-        for i in sorted(set(steps)):
+        for i in sorted(set(steps) - new):
             values = {"run_id": state.id, **step_values(state.steps[i])}
             values["b_run_id"] = values.pop("run_id")
             values["b_idx"] = values.pop("idx")
@@ -439,10 +449,11 @@ class SqlStorage:
         expected_version: int,
         steps: Iterable[int],
         events: Sequence[TraceEvent],
+        created: Iterable[int] = (),
     ) -> bool:
         if self._pg:
             now = utcnow()
-            params = postgres.save_params(state, expected_version, steps, events, now)
+            params = postgres.save_params(state, expected_version, steps, events, now, created)
             if self._fetch(postgres.SAVE_SQL, params)[0][0] != 1:
                 return False
             state.version = expected_version + 1
@@ -451,14 +462,14 @@ class SqlStorage:
         if self.engine.dialect.name == "sqlite":
             now = utcnow()
             with self._sqlite() as cur:
-                if not sqlite.save(cur, state, expected_version, steps, events, now):
+                if not sqlite.save(cur, state, expected_version, steps, events, now, created):
                     cur.connection.rollback()
                     return False
             state.version = expected_version + 1
             state.updated_at = now
             return True
         with self._begin() as conn:
-            landed = self._save(conn, state, expected_version, steps, events)
+            landed = self._save(conn, state, expected_version, steps, events, created)
             if not landed:
                 conn.rollback()
             return landed

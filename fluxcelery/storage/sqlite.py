@@ -167,6 +167,10 @@ def _step_values(s: StepState) -> tuple[Any, ...]:
         _ts(s.wait_deadline),
         s.traceback,
         None if s.progress is None else dumps(s.progress),
+        s.branch,
+        s.item,
+        s.parent,
+        None if s.scope is None else dumps(s.scope),
     )
 
 
@@ -203,8 +207,10 @@ def save(
     steps: Iterable[int],
     events: Sequence[TraceEvent],
     now: datetime,
+    created: Iterable[int] = (),
 ) -> bool:
-    """The guarded write; the caller commits (or rolls back when this returns False)."""
+    """The guarded write; the caller commits (or rolls back when this returns False).
+    ``created``: step rows that are new (for_each items), inserted."""
     cur.execute(
         SAVE_RUN_SQL,
         (
@@ -225,7 +231,12 @@ def save(
     )
     if cur.rowcount != 1:
         return False
-    rows = [(*_step_values(state.steps[i]), state.id, i) for i in sorted(set(steps))]
+    new = set(created)
+    if new:
+        cur.executemany(
+            INSERT_STEP_SQL, [(state.id, i, *_step_values(state.steps[i])) for i in sorted(new)]
+        )
+    rows = [(*_step_values(state.steps[i]), state.id, i) for i in sorted(set(steps) - new)]
     if rows:
         cur.executemany(SAVE_STEP_SQL, rows)
     if events:
