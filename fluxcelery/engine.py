@@ -82,6 +82,13 @@ class Dispatcher(Protocol):
     ) -> None:
         """Send what ``nxt`` says (steps from an index, a compensation, a retry)."""
 
+    def send_rows(
+        self, run_id: str, wf: Workflow, rows: Sequence[tuple[int, str, int]]
+    ) -> None:
+        """Send a group's rows ``(row, task id, definition index)`` (parallel branches,
+        for_each items), each as its own task."""
+        ...
+
     def schedule_wait_timeout(self, run_id: str, index: int, seconds: float) -> None:
         """Fail step ``index``'s wait after ``seconds`` unless a signal comes first."""
 
@@ -342,6 +349,11 @@ class FluxEngine:
             self.continue_run(state, self.runner.run_compensation(state.id, nxt.index or 0))
             return
         self.dispatcher().dispatch(state, wf, nxt)
+
+    def fan_out(self, run_id: str, workflow: str, nxt: Next) -> None:
+        """Send a group's rows (``Action.FANOUT``) to workers: their rows are recorded in
+        flight already, each under the task id it is sent with (no read needed)."""
+        self.dispatcher().send_rows(run_id, self.workflow(workflow), nxt.rows)
 
     def _drive_local(
         self, run_id: str, nxt: Next, state: RunState | None = None, create: bool = False

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery, chain
 
-from ..core.builder import Workflow
+from ..core.builder import StepDef, Workflow
 from ..core.records import RunState
 from ..runner.change import Action, Next
 from .countdown import first_hop, max_countdown
@@ -21,6 +21,30 @@ if TYPE_CHECKING:
     from ..engine import FluxEngine
 
 log = logging.getLogger("fluxcelery.celery")
+
+
+def chained_steps(wf: Workflow, start: int) -> list[StepDef]:
+    """The top-level steps from ``start`` that one chain carries: up to the end, or up to
+    the first group step (its task fans out; the join sends the chain that follows)."""
+    out = []
+    i = start
+    while i < len(wf.steps):
+        sdef = wf.steps[i]
+        out.append(sdef)
+        if sdef.is_group or sdef.parent is not None:
+            break
+        i = wf.after(i)
+    return out
+
+
+def _definition(wf: Workflow, state: RunState, index: int) -> int:
+    """The definition row ``index`` runs (a for_each item's is its for_each step's)."""
+    return index if index < len(wf.steps) else state.steps[index].parent or 0
+
+
+def _row_kwargs(kwargs: dict[str, Any], row: int, definition: int) -> dict[str, Any]:
+    """A for_each item runs in its for_each step's task, told which row (``row``)."""
+    return kwargs if row == definition else {**kwargs, "row": row}
 
 
 class CeleryDispatcher:
@@ -68,32 +92,58 @@ class CeleryDispatcher:
             options["countdown"], due = first_hop(self.app, countdown)
             first = {**kwargs, **due}
         if nxt.action is Action.CONTINUE:
-            start = nxt.index or 0
             sigs = [
                 self.app.signature(
                     step_task_name(wf.name, s.name),
                     kwargs=first if i == 0 else kwargs,
                     immutable=True,
                 )
-                for i, s in enumerate(wf.steps[start:])
+                for i, s in enumerate(chained_steps(wf, nxt.index or 0))
             ]
             if not sigs:
                 return
             canvas = sigs[0] if len(sigs) == 1 else chain(*sigs)
             canvas.apply_async(**options)
+        elif nxt.action is Action.FANOUT:
+            self.send_rows(state.id, wf, nxt.rows, options)
         elif nxt.action is Action.COMPENSATE:
-            sdef = wf.steps[nxt.index or 0]  # one with a compensator (the engine checks)
+            index = nxt.index or 0
+            sdef = wf.row_def(state, index)  # one with a compensator (the engine checks)
             self.app.signature(
-                compensate_task_name(wf.name, sdef.name), kwargs=first, immutable=True
+                compensate_task_name(wf.name, sdef.name),
+                kwargs=_row_kwargs(first, index, _definition(wf, state, index)),
+                immutable=True,
             ).apply_async(**options)
         elif nxt.action is Action.RETRY:
+            index = nxt.index or 0
+            sdef = wf.row_def(state, index)
             name = (compensate_task_name if nxt.phase == "compensate" else step_task_name)(
-                wf.name, wf.steps[nxt.index or 0].name
+                wf.name, sdef.name
             )
             countdown, due = first_hop(self.app, nxt.delay)
-            self.app.signature(name, kwargs={**kwargs, **due}, immutable=True).apply_async(
-                countdown=countdown
-            )
+            self.app.signature(
+                name,
+                kwargs=_row_kwargs({**kwargs, **due}, index, _definition(wf, state, index)),
+                immutable=True,
+            ).apply_async(countdown=countdown)
+
+    def send_rows(
+        self,
+        run_id: str,
+        wf: Workflow,
+        rows: Sequence[tuple[int, str, int]],
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        """One task per row of a group (``Action.FANOUT``), each under the task id the run
+        recorded for it when it marked the row in flight."""
+        self._ensure_worker()
+        kwargs = {"run_id": run_id}
+        for row, task_id, definition in rows:
+            self.app.signature(
+                step_task_name(wf.name, wf.steps[definition].name),
+                kwargs=_row_kwargs(kwargs, row, definition),
+                immutable=True,
+            ).apply_async(task_id=task_id, **(options or {}))
 
     def schedule_wait_timeout(self, run_id: str, index: int, seconds: float) -> None:
         """Fire ``flux.wait_timeout`` after ``seconds``, or after the longest countdown a

@@ -142,15 +142,20 @@ def _shown(failure: Failure) -> BaseException:
     return stand_in(exc) if isinstance(exc, _CELERY_CONTROL) else exc
 
 
-def _apply(task: Task, engine: FluxEngine, run_id: str, nxt: Next) -> BaseException | None:
+def _apply(
+    task: Task, engine: FluxEngine, run_id: str, nxt: Next, workflow: str
+) -> BaseException | None:
     """Map the runner's next action onto Celery. Returns the exception the task must end
     with (a step failed for good), for the caller to raise outside its outage handling: a
     handler's own ``OSError`` or ``SQLAlchemyError`` is a failure, not a database outage."""
     action = nxt.action
     if action is Action.RETRY:
         countdown, due = first_hop(task.app, nxt.delay)
-        # A fresh attempt: no outage mark, no earlier due time.
+        # A fresh attempt: no outage mark, no earlier due time (a for_each item keeps its row).
         kwargs = {"run_id": run_id, **due}
+        row = (task.request.kwargs or {}).get("row")
+        if row is not None:
+            kwargs["row"] = row
         if nxt.failure is None:
             raise task.retry(countdown=countdown, max_retries=None, kwargs=kwargs)
         # RETRY with the handler's exception; chained, so that the traceback Flower shows
@@ -171,6 +176,8 @@ def _apply(task: Task, engine: FluxEngine, run_id: str, nxt: Next) -> BaseExcept
         state = engine.get(run_id)
         if state is not None:
             engine.continue_run(state, nxt)
+    elif action is Action.FANOUT:
+        engine.fan_out(run_id, workflow, nxt)
     elif action is Action.SUSPEND and nxt.wait_timeout:
         engine.dispatcher().schedule_wait_timeout(run_id, nxt.index or 0, nxt.wait_timeout)
     # Stored, and compensation sent: the task ends in FAILURE with the handler's exception.
@@ -284,6 +291,7 @@ def _register_step(app: Celery, workflow: str, sdef: StepDef, limits: dict[str, 
         outage: bool = False,
         not_before: str | None = None,
         outages: int = 0,
+        row: int | None = None,
     ) -> None:
         _hop(self, not_before)
         listening = progress.LISTENER.set(_progress_listener(self))
@@ -294,7 +302,7 @@ def _register_step(app: Celery, workflow: str, sdef: StepDef, limits: dict[str, 
             engine = engine_for(self.app)
             nxt = engine.runner.run_step(
                 run_id,
-                index,
+                index if row is None else row,  # ``row``: an item of this for_each
                 task_id=self.request.id,
                 worker=self.request.hostname,
                 # Redelivered, an outage retry is a worker lost while it re-ran the attempt:
@@ -303,7 +311,7 @@ def _register_step(app: Celery, workflow: str, sdef: StepDef, limits: dict[str, 
                 outage=outage and not _redelivered(self),
                 workflow=workflow,
             )
-            failed = _apply(self, engine, run_id, nxt)
+            failed = _apply(self, engine, run_id, nxt, workflow)
         except (StorageError, SQLAlchemyError, OSError) as exc:
             raise _outage_retry(self, exc, mark=True)
         finally:
@@ -325,15 +333,22 @@ def _register_compensation(
     index = sdef.index
 
     def compensate(
-        self: Task, run_id: str, not_before: str | None = None, outages: int = 0
+        self: Task,
+        run_id: str,
+        not_before: str | None = None,
+        outages: int = 0,
+        row: int | None = None,
     ) -> None:
         _hop(self, not_before)
         try:
             engine = engine_for(self.app)  # inside the try: see run_step
             nxt = engine.runner.run_compensation(
-                run_id, index, task_id=self.request.id, worker=self.request.hostname
+                run_id,
+                index if row is None else row,  # ``row``: an item of this for_each
+                task_id=self.request.id,
+                worker=self.request.hostname,
             )
-            failed = _apply(self, engine, run_id, nxt)
+            failed = _apply(self, engine, run_id, nxt, workflow)
         except (StorageError, SQLAlchemyError, OSError) as exc:
             raise _outage_retry(self, exc)
         if failed is not None:

@@ -36,7 +36,8 @@ def load_claiming(
     except FluxError:
         return rt.storage.load_run(run_id), False  # reported from the loaded run
     sdef = wf.steps[index] if 0 <= index < len(wf.steps) else None
-    if sdef is None or sdef.when is not None:
+    if sdef is None or sdef.when is not None or sdef.is_group or sdef.parent is not None:
+        # A group step fans out, and its branch steps start inside it: the usual way.
         return rt.storage.load_run(run_id), False
     now = rt.clock()
     claim = StepClaim(

@@ -13,6 +13,7 @@ from ..core.records import RunState
 from ..core.states import RunStatus, StepStatus
 from .change import Action, Next
 from .runtime import Runtime
+from .fanout import in_flight
 from .steps import StepRunner, resume_point
 
 log = logging.getLogger("fluxcelery.engine")
@@ -102,8 +103,9 @@ class Upkeep:
                         state.id,
                     )
                     continue
-                if step.task_id in live:
-                    continue  # running on a live worker: not stuck
+                ids = {step.task_id} | {r.task_id for r in in_flight(state, step.index)}
+                if ids & live:
+                    continue  # running on a live worker (a group: any of its rows): not stuck
             try:
                 wf = self.rt.catalog.for_run(state)
             except FluxError as exc:

@@ -254,4 +254,7 @@ def _it_workflows() -> list[Any]:
         w.long_step,
         w.progressing,
         w.cancellable,
+        w.par_race,
+        w.par_nap,
+        w.par_each,
     ]

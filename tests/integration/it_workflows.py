@@ -12,7 +12,7 @@ import time
 
 from sqlalchemy import text
 
-from fluxcelery import Backoff, NonRetryableError, wait_for, workflow
+from fluxcelery import Backoff, NonRetryableError, branch, wait_for, workflow
 
 FAST = Backoff(base=0.2, factor=1.0, max=0.2, jitter=False)
 
@@ -212,4 +212,74 @@ cancellable = (
     .commit("hotel", booked, compensate=unbook, retries=0, timeout=120)
     .step("hold", lambda ctx: wait_for("go") if ctx.input.get("hold") else None)
     .commit("car", booked, compensate=unbook)
+)
+
+
+# -- parallel branches and for_each (SPEC section 11) ------------------------------------------
+def nap(ctx):
+    """Sleeps ``input.nap`` seconds (or ``input.naps[step]``), then says which step it was."""
+    naps = ctx.input.get("naps") or {}
+    time.sleep(float(naps.get(ctx.step, ctx.input.get("nap", 0))))
+    return ctx.step
+
+
+def item_effect(ctx):
+    """A for_each item's commit: one row per item, ``what`` = the item."""
+    if ctx.item == ctx.input.get("fail_item"):
+        raise NonRetryableError(f"item {ctx.item} refused")
+    effect(ctx, f"item {ctx.item}")
+    return ctx.item
+
+
+def item_undo(ctx):
+    effect(ctx, f"undo item {ctx.item}")
+
+
+def branch_fails(ctx):
+    if ctx.input.get("fail") == ctx.step:
+        raise NonRetryableError(f"{ctx.step} refused")
+    return booked(ctx)
+
+
+def after_join(ctx):
+    effect(ctx, "after join")
+    return sorted(ctx.results["book"])
+
+
+# Two branches of one step each: the race of the join (both end at once on -c 2).
+par_race = (
+    workflow("it-par-race")
+    .parallel(
+        "book",
+        branch("left").commit("left-book", branch_fails, compensate=unbook),
+        branch("right").commit("right-book", branch_fails, compensate=unbook),
+    )
+    .commit("after", after_join)
+)
+
+# Two branches that nap: concurrency on workers, and a branch killed mid-way.
+par_nap = (
+    workflow("it-par-nap")
+    .parallel(
+        "book",
+        branch("a").step("nap-a", nap, timeout=120),
+        branch("b").step("nap-b", nap, timeout=120).commit("mark-b", booked),
+    )
+    .commit("after", after_join)
+)
+
+# for_each over input.items with at most input-free max_concurrency 4, each item a commit.
+par_each = (
+    workflow("it-par-each")
+    .step("prepare", noop)
+    .for_each(
+        "each",
+        item_effect,
+        items=lambda ctx: ctx.input["items"],
+        max_concurrency=4,
+        commit=True,
+        compensate=item_undo,
+        retries=0,
+    )
+    .commit("after", record)
 )
