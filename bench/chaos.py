@@ -566,7 +566,12 @@ class Chaos:
                 rep.unexpected += 1
                 rep.problems.append(f"{run_id}: rolled back but stock not released")
             n_notes = notes.get(run_id, 0)
-            want_notes = 1 if state.step("notify").status.value == "completed" else 0
+            # notify is a for_each: one outbox row per completed (committed) recipient item.
+            want_notes = sum(
+                1
+                for s in state.steps
+                if s.name == "notify" and s.item is not None and s.status.value == "completed"
+            )
             if n_notes > want_notes:
                 rep.duplicate_commit_effects += n_notes - want_notes
                 rep.problems.append(f"{run_id}: {n_notes} notifications")

@@ -28,7 +28,7 @@ FLUX_TABLES = {"flux_runs", "flux_steps", "flux_traces"}
 ALL_TABLES = FLUX_TABLES | {"flux_alembic_version"}
 
 #: The newest migration (tests/test_migrations.py checks every store reaches it).
-HEAD = "0007"
+HEAD = "0008"
 
 
 class FreshDb:
@@ -331,6 +331,7 @@ def test_json_columns_are_jsonb_on_postgresql(fresh_pg: FreshDb) -> None:
         ("flux_runs", "start_meta"),
         ("flux_steps", "output"),
         ("flux_steps", "progress"),
+        ("flux_steps", "scope"),
         ("flux_traces", "meta"),
     }
     assert {k: types[k] for k in json_columns} == dict.fromkeys(json_columns, "jsonb")
@@ -380,6 +381,7 @@ def test_json_columns_on_sqlite_keep_their_text(tmp_path: Any) -> None:
         ("flux_runs", "data"),
         ("flux_runs", "start_meta"),
         ("flux_steps", "progress"),
+        ("flux_steps", "scope"),
         ("flux_traces", "meta"),
     }
 

@@ -30,6 +30,9 @@ EXPECTED = {
     "SqlStorage",
     "SqlTraceSink",
     "TraceEvent",
+    "Branch",
+    "branch",
+    "DataConflict",
     "ConcurrentUpdate",
     "DefinitionChanged",
     "DefinitionError",
@@ -85,7 +88,7 @@ def test_errors_share_one_base_with_stable_codes() -> None:
             assert issubclass(obj, fluxcelery.FluxError), name
             codes.add(obj.code)
             classes += 1
-    assert len(codes) == classes == 17  # one stable, distinct code per error
+    assert len(codes) == classes == 18  # one stable, distinct code per error
 
 
 def test_importing_fluxcelery_does_not_import_flower_or_build_the_app() -> None:

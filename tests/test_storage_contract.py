@@ -128,7 +128,14 @@ def make_full_run(run_id: str) -> RunState:
                 duration_ms=3,
                 wait_deadline=T0 + timedelta(hours=1),
             ),
-            StepState(name="ship", index=2, kind="commit"),
+            StepState(
+                name="ship",
+                index=2,
+                kind="commit",
+                branch="löcal ✓",
+                parent=1,
+                scope={"data": {"k": "ü"}, "unset": ["x"]},
+            ),
             StepState(
                 name="notify",
                 index=3,
@@ -140,6 +147,9 @@ def make_full_run(run_id: str) -> RunState:
                 error="RuntimeError: compensation failed: boom ✗",
                 traceback='Traceback (most recent call last):\n  File "x.py"\nRuntimeError: ✗',
                 finished_at=T0 + timedelta(seconds=9),
+                item=7,
+                parent=0,
+                scope={"value": {"to": "ü"}},
             ),
         ],
     )
@@ -1169,3 +1179,45 @@ def test_list_traces_since_a_time(any_storage: Any) -> None:
     assert [e.step for e in later] == ["s2", "s3"]
     newest = any_storage.list_traces(run_id="since-1", since=T0, newest_first=True, limit=2)
     assert [e.step for e in newest] == ["s3", "s2"]
+
+
+# -- rows added to a run (for_each items, SPEC section 11) -------------------------------------
+def _item(i: int, parent: int, value: Any) -> StepState:
+    return StepState(
+        name="each", index=i, kind="commit", item=i - 3, parent=parent, scope={"value": value}
+    )
+
+
+@pytest.mark.parametrize("in_tx", [False, True])
+def test_save_run_inserts_created_rows_with_their_group_fields(
+    any_storage: Any, in_tx: bool
+) -> None:
+    state = make_run("grow", n_steps=3)
+    state.steps[1] = StepState(name="book", index=1, kind="parallel")
+    state.steps[2] = StepState(name="leg", index=2, branch="left", parent=1)
+    assert any_storage.create_run(state, []) is True
+    state = any_storage.load_run("grow")
+    assert (state.steps[2].branch, state.steps[2].parent, state.steps[2].item) == ("left", 1, None)
+    state.steps.extend(_item(i, 0, {"to": f"ü{i}"}) for i in (3, 4))
+    state.steps[2].scope = {"data": {"k": [1, {"x": None}]}, "unset": ["gone"]}
+    ev = event("grow", "parallel:start")
+    if in_tx:
+        with any_storage.transaction() as tx:
+            assert tx.save_run(state, 0, [2], [ev], created=[3, 4]) is True
+    else:
+        assert any_storage.save_run(state, 0, [2], [ev], created=[3, 4]) is True
+    loaded = any_storage.load_run("grow")
+    assert [s.index for s in loaded.steps] == [0, 1, 2, 3, 4]
+    assert [(s.item, s.parent, s.scope, s.kind) for s in loaded.steps[3:]] == [
+        (0, 0, {"value": {"to": "ü3"}}, "commit"),
+        (1, 0, {"value": {"to": "ü4"}}, "commit"),
+    ]
+    assert loaded.steps[2].scope == {"data": {"k": [1, {"x": None}]}, "unset": ["gone"]}
+    # Once stored, the new rows are updated like any other; a stale write adds nothing.
+    loaded.steps[4].status = StepStatus.COMPLETED
+    assert any_storage.save_run(loaded, 1, [4], []) is True
+    assert any_storage.load_run("grow").steps[4].status is StepStatus.COMPLETED
+    stale = any_storage.load_run("grow")
+    stale.steps.append(_item(5, 0, 3))
+    assert any_storage.save_run(stale, 0, [], [], created=[5]) is False
+    assert len(any_storage.load_run("grow").steps) == 5

@@ -1,5 +1,5 @@
 """The enterprise order flow: ``validate-order`` → ``reserve-stock`` → ``charge-payment`` →
-``notify``.
+``notify`` (one notification per recipient, a ``for_each``).
 
 Orders usually arrive as AMQP messages (``fluxcelery consume``, see docs/enterprise.md); each
 message becomes exactly one run.
@@ -9,12 +9,15 @@ message becomes exactly one run.
   When a later step fails for good, ``release-stock`` (its compensation) marks them released.
 - ``charge-payment`` is retried with exponential backoff and has a per-attempt timeout; its
   compensation refunds the charge.
-- ``notify`` is a commit writing one row to ``orders_notifications``.
+- ``notify`` is a ``for_each`` over the order's recipients (``recipients``: the customer, the
+  warehouse, accounting), at most ``NOTIFY_CONCURRENCY`` at a time. Each item is a commit with
+  its own idempotency key (``<run_id>:notify:<index>``) writing one row to
+  ``orders_outbox`` through ``ctx.session``: one row per recipient, exactly once.
 
 Demo knobs (in the order, or the environment of the workers):
 
-- ``"force_fail": "charge"`` (or ``"notify"``) makes every attempt of that step fail with a
-  transient error during the first ``force_fail_passes`` passes (default 1) through the
+- ``"force_fail": "charge"`` (or ``"notify"``: every item) makes every attempt of that step
+  fail with a transient error during the first ``force_fail_passes`` passes (default 1) through the
   workflow: the retries show in the trace, then the stock reservation is released and the run
   ends ``rolled_back``. ``fluxcelery retry RUN_ID`` starts the next pass, which succeeds:
   the "outage" is over. ``"force_fail": "validate"`` or ``"reserve"`` are business rejections
@@ -115,14 +118,17 @@ reservations = sa.Table(
     sa.UniqueConstraint("run_id", "pass_no", "sku", name="uq_orders_reservation_line"),
 )
 
+#: One row per notification: a relay would send them (this example stops at the row). The
+#: idempotency key is unique, so an item's row exists at most once.
 notifications = sa.Table(
-    "orders_notifications",
+    "orders_outbox",
     METADATA,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("idempotency_key", sa.String(100), nullable=False, unique=True),
+    sa.Column("run_id", sa.String(64), nullable=False, index=True),
     sa.Column("order_id", sa.String(64), nullable=False),
-    sa.Column("customer", sa.String(200), nullable=False),
     sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("recipient", sa.String(200), nullable=False),
     sa.Column("message", sa.String(500), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
@@ -291,27 +297,59 @@ def refund_payment(ctx: StepContext) -> None:
     ctx.log.info("refunded %s", ctx.data.get("charge_id"))
 
 
+#: Who else hears about every order, besides the customer.
+WAREHOUSE = "warehouse@shop.example"
+ACCOUNTING = "accounting@shop.example"
+#: Notifications of one order in flight at once (the mail relay's limit per order).
+NOTIFY_CONCURRENCY = 2
+
+
+def recipients(ctx: StepContext) -> list[dict[str, str]]:
+    """The items of ``notify``, evaluated once when it fans out: the customer gets a
+    confirmation, the warehouse a pick list, accounting the charge."""
+    order: OrderIn = ctx.input
+    return [
+        {"channel": "customer", "to": order.customer},
+        {"channel": "warehouse", "to": WAREHOUSE},
+        {"channel": "accounting", "to": ACCOUNTING},
+    ]
+
+
+def _message(ctx: StepContext, order: OrderIn, channel: str) -> str:
+    if channel == "warehouse":
+        lines = ", ".join(f"{item.qty} x {item.sku}" for item in order.items)
+        return f"Order {order.order_id}: pick {lines}."
+    if channel == "accounting":
+        charge = ctx.data.get("charge_id")
+        return f"Order {order.order_id}: charge {charge}, {order.amount} {order.currency}."
+    return f"Order {order.order_id}: {order.amount} {order.currency} charged, shipping soon."
+
+
 def notify(ctx: StepContext) -> dict[str, Any]:
-    """Tell the customer; the notification row commits with the step (exactly once)."""
+    """Notify one recipient (``ctx.item``); the outbox row commits with the item
+    (exactly once), keyed by the item's own ``ctx.idempotency_key``."""
     order: OrderIn = ctx.input
     if _forced(ctx, order):
         raise ConnectionError(f"mail relay unavailable (forced failure, attempt {ctx.attempt})")
-    message = f"Order {order.order_id}: {order.amount} {order.currency} charged, shipping soon."
+    channel, to = ctx.item["channel"], ctx.item["to"]
+    message = _message(ctx, order, channel)
     engine = _session_engine(ctx)
     if engine is not None:
         ensure_tables(engine)
         ctx.session.execute(
             notifications.insert().values(
+                idempotency_key=ctx.idempotency_key,
                 run_id=ctx.run_id,
                 order_id=order.order_id,
-                customer=order.customer,
-                channel="email",
+                channel=channel,
+                recipient=to,
                 message=message,
                 created_at=_now(),
             )
         )
-    ctx.data["notified"] = order.customer
-    return {"channel": "email", "to": order.customer}
+    # No ctx.data write: items setting the same key would conflict at the join. The
+    # outputs are ctx.results["notify"], in recipient order.
+    return {"channel": channel, "to": to}
 
 
 CHARGE_BACKOFF = Backoff(
@@ -322,7 +360,7 @@ CHARGE_BACKOFF = Backoff(
 )
 
 order = (
-    workflow(WORKFLOW, version="1")
+    workflow(WORKFLOW, version="2")
     .input(OrderIn)
     .step("validate-order", validate_order, retries=0)
     .commit("reserve-stock", reserve_stock, compensate=release_stock, timeout=15)
@@ -334,5 +372,13 @@ order = (
         backoff=CHARGE_BACKOFF,
         compensate=refund_payment,
     )
-    .commit("notify", notify, timeout=15, backoff=CHARGE_BACKOFF)
+    .for_each(
+        "notify",
+        notify,
+        items=recipients,
+        max_concurrency=NOTIFY_CONCURRENCY,
+        commit=True,
+        timeout=15,
+        backoff=CHARGE_BACKOFF,
+    )
 )

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..core.records import describe_progress
+from ..outline import describe_counts, items_of, outline, step_label, summarize
 
 if TYPE_CHECKING:
     from rich.console import ConsoleOptions, JustifyMethod, RenderResult
@@ -48,6 +49,8 @@ CHECK_MARKS = {
     "info": ("i", "cyan"),
     "skip": ("-", "dim"),
 }
+#: Rows that other rows are grouped under (SPEC section 11).
+GROUP_KINDS = frozenset({"parallel", "for_each"})
 #: A shrinkable column (workflow, step, error) keeps at least this many characters: below
 #: that, a table drops its optional columns instead (see ``FitTable``).
 MIN_FLEX = 12
@@ -149,6 +152,10 @@ class Col:
     cell: Callable[[Mapping[str, Any]], Text]
     flexible: bool = False
     justify: JustifyMethod = "left"
+    #: A flexible column whose cells all fit in this many characters keeps them whole (the
+    #: other flexible columns give way first); a layout that cannot leave it that much
+    #: gives way to the next one. 0: shrinks like any flexible column.
+    keep: int = 0
 
 
 class FitTable:
@@ -168,14 +175,21 @@ class FitTable:
                 for i, c in enumerate(cols)
             ]
             need = sum(
-                MIN_FLEX if c.flexible else w for c, w in zip(cols, fixed, strict=True)
+                max(MIN_FLEX, min(w, c.keep)) if c.flexible else w
+                for c, w in zip(cols, fixed, strict=True)
             ) + GAP * (len(cols) - 1)
             if need <= width:
                 break
         table = Table(show_edge=False, pad_edge=False, header_style="bold")
-        for c in cols:
+        for c, natural in zip(cols, fixed, strict=True):
             header = Text(c.header, no_wrap=True, overflow="ellipsis")
-            table.add_column(header, no_wrap=not c.flexible, justify=c.justify)
+            kept = c.flexible and natural <= c.keep and need <= width
+            table.add_column(
+                header,
+                no_wrap=not c.flexible,
+                justify=c.justify,
+                width=natural if kept else None,
+            )
         for row in cells:
             table.add_row(*row)
         return table
@@ -242,6 +256,8 @@ def runs_table(rows: Sequence[Mapping[str, Any]]) -> FitTable:
 
 
 def _attempts(s: Mapping[str, Any]) -> Text:
+    if "attempts" not in s:  # a branch label, the folded items of a for_each
+        return _cell(None)
     attempts = str(s.get("attempts") or 0)
     if s.get("compensation_attempts"):
         attempts += f" (undo {s['compensation_attempts']})"
@@ -258,22 +274,79 @@ def _step_error(s: Mapping[str, Any]) -> Text:
     return _cell(None)
 
 
-_STEP_HEAD = (
-    Col("#", lambda s: _cell(s.get("index")), justify="right"),
-    Col("name", lambda s: _cell(s.get("name")), flexible=True),
-    Col("kind", lambda s: _cell(s.get("kind"))),
+def _tree_prefix(trail: Sequence[bool]) -> str:
+    """``├─ ``, ``│  └─ ``…: where an outline line sits under its parallel or for_each."""
+    if not trail:
+        return ""
+    return "".join("   " if last else "│  " for last in trail[:-1]) + (
+        "└─ " if trail[-1] else "├─ "
+    )
+
+
+def _outline_rows(steps: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of the steps table: the outline's shown lines, each a step dict (or a
+    branch label / folded-items line) with the tree drawn before its ``label``."""
+    rows: list[dict[str, Any]] = []
+    for line in outline(steps):
+        if line.folded:
+            continue
+        if line.kind == "step" and line.step is not None:
+            row = dict(line.step)
+            if line.step.get("item") is not None:
+                row["index"] = None  # the row's storage index means nothing to a reader
+            if row.get("kind") == "for_each" and not row.get("error"):
+                row["summary"] = summarize(items_of(steps, row.get("index")))
+        elif line.kind == "branch":
+            row = {"kind": "branch"}
+        else:
+            row = {"summary": describe_counts(line.counts)}
+        row.update(label=line.label, tree=_tree_prefix(line.trail))
+        rows.append(row)
+    return rows
+
+
+def _step_name(s: Mapping[str, Any]) -> Text:
+    text = Text(s.get("tree") or "", style="dim", no_wrap=True, overflow="ellipsis")
+    label = s["label"] if "label" in s else s.get("name")
+    text.append(terminal_safe(label), style="bold" if s.get("kind") == "branch" else "")
+    return text
+
+
+def _step_detail(s: Mapping[str, Any]) -> Text:
+    if s.get("summary") and not s.get("error") and s.get("status") != "suspended":
+        return _cell(s["summary"])
+    return _step_error(s)
+
+
+#: Step names (with their place in the tree) up to this wide are never cut: the detail
+#: column gives way first, then the kind column goes.
+NAME_KEEP = 26
+_STEP_INDEX = Col("#", lambda s: _cell(s.get("index")), justify="right")
+_STEP_NAME = Col("name", _step_name, flexible=True, keep=NAME_KEEP)
+_STEP_KIND = Col("kind", lambda s: _cell(s.get("kind")))
+_STEP_TAIL = (
     Col("status", lambda s: status_text(s.get("status"))),
     Col("attempts", _attempts),
     Col("duration", lambda s: _cell(fmt_ms(s.get("duration_ms")))),
 )
-#: The error of a failed step, what a suspended one waits for, how far a running one got.
-_STEP_ERROR = Col("detail", _step_error, flexible=True)
+_STEP_HEAD = (_STEP_INDEX, _STEP_NAME, _STEP_KIND, *_STEP_TAIL)
+#: The error of a failed step, what a suspended one waits for, how far a running one got;
+#: the items of a for_each per status.
+_STEP_ERROR = Col("detail", _step_detail, flexible=True)
 
 
 def steps_table(steps: Sequence[Mapping[str, Any]]) -> FitTable:
-    """A run's steps; the Celery task ids only where they fit."""
+    """A run's steps as an indented tree (``fluxcelery.outline``): a parallel's branches
+    under it, each branch's steps under its name; a for_each's items under it, the first
+    ones and the notable ones with a line counting the others. The Celery task ids only
+    where they fit."""
     task_id = Col("task_id", lambda s: _cell(s.get("task_id")))
-    return FitTable(((*_STEP_HEAD, task_id, _STEP_ERROR), (*_STEP_HEAD, _STEP_ERROR)), steps)
+    layouts = (
+        (*_STEP_HEAD, task_id, _STEP_ERROR),
+        (*_STEP_HEAD, _STEP_ERROR),
+        (_STEP_INDEX, _STEP_NAME, *_STEP_TAIL, _STEP_ERROR),
+    )
+    return FitTable(layouts, _outline_rows(steps))
 
 
 def _attempt(e: Mapping[str, Any]) -> Text:
@@ -292,12 +365,21 @@ def _event_detail(e: Mapping[str, Any]) -> Text:
     return _cell(e.get("error"))
 
 
+def _event_step(e: Mapping[str, Any]) -> Text:
+    """An event's step; ``notify[3]`` for an item's (its ``meta.item``)."""
+    meta = e.get("meta")
+    item = meta.get("item") if isinstance(meta, dict) else None
+    if e.get("step") is None or not isinstance(item, int) or isinstance(item, bool):
+        return _cell(e.get("step"))
+    return _cell(step_label({"name": e["step"], "item": item}))
+
+
 def trace_table(rows: Sequence[Mapping[str, Any]], *, with_run: bool = True) -> FitTable:
     """Trace events; narrow: time of day, no workflow, status or duration columns."""
     run = (Col("run", lambda e: _cell(short_id(str(e.get("run_id") or "")))),)
     workflow = (Col("workflow", lambda e: _cell(e.get("workflow")), flexible=True),)
     type_ = Col("type", lambda e: _cell(e.get("type")))
-    step = Col("step", lambda e: _cell(e.get("step")), flexible=True)
+    step = Col("step", _event_step, flexible=True)
     attempt = Col("attempt", _attempt)
     status = Col("status", lambda e: status_text(e.get("status")))
     duration = Col("duration", lambda e: _cell(fmt_ms(e.get("duration_ms"))))
@@ -359,13 +441,26 @@ def json_line(label: str, value: Any) -> Text:
 
 
 def tracebacks(steps: Sequence[Mapping[str, Any]]) -> list[Text]:
-    """The traceback of each step that kept one (its failing attempt's), escaped."""
+    """The traceback of each step that kept one (its failing attempt's), escaped, in the
+    order of the steps table; of a for_each's items, only the shown ones' (``--json`` has
+    every one)."""
     out = []
-    for s in steps:
-        if s.get("traceback"):
-            text = Text(f"\nTraceback of step '{terminal_safe(s.get('name'))}':\n", style="bold")
-            text.append(terminal_safe(str(s["traceback"]).rstrip(), multiline=True))
-            out.append(text)
+    folded = 0
+    below = {s.get("traceback") for s in steps if s.get("parent") is not None}
+    for line in outline(steps):
+        s = line.step
+        if line.kind != "step" or s is None or not s.get("traceback"):
+            continue
+        if s.get("kind") in GROUP_KINDS and s["traceback"] in below:
+            continue  # a parallel's or for_each's failure is its branch's or item's
+        if line.folded:
+            folded += 1
+            continue
+        text = Text(f"\nTraceback of step '{terminal_safe(line.label)}':\n", style="bold")
+        text.append(terminal_safe(str(s["traceback"]).rstrip(), multiline=True))
+        out.append(text)
+    if folded:
+        out.append(Text(f"\n({folded} more tracebacks of items: see --json)", style="dim"))
     return out
 
 

@@ -7,7 +7,9 @@ fluxcelery Celery app, then adds these routes ahead of Flower's catch-all:
 - ``/workflows``: runs with counts per status, filters (status, workflow name or prefix, run
   id or prefix, creation time range) kept in the query string, paging;
 - ``/workflows/run/<run_id>``: a run's steps, each linked to Flower's ``/task/<task_id>``
-  page, with the traceback of a failed step, and its trace events;
+  page, with the traceback of a failed step, and its trace events; a parallel's branches
+  and a for_each's items grouped under it (``fluxcelery.outline``; many items folded
+  behind a "show all");
 - ``/api/flux/runs``, ``/api/flux/runs/<run_id>``, ``/api/flux/runs/<run_id>/traces`` and
   ``/api/flux/counts``: the same data as JSON (``fluxcelery.ops`` shapes).
 
@@ -53,6 +55,7 @@ from ..core.states import ACTIVE_RUN, values
 from ..defaults import default_app, default_engine
 from ..engine import FluxEngine
 from ..ops import RUN_STATUSES, RunFilter, find_runs, run_detail, status_counts, trace_rows
+from ..outline import Line, describe_counts, items_of, outline, step_label, summarize
 from ..settings import is_loopback
 
 __all__ = [
@@ -196,6 +199,39 @@ def event_class(event_type: str) -> str:
     return ""
 
 
+def event_step(event: Mapping[str, Any]) -> str:
+    """An event's step as the steps table names it: ``notify[3]`` for an item's event."""
+    meta = event.get("meta")
+    item = meta.get("item") if isinstance(meta, dict) else None
+    if event.get("step") is None:
+        return ""
+    if not isinstance(item, int) or isinstance(item, bool):
+        return str(event["step"])
+    return step_label({"name": event["step"], "item": item})
+
+
+def branch_summary(steps: Sequence[Mapping[str, Any]], line: Line) -> str | None:
+    """``2 steps completed``: the steps of the branch a label line stands for."""
+    rows = [s for s in steps if s.get("parent") == line.parent and s.get("branch") == line.branch]
+    return summarize([s for s in rows if s.get("item") is None], "step")
+
+
+def items_summary(steps: Sequence[Mapping[str, Any]], step: Mapping[str, Any]) -> str | None:
+    """``1000 items: 985 completed, 5 failed``: the items of a for_each row."""
+    return summarize(items_of(steps, step.get("index")))
+
+
+def step_blocks(steps: Sequence[Mapping[str, Any]]) -> list[list[Line]]:
+    """The outline of a run's steps cut before each top-level row: one ``<tbody>`` each,
+    so that a for_each's "show all" opens its own folded items only."""
+    blocks: list[list[Line]] = []
+    for line in outline(steps):
+        if line.depth == 0 or not blocks:
+            blocks.append([])
+        blocks[-1].append(line)
+    return blocks
+
+
 def to_json(value: Any, indent: int | None = 2) -> str:
     return json.dumps(value, indent=indent, ensure_ascii=False, sort_keys=True, default=str)
 
@@ -210,6 +246,10 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "flux_short": short_id,
     "flux_json": to_json,
     "flux_progress": describe_progress,
+    "flux_event_step": event_step,
+    "flux_branch_summary": branch_summary,
+    "flux_items_summary": items_summary,
+    "flux_counts": describe_counts,
 }
 
 
@@ -392,6 +432,9 @@ class RunView(FluxHandler):
         self.render(
             "flux_run.html",
             run=detail,
+            step_blocks=step_blocks(detail["steps"]),
+            step_count=sum(1 for s in detail["steps"] if s.get("item") is None),
+            item_count=sum(1 for s in detail["steps"] if s.get("item") is not None),
             trace_limit=TRACE_LIMIT,
             workflow_url=self.reverse_url("flux-workflows")
             + "?"

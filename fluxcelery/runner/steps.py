@@ -232,6 +232,7 @@ class StepRunner:
                     state.__dict__.update(fresh.__dict__)
                     return nxt
                 continue
+            log.debug("run %s: row %s lost its write to a sibling's; made again", state.id, index)
             state.__dict__.update(fresh.__dict__)
             change.rebase()
             nxt = redo(change)

@@ -24,6 +24,7 @@ from ..core.builder import registered_workflows
 from ..core.errors import RunNotFound
 from ..core.states import DONE_STEP, TERMINAL_RUN, RunStatus, StepStatus, values
 from ..engine import FluxEngine
+from ..outline import step_label
 from ..storage.sql import SqlStorage, normalize_url, redact_url
 from ..trace.event import EVENT_TYPES, TraceEvent
 
@@ -61,6 +62,9 @@ def pending_step(name: Any, index: Any, kind: str) -> dict[str, Any]:
         "finished_at": None,
         "duration_ms": None,
         "progress": None,
+        "branch": None,
+        "item": None,
+        "parent": None,
     }
 
 
@@ -142,7 +146,14 @@ _RUN_STATUS_OF = {
     "step:compensate": "rolling_back",
     "step:compensate_error": "rolling_back",
 }
-_STEP_TYPES = frozenset(t for t in EVENT_TYPES if t.startswith("step:")) | {"signal:received"}
+#: A parallel's or for_each's fan-out and join (SPEC section 11): the group row's own events.
+GROUP_START, GROUP_JOIN = "parallel:start", "parallel:join"
+GROUP_KINDS = frozenset({"parallel", "for_each"})
+_STEP_TYPES = frozenset(t for t in EVENT_TYPES if t.startswith("step:")) | {
+    "signal:received",
+    GROUP_START,
+    GROUP_JOIN,
+}
 _ATTEMPT_END = {
     "step:complete": "completed",
     "step:retry": "retry",
@@ -207,30 +218,56 @@ def summarize_run(events: Sequence[TraceEvent], steps_total: int | None = None) 
     }
 
 
+def event_item(e: TraceEvent) -> int | None:
+    """The item index of an event of a for_each's item (its ``meta.item``), else None."""
+    item = (e.meta or {}).get("item")
+    return item if isinstance(item, int) and not isinstance(item, bool) else None
+
+
+def event_branch(e: TraceEvent) -> str | None:
+    """The branch of an event of a parallel's branch step (its ``meta.branch``), else None."""
+    branch = (e.meta or {}).get("branch")
+    return branch if isinstance(branch, str) else None
+
+
+def event_row(e: TraceEvent) -> str:
+    """The row an event is about, as the pages name it: ``notify[3]`` for an item's."""
+    return step_label({"name": e.step, "item": event_item(e)})
+
+
 def derive_steps(events: Iterable[TraceEvent]) -> list[dict[str, Any]]:
-    """Steps (status, attempts, duration, task id, error) from a run's events, in order."""
+    """Steps (status, attempts, duration, task id, error) from a run's events, in order;
+    a parallel's branch steps and a for_each's items with their ``branch``/``item`` and
+    ``parent`` (the group row's index), as ``StepState.to_dict`` has them."""
     steps: dict[str, dict[str, Any]] = {}
+    branch_of: dict[str, Any] = {}  # branch name -> index of the parallel that started it
     for e in events:
         if e.step is None or e.type not in _STEP_TYPES:
             continue
-        s = steps.setdefault(
-            e.step,
-            pending_step(e.step, e.step_index, e.kind or "step"),
-        )
+        key = event_row(e)
+        s = steps.setdefault(key, pending_step(e.step, e.step_index, e.kind or "step"))
         if e.step_index is not None:
             s["index"] = e.step_index
+        branches = (e.meta or {}).get("branches")
+        if e.type == GROUP_START and isinstance(branches, list):
+            branch_of.update((str(b), e.step_index) for b in branches)
+        if event_item(e) is not None:
+            s["item"] = event_item(e)
+        if event_branch(e) is not None:
+            s["branch"] = event_branch(e)
+            s["parent"] = branch_of.get(str(s["branch"]), s["parent"])
         if e.status in STEP_STATUSES:
             s["status"] = e.status
         if e.max_attempts:
             s["max_attempts"] = e.max_attempts
         if e.task_id:
             s["task_id"] = e.task_id
-        if e.type == "step:start":
+        if e.type in ("step:start", GROUP_START):
             s.update(attempts=e.attempt or s["attempts"] + 1, started_at=_iso(e.ts))
             s.update(error=None, finished_at=None, duration_ms=None, progress=None)
         elif e.type == "step:progress":
             s["progress"] = {**(e.meta or {}), "at": _iso(e.ts)}
-        elif e.type in ("step:complete", "step:error", "step:skipped", "step:suspend"):
+        elif e.type in ("step:complete", "step:error", "step:skipped", "step:suspend", GROUP_JOIN):
             s.update(finished_at=_iso(e.ts), duration_ms=e.duration_ms)
         if e.type == "step:suspend":
             s["waiting_for"] = (e.meta or {}).get("signal")
@@ -238,12 +275,18 @@ def derive_steps(events: Iterable[TraceEvent]) -> list[dict[str, Any]]:
             s["error"] = e.error
         elif e.type in ("step:complete", "step:compensate"):
             s["error"] = None
+    groups = {s["name"]: s["index"] for s in steps.values() if s["kind"] == "for_each"}
+    for s in steps.values():
+        if s["item"] is not None and s["parent"] is None:
+            s["parent"] = groups.get(s["name"])
     return sorted(steps.values(), key=lambda s: (s["index"] is None, s["index"] or 0))
 
 
 def attempt_log(events: Sequence[TraceEvent]) -> dict[str, list[dict[str, Any]]]:
-    """Per step, its attempts (and compensation attempts) as bars: ``start_ms`` from the
-    run's first event, ``duration_ms``, ``outcome`` and ``error``."""
+    """Per row (``notify[3]`` for an item), its attempts (and compensation attempts) as
+    bars: ``start_ms`` from the run's first event, ``duration_ms``, ``outcome`` and
+    ``error``. A parallel's or for_each's row has one ``group`` bar per fan-out, from
+    ``parallel:start`` to its join (or its failure)."""
     if not events:
         return {}
     t0 = events[0].ts
@@ -260,21 +303,33 @@ def attempt_log(events: Sequence[TraceEvent]) -> dict[str, list[dict[str, Any]]]
             "duration_ms": None,
             "error": None,
         }
-        bars.setdefault(str(e.step), []).append(item)
+        bars.setdefault(event_row(e), []).append(item)
         return item
 
     for e in events:
-        if e.step is None or not e.type.startswith("step:"):
+        if e.step is None or not e.type.startswith(("step:", "parallel:")):
             continue
+        key = event_row(e)
         end_ms = _ms(t0, e.ts)
-        if e.type == "step:start":
-            if e.step in open_:
-                open_[e.step]["outcome"] = "interrupted"
-            open_[e.step] = bar(e, "run", "running", end_ms)
+        if e.type in ("step:start", GROUP_START):
+            if key in open_:
+                open_[key]["outcome"] = "interrupted"
+            phase = "group" if e.type == GROUP_START else "run"
+            open_[key] = bar(e, phase, "running", end_ms)
+        elif e.type == GROUP_JOIN or (e.kind in GROUP_KINDS and e.type in _ATTEMPT_END):
+            item = open_.pop(key, None)
+            if item is None:  # the step:complete after the join, or an error with no start
+                done = bars.get(key, [])
+                if done and done[-1]["phase"] == "group" and e.type == "step:error":
+                    done[-1].update(outcome="failed", error=e.error)
+                continue
+            duration = e.duration_ms
+            if duration is None:
+                duration = max(0, end_ms - item["start_ms"])
+            outcome = "failed" if e.type == "step:error" or e.status == "failed" else "completed"
+            item.update(outcome=outcome, duration_ms=duration, error=e.error)
         elif e.type in _ATTEMPT_END:
-            item = open_.pop(e.step, None) or bar(
-                e, "run", "", max(0, end_ms - (e.duration_ms or 0))
-            )
+            item = open_.pop(key, None) or bar(e, "run", "", max(0, end_ms - (e.duration_ms or 0)))
             duration = e.duration_ms
             if duration is None:
                 duration = max(0, end_ms - item["start_ms"])
@@ -309,14 +364,14 @@ def build_detail(
 ) -> dict[str, Any]:
     """The ``/api/runs/<id>`` document, the same for both sources."""
     bars = attempt_log(events)
-    from_events = {s["name"]: s for s in derive_steps(events)}
+    from_events = {step_label(s): s for s in derive_steps(events)}
     from_definition = _max_attempts(definition)
     for s in steps:
-        s["attempt_log"] = bars.get(s["name"], [])
+        s["attempt_log"] = bars.get(step_label(s), [])
         if s.get("max_attempts") is None:
-            seen = from_events.get(s["name"], {}).get("max_attempts")
+            seen = from_events.get(step_label(s), {}).get("max_attempts")
             s["max_attempts"] = seen or from_definition.get(s["name"])
-    compensations = [e.step for e in events if e.type == "step:compensate"]
+    compensations = [event_row(e) for e in events if e.type == "step:compensate"]
     return {
         "run": run,
         "steps": steps,
@@ -504,7 +559,7 @@ class FileSource:
                 if d["name"] not in seen:
                     steps.append(_pending_step(d))
             order = {d["name"]: d["index"] for d in definition["steps"]}
-            steps.sort(key=lambda s: order[s["name"]])
+            steps.sort(key=lambda s: (s["item"] is not None, order[s["name"]], s["item"] or 0))
         run = summarize_run(events, len(definition["steps"]) if definition else None)
         start = next((e for e in events if e.type == "workflow:start"), None)
         run["input"] = (start.meta or {}).get("input") if start is not None else None
@@ -536,7 +591,9 @@ class FileSource:
 
 
 def _pending_step(d: dict[str, Any]) -> dict[str, Any]:
-    return pending_step(d["name"], d["index"], d["kind"])
+    step = pending_step(d["name"], d["index"], d["kind"])
+    step.update(branch=d.get("branch"), parent=d.get("parent"))
+    return step
 
 
 class DbSource:

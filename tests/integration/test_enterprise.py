@@ -1,5 +1,5 @@
 """The enterprise example without Docker: RabbitMQ → the AMQP consumer → real `celery worker`
-processes → PostgreSQL, with workflows/order.py.
+processes → PostgreSQL, with workflows/order.py (its ``notify`` a for_each over 3 recipients).
 
 100 orders (10 forced to fail at charge-payment) plus duplicates and malformed messages:
 every order becomes exactly one run keyed by its message id; forced failures show their
@@ -38,6 +38,7 @@ ORDERS = 100
 FAIL_RATIO = 0.1
 CHARGE_RETRIES = 2  # the workers' ORDERS_CHARGE_RETRIES: 3 attempts, 2 step:retry events
 MALFORMED = 5  # bad JSON, pickle, missing field, wrong type, oversize
+RECIPIENTS = ("customer", "warehouse", "accounting")  # workflows.order.recipients: notify's items
 
 
 @pytest.fixture(scope="module")
@@ -170,10 +171,17 @@ def test_hundred_orders_become_exactly_one_run_each(enterprise: SimpleNamespace)
         assert events[-1].status == "rolled_back"
         assert "PaymentGatewayError" in (events[-1].error or "")
     one_ok = next(r for r in ids if r not in forced)
-    assert [e.type for e in engine.traces(run_id=one_ok)] == ["workflow:start"] + [
+    events = engine.traces(run_id=one_ok)
+    # notify is a for_each over 3 recipients: its items run concurrently on the workers, so
+    # their events interleave; the events around them come in order.
+    items = [(e.type, (e.meta or {}).get("item")) for e in events if "item" in (e.meta or {})]
+    assert sorted(items) == sorted(
+        (t, i) for i in range(len(RECIPIENTS)) for t in ("step:start", "step:complete")
+    )
+    assert [e.type for e in events if "item" not in (e.meta or {})] == ["workflow:start"] + [
         "step:start",
         "step:complete",
-    ] * 4 + ["workflow:complete"]
+    ] * 3 + ["parallel:start", "parallel:join", "step:complete", "workflow:complete"]
 
     # Side effects landed once: reservations kept for completed runs, released for the rest.
     reserved = rows(
@@ -184,9 +192,16 @@ def test_hundred_orders_become_exactly_one_run_each(enterprise: SimpleNamespace)
     )
     assert dict(reserved) == {"reserved": ORDERS - len(forced), "released": len(forced)}
     notified = rows(
-        engine, "SELECT count(*) FROM orders_notifications WHERE order_id LIKE :p", p=prefix + "-%"
+        engine,
+        "SELECT channel, count(DISTINCT run_id) FROM orders_outbox WHERE order_id LIKE :p "
+        "GROUP BY channel",
+        p=prefix + "-%",
     )
-    assert notified[0][0] == ORDERS - len(forced)
+    assert dict(notified) == {channel: ORDERS - len(forced) for channel in RECIPIENTS}
+    outbox = rows(
+        engine, "SELECT count(*) FROM orders_outbox WHERE order_id LIKE :p", p=prefix + "-%"
+    )
+    assert outbox[0][0] == (ORDERS - len(forced)) * len(RECIPIENTS)  # one row per recipient
 
     # The malformed messages are in the DLQ with their reason; nothing else is.
     dead = dead_letters(queue)
@@ -262,8 +277,8 @@ def test_retry_completes_a_rolled_back_order(enterprise: SimpleNamespace) -> Non
         r=rid,
     )
     assert [tuple(x) for x in lines] == [(1, "released"), (2, "reserved")]
-    notified = rows(engine, "SELECT count(*) FROM orders_notifications WHERE run_id = :r", r=rid)
-    assert notified[0][0] == 1
+    notified = rows(engine, "SELECT channel FROM orders_outbox WHERE run_id = :r", r=rid)
+    assert sorted(r[0] for r in notified) == sorted(RECIPIENTS)  # once per recipient
 
 
 def test_http_producer_feeds_the_same_queue(enterprise: SimpleNamespace) -> None:

@@ -31,6 +31,7 @@
     workflow: "", status: "", query: "", run: "",
     seen: { runs: null, detail: null, recent: null },
     runs: [], timer: 0, seq: 0,
+    collapsed: new Set(), detail: null, // groups folded on the attempts chart; the run shown
   };
 
   // -- DOM helpers (text only) ----------------------------------------------------------
@@ -111,6 +112,50 @@
     if (t.includes("compensate") || t.includes("rollback")) return "ev-comp";
     if (t === "step:skipped" || t === "workflow:cancel") return "ev-muted";
     return "ev-info";
+  }
+
+  // -- parallel branches and for_each items (SPEC 11) -------------------------------------
+  // A row's name as every table shows it: "notify[3]" for an item of a for_each.
+  const stepLabel = (s) => (s.item === null || s.item === undefined ? s.name : `${s.name}[${s.item}]`);
+  const isGroup = (s) => s.kind === "parallel" || s.kind === "for_each";
+  // The run's rows as a tree, like `fluxcelery show` and the Flower tab: each top-level row
+  // with its branches ({name, steps}) or its items (in item order) under it.
+  function groupSteps(steps) {
+    const indexes = new Set(steps.map((s) => s.index));
+    const below = new Map();
+    const top = [];
+    for (const s of steps) {
+      const p = s.parent;
+      if (p !== null && p !== undefined && p !== s.index && indexes.has(p)) {
+        if (!below.has(p)) below.set(p, []);
+        below.get(p).push(s);
+      } else {
+        top.push(s);
+      }
+    }
+    return top.map((s) => {
+      const rows = below.get(s.index) || [];
+      const branches = [];
+      for (const r of rows) {
+        if (r.item !== null && r.item !== undefined) continue;
+        const name = r.branch ?? "";
+        let lane = branches.find((b) => b.name === name);
+        if (!lane) branches.push(lane = { name, steps: [] });
+        lane.steps.push(r);
+      }
+      const items = rows.filter((r) => r.item !== null && r.item !== undefined)
+        .sort((a, b) => a.item - b.item);
+      return { step: s, branches, items };
+    });
+  }
+  // "985 completed, 5 failed"
+  function countText(rows) {
+    const counts = new Map();
+    for (const r of rows) counts.set(r.status, (counts.get(r.status) || 0) + 1);
+    const order = ["completed", "running", "suspended", "pending", "skipped", "failed",
+      "compensating", "compensated", "compensation_failed"];
+    return [...counts].sort((a, b) => order.indexOf(a[0]) - order.indexOf(b[0]))
+      .map(([status, n]) => `${n} ${label(status)}`).join(", ");
   }
 
   // -- URL state (#run=…&workflow=…&status=…) ---------------------------------------------
@@ -261,6 +306,7 @@
     poll();
   }
   function selectRun(id) {
+    if (id !== state.run) state.collapsed.clear();
     state.run = id;
     state.seen.detail = null;
     forgetRecent();
@@ -285,6 +331,7 @@
   }
 
   function renderDetail(d) {
+    state.detail = d;
     ui.runView.hidden = false;
     ui.overview.hidden = true;
     renderHead(d.run);
@@ -319,34 +366,74 @@
     );
   }
 
+  function stepNode(s, i) {
+    const retrying = s.status === "pending" && s.attempts > 0;
+    const hasMs = s.duration_ms !== null && s.duration_ms !== undefined;
+    const kind = s.kind === "commit" ? "commit" : s.kind === "for_each" ? "for each" :
+      s.kind === "parallel" ? "parallel" : null;
+    return h("div", {
+      class: `step-node status-${s.status}${retrying ? " retrying" : ""}`,
+      data: { step: stepLabel(s), status: s.status, kind: s.kind }, title: s.error || stepLabel(s),
+    },
+    h("div", { class: "step-top" },
+      h("span", { class: "step-index", text: (s.index ?? i) + 1 }),
+      kind ? h("span", { class: "kind", text: kind }) : null),
+    h("div", { class: "step-name", text: stepLabel(s) }),
+    h("div", { class: "step-status", text: retrying ? "retrying" : label(s.status) }),
+    s.attempts || hasMs ? h("div", { class: "step-meta" },
+      h("span", { text: s.attempts ? `attempt ${fmtAttempt(s.attempts, s.max_attempts)}` : "" }),
+      h("span", { text: hasMs ? fmtMs(s.duration_ms) : "" })) : null,
+    s.waiting_for ? h("div", { class: "step-wait", text: `waits for “${s.waiting_for}”` }) : null,
+    s.status === "running" && s.progress ? h("div", { class: "step-progress" },
+      typeof s.progress.total === "number" && s.progress.total > 0
+        ? h("progress", { value: s.progress.done, max: s.progress.total }) : null,
+      h("span", { text: fmtProgress(s.progress) })) : null,
+    s.task_id ? h("div", { class: "step-task", title: s.task_id,
+      text: `task ${shortId(s.task_id)}` }) : null);
+  }
+
+  const ITEM_CELLS = 240; // item squares drawn under a for_each; the rest are counted
+
+  // A parallel: its node, then one lane per branch (side by side: they run at once).
+  // A for_each: its node, then a square per item coloured by status, and the counts.
+  function groupBox(node, i) {
+    const s = node.step;
+    const box = h("div", { class: `group group-${s.kind} status-${s.status}`,
+      data: { group: s.name } }, stepNode(s, i));
+    if (node.branches.length) {
+      box.append(h("div", { class: "lanes" }, node.branches.map((b) => h("div", {
+        class: "lane", data: { branch: b.name },
+      },
+      h("span", { class: "lane-name", title: `branch ${b.name}`, text: b.name }),
+      h("div", { class: "lane-steps" }, b.steps.map((bs, j) => h("div", { class: "path-item" },
+        j ? h("span", { class: "arrow", "aria-hidden": "true" }) : null, stepNode(bs, j))))))));
+    }
+    if (node.items.length) {
+      const shown = node.items.slice(0, ITEM_CELLS);
+      box.append(h("div", { class: "items" },
+        h("div", { class: "items-head" },
+          h("span", { class: "items-count", text: `${node.items.length} item${node.items.length === 1 ? "" : "s"}` }),
+          h("span", { class: "muted", text: countText(node.items) })),
+        h("div", { class: "item-cells" }, shown.map((it) => h("span", {
+          class: `item-cell st-${it.status}`, data: { item: it.item, status: it.status },
+          title: `${stepLabel(it)} · ${label(it.status)}` +
+            (it.duration_ms !== null && it.duration_ms !== undefined ? ` · ${fmtMs(it.duration_ms)}` : "") +
+            (it.error ? ` · ${it.error}` : ""),
+        })), node.items.length > shown.length ?
+          h("span", { class: "muted", text: `+${node.items.length - shown.length} more` }) : null)));
+    }
+    return box;
+  }
+
   function renderPath(steps, compensations) {
     ui.legend.replaceChildren(...STEP_LEGEND.map((s) =>
       h("span", { class: `legend-item st-${s}` }, h("span", { class: "swatch" }), label(s))));
-    const nodes = steps.map((s, i) => {
-      const retrying = s.status === "pending" && s.attempts > 0;
-      const hasMs = s.duration_ms !== null && s.duration_ms !== undefined;
-      const node = h("div", {
-        class: `step-node status-${s.status}${retrying ? " retrying" : ""}`,
-        data: { step: s.name, status: s.status }, title: s.error || s.name,
-      },
-      h("div", { class: "step-top" },
-        h("span", { class: "step-index", text: (s.index ?? i) + 1 }),
-        s.kind === "commit" ? h("span", { class: "kind", text: "commit" }) : null),
-      h("div", { class: "step-name", text: s.name }),
-      h("div", { class: "step-status", text: retrying ? "retrying" : label(s.status) }),
-      s.attempts || hasMs ? h("div", { class: "step-meta" },
-        h("span", { text: s.attempts ? `attempt ${fmtAttempt(s.attempts, s.max_attempts)}` : "" }),
-        h("span", { text: hasMs ? fmtMs(s.duration_ms) : "" })) : null,
-      s.waiting_for ? h("div", { class: "step-wait", text: `waits for “${s.waiting_for}”` }) : null,
-      s.status === "running" && s.progress ? h("div", { class: "step-progress" },
-        typeof s.progress.total === "number" && s.progress.total > 0
-          ? h("progress", { value: s.progress.done, max: s.progress.total }) : null,
-        h("span", { text: fmtProgress(s.progress) })) : null,
-      s.task_id ? h("div", { class: "step-task", title: s.task_id,
-        text: `task ${shortId(s.task_id)}` }) : null);
+    const nodes = groupSteps(steps).map((node, i) => {
+      const grouped = node.branches.length || node.items.length || isGroup(node.step);
       // An arrow leads into every step but the first, so a wrapped line starts with one.
       return h("div", { class: "path-item" },
-        i ? h("span", { class: "arrow", "aria-hidden": "true" }) : null, node);
+        i ? h("span", { class: "arrow", "aria-hidden": "true" }) : null,
+        grouped ? groupBox(node, i) : stepNode(node.step, i));
     });
     ui.path.replaceChildren(...nodes);
     if (!steps.length) ui.path.append(h("p", { class: "empty", text: "No steps yet." }));
@@ -354,26 +441,42 @@
     ui.rollback.hidden = !compensations.length;
     if (compensations.length) {
       const chips = [h("span", { class: "rollback-label", text: "Rollback" })];
-      compensations.forEach((name, i) => {
+      rollbackRuns(compensations).forEach((run, i) => {
         if (i) chips.push(h("span", { class: "rollback-arrow", "aria-hidden": "true", text: "←" }));
-        chips.push(h("span", { class: "rollback-chip", text: name }));
+        chips.push(h("span", { class: "rollback-chip", title: run.names.join(", "),
+          text: run.names.length > 1 ? `${run.base} × ${run.names.length} items` : run.names[0] }));
       });
       chips.push(h("span", { class: "muted", text: "compensated in reverse order" }));
       ui.rollback.replaceChildren(...chips);
     }
   }
 
+  // Consecutive compensations of one for_each's items ("notify[5]", "notify[4]"…): one chip.
+  function rollbackRuns(names) {
+    const runs = [];
+    for (const name of names) {
+      const m = /^(.*)\[(\d+)\]$/.exec(name);
+      const last = runs[runs.length - 1];
+      if (m && last && last.base === m[1] && last.items) last.names.push(name);
+      else runs.push({ base: m ? m[1] : name, items: Boolean(m), names: [name] });
+    }
+    return runs;
+  }
+
   // A failed step's traceback, collapsed; blocks the reader opened stay open on redraws.
   function renderTracebacks(steps) {
     const open = new Set([...ui.tracebacks.querySelectorAll("details[open]")]
       .map((node) => node.dataset.step));
-    const failed = steps.filter((s) => s.traceback);
+    // A parallel's or for_each's failure is that of its branch step or item: shown once.
+    const below = new Set(steps.filter((s) => s.parent !== null && s.parent !== undefined)
+      .map((s) => s.traceback));
+    const failed = steps.filter((s) => s.traceback && !(isGroup(s) && below.has(s.traceback)));
     ui.tracebacksPanel.hidden = !failed.length;
     ui.tracebacks.replaceChildren(...failed.map((s) => h("details", {
-      class: "traceback", data: { step: s.name }, open: open.has(s.name),
+      class: "traceback", data: { step: stepLabel(s) }, open: open.has(stepLabel(s)),
     },
     h("summary", {},
-      h("span", { class: "traceback-step", text: s.name }),
+      h("span", { class: "traceback-step", text: stepLabel(s) }),
       h("span", { class: "traceback-error", text: s.error || "" }),
       h("span", { class: "muted", text: `${String(s.traceback).split("\n").length} lines` })),
     h("pre", { class: "traceback-text" }, h("code", { text: s.traceback })))));
@@ -382,35 +485,119 @@
   const GANTT_LEGEND = [["out-completed", "succeeded"], ["out-retry", "failed, retried"],
     ["out-failed", "failed"], ["out-compensated phase-compensate", "compensation"]];
 
+  const ITEM_ROWS = 20; // a for_each with more items packs them into lanes
+  const MAX_LANES = 24;
+
+  function ganttBar(s, b, withName) {
+    const what = b.phase === "compensate" ? "compensation" : b.phase === "group" ?
+      (s.kind === "parallel" ? "branches" : "items") : "attempt";
+    const tip = [`${stepLabel(s)}: ${what} ${fmtAttempt(b.attempt, b.max_attempts)}`,
+      OUTCOME_LABEL[b.outcome] || b.outcome, fmtMs(b.duration_ms)];
+    if (b.error) tip.push(b.error);
+    const name = withName ? `${stepLabel(s)} ` : "";
+    const text = b.outcome === "skipped" ? `${name}skipped` : b.phase === "compensate" ?
+      `${name}undo ${fmtMs(b.duration_ms)}` : b.phase === "group" ? fmtMs(b.duration_ms) :
+        `${name}#${b.attempt ?? "?"} ${fmtMs(b.duration_ms)}`;
+    return { s, b, tip: tip.join(" · "), text };
+  }
+
+  // Rows of the attempts chart: a step's own row; under a parallel, one lane per branch with
+  // the bars of all its steps (branches side by side, so that their overlap shows); under a
+  // for_each, a row per item, or with many items the items packed into as few lanes as
+  // their times allow (one lane per item running at once).
+  function ganttRows(steps) {
+    const rows = [];
+    for (const node of groupSteps(steps)) {
+      const s = node.step;
+      const group = node.branches.length || node.items.length || isGroup(s);
+      const collapsed = state.collapsed.has(s.index);
+      if (s.attempt_log.length || group) {
+        rows.push({ label: s.name, cls: group ? "gantt-group" : "", data: { step: s.name },
+          toggle: group && (node.branches.length || node.items.length) ? s.index : null,
+          collapsed, bars: s.attempt_log.map((b) => ganttBar(s, b, false)) });
+      }
+      if (collapsed) continue;
+      for (const lane of node.branches) {
+        rows.push({ label: lane.name, cls: "gantt-lane", data: { branch: lane.name, parent: s.index },
+          title: `branch ${lane.name}: ${lane.steps.map((x) => x.name).join(" → ")}`,
+          bars: lane.steps.flatMap((x) => x.attempt_log.map((b) => ganttBar(x, b, true))) });
+      }
+      const ran = node.items.filter((it) => it.attempt_log.length);
+      if (ran.length && ran.length <= ITEM_ROWS) {
+        for (const it of ran) {
+          rows.push({ label: stepLabel(it), cls: "gantt-item",
+            data: { item: it.item, parent: s.index },
+            bars: it.attempt_log.map((b) => ganttBar(it, b, false)) });
+        }
+      } else if (ran.length) {
+        const lanes = packLanes(ran);
+        lanes.slice(0, MAX_LANES).forEach((lane, k) => rows.push({
+          label: `items · lane ${k + 1}`, cls: "gantt-item gantt-packed",
+          data: { lane: k + 1, parent: s.index },
+          title: `${lane.length} items: ${lane.map(stepLabel).join(", ")}`,
+          bars: lane.flatMap((it) => it.attempt_log.map((b) => ganttBar(it, b, true))),
+        }));
+        if (lanes.length > MAX_LANES) {
+          const rest = lanes.slice(MAX_LANES).reduce((n, lane) => n + lane.length, 0);
+          rows.push({ label: `+${rest} items`, cls: "gantt-item gantt-more", data: { parent: s.index },
+            title: `${lanes.length - MAX_LANES} more lanes`, bars: [] });
+        }
+      }
+    }
+    return rows;
+  }
+
+  // Greedy interval packing: each item (all its bars) goes to the first lane free by then.
+  function packLanes(items) {
+    const span = (it) => {
+      let start = Infinity, end = 0;
+      for (const b of it.attempt_log) {
+        start = Math.min(start, b.start_ms);
+        end = Math.max(end, b.start_ms + (b.duration_ms || 0));
+      }
+      return [start, end];
+    };
+    const lanes = [];
+    for (const it of items.slice().sort((a, b) => span(a)[0] - span(b)[0] || a.item - b.item)) {
+      const [start, end] = span(it);
+      const lane = lanes.find((l) => l.end <= start);
+      if (lane) { lane.items.push(it); lane.end = end; } else lanes.push({ items: [it], end });
+    }
+    return lanes.map((l) => l.items);
+  }
+
   function renderGantt(steps) {
-    const bars = steps.flatMap((s) => s.attempt_log);
+    const rows = ganttRows(steps);
     let total = 0;
-    for (const b of bars) total = Math.max(total, b.start_ms + (b.duration_ms || 0));
+    for (const r of rows) for (const { b } of r.bars) total = Math.max(total, b.start_ms + (b.duration_ms || 0));
     total = Math.max(total, 1);
     const pct = (v) => `${Math.min(100, (v / total) * 100).toFixed(3)}%`;
     const axis = h("div", { class: "gantt-row gantt-axis" }, h("span", {}),
       h("div", { class: "gantt-track" }, [0, 0.25, 0.5, 0.75, 1].map((f) =>
         h("span", { class: "tick", style: { left: `${f * 100}%` }, text: fmtMs(Math.round(total * f)) }))));
-    const rows = steps.filter((s) => s.attempt_log.length).map((s) => h("div", { class: "gantt-row" },
-      h("span", { class: "gantt-label", title: s.name, text: s.name }),
-      h("div", { class: "gantt-track" }, s.attempt_log.map((b) => {
-        const what = b.phase === "compensate" ? "compensation" : "attempt";
-        const tip = [`${s.name}: ${what} ${fmtAttempt(b.attempt, b.max_attempts)}`,
-          OUTCOME_LABEL[b.outcome] || b.outcome, fmtMs(b.duration_ms)];
-        if (b.error) tip.push(b.error);
-        return h("span", {
-          class: `bar out-${b.outcome} phase-${b.phase}`,
-          title: tip.join(" · "),
-          style: { left: pct(b.start_ms), width: pct(b.duration_ms || 0) },
-        }, h("span", { class: "bar-label",
-          text: b.outcome === "skipped" ? "skipped" : b.phase === "compensate" ?
-            `undo ${fmtMs(b.duration_ms)}` : `#${b.attempt ?? "?"} ${fmtMs(b.duration_ms)}` }));
-      }))));
-    ui.gantt.replaceChildren(axis, ...rows);
+    const drawn = rows.map((r) => h("div", { class: `gantt-row ${r.cls}`.trim(), data: r.data },
+      r.toggle !== null && r.toggle !== undefined ? h("button", {
+        type: "button", class: "gantt-label gantt-toggle", title: r.collapsed ? "Show the rows under it" :
+          "Hide the rows under it", "aria-expanded": r.collapsed ? "false" : "true",
+        onclick: () => toggleGroup(r.toggle),
+      }, h("span", { class: "caret", "aria-hidden": "true", text: r.collapsed ? "▸" : "▾" }), r.label) :
+        h("span", { class: "gantt-label", title: r.title || r.label, text: r.label }),
+      h("div", { class: "gantt-track" }, r.bars.map(({ b, tip, text }) => h("span", {
+        class: `bar out-${b.outcome} phase-${b.phase}`,
+        title: tip,
+        style: { left: pct(b.start_ms), width: pct(b.duration_ms || 0) },
+      }, h("span", { class: "bar-label", text }))))));
+    ui.gantt.replaceChildren(axis, ...drawn);
     placeBarLabels();
     if (!rows.length) ui.gantt.append(h("p", { class: "empty", text: "No attempts yet." }));
     ui.attemptsNote.replaceChildren(...GANTT_LEGEND.map(([cls, text]) =>
       h("span", { class: `legend-item ${cls}` }, h("span", { class: "swatch solid" }), text)));
+  }
+
+  function toggleGroup(index) {
+    if (state.collapsed.has(index)) state.collapsed.delete(index);
+    else state.collapsed.add(index);
+    if (state.detail) renderGantt(state.detail.steps);
   }
 
   // Each bar's label goes inside it, else right of it, else left of it, whichever fits
@@ -442,6 +629,16 @@
   }
   window.addEventListener("resize", placeBarLabels);
 
+  // An event's step: "notify[3]" for an item's, the branch beside a branch step's name.
+  function eventStep(e) {
+    if (e.step === null || e.step === undefined) return "—";
+    const meta = e.meta || {};
+    const item = Number.isInteger(meta.item) ? meta.item : null;
+    const name = stepLabel({ name: e.step, item });
+    return typeof meta.branch === "string" ?
+      [name, " ", h("span", { class: "branch-tag", title: "branch", text: meta.branch })] : name;
+  }
+
   function cells(e, withRun) {
     const row = [h("td", { class: "c-time", title: e.ts, text: fmtTime(e.ts) })];
     if (withRun) {
@@ -453,7 +650,7 @@
     }
     row.push(
       h("td", { class: "c-event" }, h("span", { class: `ev ${eventClass(e.type)}`, text: e.type })),
-      h("td", { class: "c-step", text: e.step ?? "—" }),
+      h("td", { class: "c-step" }, eventStep(e)),
       h("td", { class: "c-attempt num", text: fmtAttempt(e.attempt, e.max_attempts) }),
       h("td", { class: "c-duration num", text: fmtMs(e.duration_ms) }),
       h("td", { class: "c-error", text: e.error || "" }),
