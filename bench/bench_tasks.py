@@ -77,3 +77,14 @@ def plain_noop(key: str) -> None:
 @plain.task(name="bench.plain.finish")
 def plain_finish(key: str) -> None:
     done(key)
+
+
+def items(ctx: Any) -> list[int]:
+    return list(range(int(ctx.input["n"])))
+
+
+flux_each = (
+    workflow("bench-each")
+    .for_each("each", noop, items=items, max_concurrency=None)
+    .step("done", finish)
+)

@@ -82,9 +82,7 @@ class Dispatcher(Protocol):
     ) -> None:
         """Send what ``nxt`` says (steps from an index, a compensation, a retry)."""
 
-    def send_rows(
-        self, run_id: str, wf: Workflow, rows: Sequence[tuple[int, str, int]]
-    ) -> None:
+    def send_rows(self, run_id: str, wf: Workflow, rows: Sequence[tuple[int, str, int]]) -> None:
         """Send a group's rows ``(row, task id, definition index)`` (parallel branches,
         for_each items), each as its own task."""
         ...
@@ -341,10 +339,7 @@ class FluxEngine:
             self._drive_local(state.id, nxt)
             return
         wf = self.workflow(state.workflow)
-        if (
-            nxt.action is Action.COMPENSATE
-            and wf.row_def(state, nxt.index or 0).compensate is None
-        ):
+        if nxt.action is Action.COMPENSATE and wf.row_def(state, nxt.index or 0).compensate is None:
             # Nothing to run at this index: finalize the rollback here.
             self.continue_run(state, self.runner.run_compensation(state.id, nxt.index or 0))
             return
@@ -644,11 +639,7 @@ class FluxEngine:
                 detail=f"run {run_id} is already {state.status.value}",
             )
         wf = self.workflow(state.workflow) if compensate else None
-        plan = (
-            rollback_plan(wf, state, None)
-            if wf is not None
-            else None
-        )
+        plan = rollback_plan(wf, state, None) if wf is not None else None
         running = [s.task_id for s in state.steps if s.status == StepStatus.RUNNING and s.task_id]
         change = self.rt.change(state)
         change.apply(t.cancel_run(state, reason, self.clock(), terminate=terminate, plan=plan))

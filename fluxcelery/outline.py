@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 __all__ = [
+    "GROUP_KINDS",
     "ITEMS_ALL",
     "ITEMS_HEAD",
     "ITEMS_NOTABLE",
@@ -26,10 +27,13 @@ __all__ = [
     "describe_counts",
     "items_of",
     "outline",
+    "own_traceback",
     "step_label",
     "summarize",
 ]
 
+#: Rows that other rows are grouped under.
+GROUP_KINDS = frozenset({"parallel", "for_each"})
 #: A for_each with at most this many items shows all of them.
 ITEMS_ALL = 15
 #: Above ``ITEMS_ALL``: the first items shown…
@@ -121,6 +125,16 @@ def items_of(steps: Sequence[Mapping[str, Any]], index: Any) -> list[Mapping[str
     """The item rows of the for_each row ``index``, in item order."""
     items = [s for s in steps if s.get("parent") == index and s.get("item") is not None]
     return sorted(items, key=lambda s: s.get("item") or 0)
+
+
+def own_traceback(steps: Sequence[Mapping[str, Any]], step: Mapping[str, Any]) -> str | None:
+    """A row's traceback, unless it is a parallel's or for_each's failure that one of its
+    branch steps or items already shows (the same text, kept once)."""
+    text = step.get("traceback")
+    if not text or step.get("kind") not in GROUP_KINDS:
+        return text or None
+    below = (s for s in steps if s.get("parent") == step.get("index") and s is not step)
+    return None if any(s.get("traceback") == text for s in below) else str(text)
 
 
 def outline(

@@ -306,3 +306,86 @@ def test_only_core_transitions_assigns_a_status() -> None:
         if (lines := _status_assignments(p))
     }
     assert set(where) == {"core/transitions.py"}, where
+
+
+# -- groups: parallel branches and for_each items (SPEC section 11) ----------------------------
+def group_run() -> RunState:
+    """s0, a parallel at 1 with branch rows 2 (a) and 3 (b), s4 after it."""
+    return RunState(
+        id="r1",
+        workflow="wf",
+        status=R.RUNNING,
+        input={},
+        data={"k": 0},
+        steps=[
+            StepState(name="s0", index=0, status=S.COMPLETED),
+            StepState(name="p", index=1, kind="parallel"),
+            StepState(name="a1", index=2, branch="a", parent=1),
+            StepState(name="b1", index=3, branch="b", parent=1),
+            StepState(name="s4", index=4),
+        ],
+        current_step=1,
+        created_at=T0,
+    )
+
+
+def test_a_group_fans_out_its_rows_move_inside_it_and_the_join_moves_the_run() -> None:
+    state = group_run()
+    tr = t.start_group(
+        state, 1, launch=[(2, "t-a"), (3, "t-b")], task_id="t-p", worker=None, at=T0, meta={}
+    )
+    assert types(tr) == ["parallel:start"] and tr.steps == (1, 2, 3) and tr.created == ()
+    assert state.steps[1].status == S.RUNNING
+    assert (state.steps[2].task_id, state.steps[3].task_id) == ("t-a", "t-b")  # in flight
+    started = t.start_step(state, 3, attempt=1, max_attempts=1, at=T0, **ATTEMPT)
+    assert state.current_step == 1  # a branch step does not move the run's cursor
+    assert started.events[0].meta == {"branch": "b"}
+    t.complete_step(state, 3, "B", attempt=1, max_attempts=1, started=T0, at=T1, **ATTEMPT)
+    assert state.current_step == 1
+    joined = t.join_group(state, 1, {"b": "B"}, {"k": 1}, next_index=4, at=T1)
+    assert types(joined) == ["parallel:join", "step:complete"]
+    assert (state.steps[1].status, state.steps[1].output) == (S.COMPLETED, {"b": "B"})
+    assert (state.data, state.current_step) == ({"k": 1}, 4)
+
+
+def test_a_for_each_adds_its_items_as_rows_and_launches_some() -> None:
+    state = group_run()
+    items = [StepState(name="e", index=5 + k, item=k, parent=1) for k in range(3)]
+    tr = t.start_group(
+        state, 1, new_rows=items, launch=[(5, "t0")], task_id=None, worker=None, at=T0
+    )
+    assert tr.created == (5, 6, 7) and len(state.steps) == 8
+    assert state.steps[5].task_id == "t0" and state.steps[6].task_id is None
+    with pytest.raises(InvalidTransition):
+        t.launch_rows(state, [(1, "x")])  # a running row is not launched again
+    bad = [StepState(name="e", index=9, item=9, parent=1)]
+    with pytest.raises(InvalidTransition, match="out of order"):
+        t.start_group(group_run(), 1, new_rows=bad, task_id=None, worker=None, at=T0)
+    skipped = t.skip_step(state, 6, task_id=None, worker=None, at=T0)
+    assert skipped.events[0].meta == {"item": 1} and state.current_step == 1
+
+
+def test_a_failed_branch_holds_the_rollback_and_a_cancel_fails_running_groups() -> None:
+    state = group_run()
+    t.start_group(state, 1, task_id=None, worker=None, at=T0)
+    assert types(t.hold_rollback(state, "branch 'a' failed: x")) == []
+    assert state.status == R.ROLLING_BACK and state.error == "branch 'a' failed: x"
+    # A run cancelled while its group runs: the group step fails with the cancel.
+    state = group_run()
+    t.start_group(state, 1, task_id=None, worker=None, at=T0)
+    t.start_step(state, 2, attempt=1, max_attempts=1, at=T0, **ATTEMPT)
+    tr = t.cancel_run(state, "stop", T1)
+    assert state.steps[1].status == S.FAILED and state.steps[2].status == S.RUNNING
+    assert tr.events[0].meta == {"reason": "stop", "running": ["a1"]}
+
+
+def test_reset_for_retry_leaves_the_items_of_earlier_groups_alone() -> None:
+    state = group_run()
+    state.status = R.FAILED
+    state.steps.append(
+        StepState(name="e", index=5, item=0, parent=0, status=S.COMPLETED, scope={"value": 1})
+    )
+    state.steps[1].status = S.FAILED
+    t.reset_for_retry(state, 1)
+    assert state.steps[5].status == S.COMPLETED  # item of the group at 0, before the retry
+    assert state.steps[1].status == S.PENDING

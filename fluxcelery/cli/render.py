@@ -23,7 +23,14 @@ from rich.table import Table
 from rich.text import Text
 
 from ..core.records import describe_progress
-from ..outline import describe_counts, items_of, outline, step_label, summarize
+from ..outline import (
+    describe_counts,
+    items_of,
+    outline,
+    own_traceback,
+    step_label,
+    summarize,
+)
 
 if TYPE_CHECKING:
     from rich.console import ConsoleOptions, JustifyMethod, RenderResult
@@ -49,8 +56,6 @@ CHECK_MARKS = {
     "info": ("i", "cyan"),
     "skip": ("-", "dim"),
 }
-#: Rows that other rows are grouped under (SPEC section 11).
-GROUP_KINDS = frozenset({"parallel", "for_each"})
 #: A shrinkable column (workflow, step, error) keeps at least this many characters: below
 #: that, a table drops its optional columns instead (see ``FitTable``).
 MIN_FLEX = 12
@@ -339,14 +344,16 @@ def steps_table(steps: Sequence[Mapping[str, Any]]) -> FitTable:
     """A run's steps as an indented tree (``fluxcelery.outline``): a parallel's branches
     under it, each branch's steps under its name; a for_each's items under it, the first
     ones and the notable ones with a line counting the others. The Celery task ids only
-    where they fit."""
+    where they fit (and a step has one)."""
     task_id = Col("task_id", lambda s: _cell(s.get("task_id")))
-    layouts = (
-        (*_STEP_HEAD, task_id, _STEP_ERROR),
+    rows = _outline_rows(steps)
+    layouts: tuple[tuple[Col, ...], ...] = (
         (*_STEP_HEAD, _STEP_ERROR),
         (_STEP_INDEX, _STEP_NAME, *_STEP_TAIL, _STEP_ERROR),
     )
-    return FitTable(layouts, _outline_rows(steps))
+    if any(r.get("task_id") for r in rows):  # an in-process run has none: no empty column
+        layouts = ((*_STEP_HEAD, task_id, _STEP_ERROR), *layouts)
+    return FitTable(layouts, rows)
 
 
 def _attempt(e: Mapping[str, Any]) -> Text:
@@ -446,13 +453,10 @@ def tracebacks(steps: Sequence[Mapping[str, Any]]) -> list[Text]:
     every one)."""
     out = []
     folded = 0
-    below = {s.get("traceback") for s in steps if s.get("parent") is not None}
     for line in outline(steps):
         s = line.step
-        if line.kind != "step" or s is None or not s.get("traceback"):
-            continue
-        if s.get("kind") in GROUP_KINDS and s["traceback"] in below:
-            continue  # a parallel's or for_each's failure is its branch's or item's
+        if line.kind != "step" or s is None or not own_traceback(steps, s):
+            continue  # (a parallel's or for_each's failure is shown with its branch or item)
         if line.folded:
             folded += 1
             continue

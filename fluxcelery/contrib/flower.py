@@ -55,7 +55,15 @@ from ..core.states import ACTIVE_RUN, values
 from ..defaults import default_app, default_engine
 from ..engine import FluxEngine
 from ..ops import RUN_STATUSES, RunFilter, find_runs, run_detail, status_counts, trace_rows
-from ..outline import Line, describe_counts, items_of, outline, step_label, summarize
+from ..outline import (
+    Line,
+    describe_counts,
+    items_of,
+    outline,
+    own_traceback,
+    step_label,
+    summarize,
+)
 from ..settings import is_loopback
 
 __all__ = [
@@ -250,6 +258,7 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "flux_branch_summary": branch_summary,
     "flux_items_summary": items_summary,
     "flux_counts": describe_counts,
+    "flux_traceback": own_traceback,
 }
 
 

@@ -382,11 +382,14 @@ class Workflow:
         )
         return self
 
-    def parallel(self, name: str, *branches: Branch) -> Workflow:
+    def parallel(self, name: str, *branches: Branch, when: Condition | None = None) -> Workflow:
         """Run ``branches`` at the same time; the step completes when all have (the join).
-        ``ctx.results[name]`` is ``{branch: output of its last step}`` (SPEC section 11)."""
+        ``ctx.results[name]`` is ``{branch: output of its last step}`` (SPEC section 11).
+        ``when``: a condition; false skips the step and every branch."""
         self._check_open()
         problems: list[str] = []
+        if when is not None and not callable(when):
+            problems.append(f"when must be callable(ctx) -> bool, got {when!r}")
         try:
             _check_name("Step", name)
         except DefinitionError as exc:
@@ -439,7 +442,7 @@ class Workflow:
                 kind="parallel",
                 handler=_join_only,
                 retries=0,
-                timeout=None,
+                when=when,
                 branches=tuple(layout),
             )
         )

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import DefinitionError, NonRetryableError, PayloadTooLarge, SerializationError
-from .states import COMPENSABLE_STEP, StepStatus
+from .states import COMPENSABLE_STEP
 
 if TYPE_CHECKING:
     from .builder import StepDef, Workflow
@@ -76,21 +75,6 @@ def should_retry(
     if retry_on is not None:
         return isinstance(exc, retry_on)
     return True
-
-
-def compensation_plan(
-    steps: Sequence[StepDef], statuses: Sequence[StepStatus], failed_index: int
-) -> list[int]:
-    """Indexes to compensate, in strict reverse order.
-
-    Every step before ``failed_index`` that has a compensator and is ``completed`` (or whose
-    compensation is already under way or failed before, for a retried rollback) is included.
-    """
-    return [
-        i
-        for i in range(min(failed_index, len(steps)) - 1, -1, -1)
-        if steps[i].compensate is not None and statuses[i] in COMPENSABLE_STEP
-    ]
 
 
 _GROUP = ("parallel", "for_each")

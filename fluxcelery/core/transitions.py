@@ -23,9 +23,6 @@ from typing import Any
 from ..trace.event import TraceEvent
 from .errors import InvalidTransition
 from .records import RunState, StepState, ms_between
-
-#: The kinds of a step that fans out (builder.GROUP_KINDS; not imported: no cycle).
-GROUP_KINDS = frozenset({"parallel", "for_each"})
 from .states import (
     CANCELLABLE_RUN,
     RunStatus,
@@ -33,6 +30,9 @@ from .states import (
     check_run_change,
     check_step_transition,
 )
+
+#: The kinds of a step that fans out (builder.GROUP_KINDS; not imported: no cycle).
+GROUP_KINDS = frozenset({"parallel", "for_each"})
 
 R = RunStatus
 S = StepStatus

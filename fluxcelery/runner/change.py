@@ -92,9 +92,7 @@ class Change:
             target = tx if tx is not None else self.storage
             if self.created:
                 landed = bool(
-                    target.save_run(
-                        self.state, self.version, self.steps, self.events, self.created
-                    )
+                    target.save_run(self.state, self.version, self.steps, self.events, self.created)
                 )
             else:
                 landed = bool(target.save_run(self.state, self.version, self.steps, self.events))

@@ -49,9 +49,7 @@ def in_flight(state: RunState, parent: int) -> list[StepState]:
 
 def running_rows(state: RunState) -> list[int]:
     """Rows with an attempt under way (group steps themselves are not attempts)."""
-    return [
-        s.index for s in state.steps if s.status == S.RUNNING and s.kind in ("step", "commit")
-    ]
+    return [s.index for s in state.steps if s.status == S.RUNNING and s.kind in ("step", "commit")]
 
 
 def branch_next(wf: Workflow, state: RunState, row: int) -> int | None:
@@ -185,9 +183,7 @@ class Groups:
                 launch = [(nxt, new_task_id())]
         else:
             waiting = [
-                x.index
-                for x in rows_of(state, p)
-                if x.status == S.PENDING and x.task_id is None
+                x.index for x in rows_of(state, p) if x.status == S.PENDING and x.task_id is None
             ]
             room = (sdef.max_concurrency or len(waiting)) - len(in_flight(state, p))
             launch = [(i, new_task_id()) for i in waiting[: max(0, room)]]

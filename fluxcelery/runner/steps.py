@@ -15,21 +15,23 @@ run is inserted with its first start, so a run costs one transaction per step (p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from ..core import transitions as t
+from ..core.branching import data_changes
 from ..core.builder import StepDef, WaitFor, Workflow
 from ..core.context import StepContext
 from ..core.errors import FluxError, NonRetryableError, SerializationError
 from ..core.jsoncodec import roundtrip
-from ..core.branching import data_changes
 from ..core.policy import rollback_plan, should_retry
-from ..core.records import RunState
+from ..core.records import RunState, StepState
 from ..core.states import DONE_STEP, STEPPING_RUN, RunStatus, StepStatus
 from ..core.transitions import Transition
+from ..trace.event import TraceEvent
 from .change import DONE, STOP, Action, Change, Next
 from .claim import load_claiming
 from .compensation import Compensation
@@ -236,6 +238,7 @@ class StepRunner:
             state.__dict__.update(fresh.__dict__)
             change.rebase()
             nxt = redo(change)
+            change.events = [_raced(e, index) for e in change.events]
             if change.save(tx):
                 return nxt
         return STOP
@@ -608,7 +611,9 @@ class StepRunner:
                 else:  # a branch commit: a sibling's write may come first; redo on it
 
                     def redo(c: Change) -> Next:
-                        return self._apply_success(c, wf, sdef, ctx, value, started, task_id, worker)
+                        return self._apply_success(
+                            c, wf, sdef, ctx, value, started, task_id, worker
+                        )
 
                     nxt = self._store(change, nxt, sdef.index, attempt, redo, tx)
                     landed = nxt is not STOP
@@ -812,6 +817,14 @@ class StepRunner:
         return Next(Action.DONE, failure=failure)
 
     # -- compensation ---------------------------------------------------------------------
+
+
+def _raced(event: TraceEvent, index: int) -> TraceEvent:
+    """Row ``index``'s outcome event, marked ``meta.raced``: its write lost the race to a
+    sibling's and was made again on the fresh run (how the last two rows meet in one join)."""
+    if event.step_index != index or event.type == "step:start":
+        return event
+    return dataclasses.replace(event, meta={**(event.meta or {}), "raced": True})
 
 
 def resume_point(state: RunState, wf: Workflow) -> Next:

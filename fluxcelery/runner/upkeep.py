@@ -12,8 +12,8 @@ from ..core.errors import FluxError, StepTimeout, describe_error
 from ..core.records import RunState
 from ..core.states import RunStatus, StepStatus
 from .change import Action, Next
-from .runtime import Runtime
 from .fanout import in_flight
+from .runtime import Runtime
 from .steps import StepRunner, resume_point
 
 log = logging.getLogger("fluxcelery.engine")

@@ -72,9 +72,7 @@ SAVE_SQL = (
     f"n AS (INSERT INTO flux_steps (run_id, {', '.join(STEP_COLS)}) "
     f"SELECT %(id)s, {', '.join('x.' + c for c in STEP_COLS)} "
     f"FROM jsonb_to_recordset(%(new_steps)s::jsonb) AS x({_STEP_RECORD}) "
-    "WHERE EXISTS (SELECT 1 FROM r)), "
-    + _TRACE_INSERT
-    + " SELECT count(*) FROM r"
+    "WHERE EXISTS (SELECT 1 FROM r)), " + _TRACE_INSERT + " SELECT count(*) FROM r"
 )
 
 CREATE_SQL = (
@@ -210,9 +208,7 @@ def save_params(
         "executor": state.executor,
         "finished_at": state.finished_at,
         "cancel_reason": state.cancel_reason,
-        "steps": _rows(
-            [_step_row(state.steps[i]) for i in sorted(set(steps) - new)], "step rows"
-        ),
+        "steps": _rows([_step_row(state.steps[i]) for i in sorted(set(steps) - new)], "step rows"),
         "new_steps": _rows([_step_row(state.steps[i]) for i in sorted(new)], "step rows"),
         "events": _rows([_trace_row(e) for e in events], "trace events"),
     }

@@ -206,8 +206,7 @@ def summarize_run(events: Sequence[TraceEvent], steps_total: int | None = None) 
         "version": None,
         "status": status,
         "current_step": current,
-        "steps_done": sum(1 for s in steps if s["status"] in DONE_VALUES),
-        "steps_total": max(steps_total or 0, len(steps)),
+        **step_counts(steps, steps_total),
         "error": error if status != "completed" else None,
         "executor": None,
         "created_at": _iso(first.ts),
@@ -233,6 +232,20 @@ def event_branch(e: TraceEvent) -> str | None:
 def event_row(e: TraceEvent) -> str:
     """The row an event is about, as the pages name it: ``notify[3]`` for an item's."""
     return step_label({"name": e.step, "item": event_item(e)})
+
+
+def step_counts(steps: Sequence[dict[str, Any]], known: int | None = None) -> dict[str, int]:
+    """Steps done and in all (``known``: the definition's count, when larger), and the same
+    for the items of for_each steps, which are counted apart (a run of 3 steps can have
+    1000 items)."""
+    rows = [s for s in steps if s.get("item") is None]
+    items = [s for s in steps if s.get("item") is not None]
+    return {
+        "steps_done": sum(1 for s in rows if s["status"] in DONE_VALUES),
+        "steps_total": max(known or 0, len(rows)),
+        "items_done": sum(1 for s in items if s["status"] in DONE_VALUES),
+        "items_total": len(items),
+    }
 
 
 def derive_steps(events: Iterable[TraceEvent]) -> list[dict[str, Any]]:
@@ -637,8 +650,7 @@ class DbSource:
         run.update(
             version=d["workflow_version"],
             current_step=steps[index]["name"] if index < len(steps) else None,
-            steps_done=sum(1 for s in steps if s["status"] in DONE_VALUES),
-            steps_total=len(steps),
+            **step_counts(steps),
             events=len(d["traces"]),
         )
         events = [TraceEvent.from_dict(row) for row in d["traces"]]

@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from fluxcelery import StepContext, workflow
+from fluxcelery import StepContext, branch, workflow
 
 METADATA = sa.MetaData()
 outage_effects = sa.Table(
@@ -40,4 +40,24 @@ outage = (
     .step("slow", slow, retries=0, timeout=60)
     .commit("record", record, retries=3, timeout=60)
     .step("after", lambda ctx: {"done": True}, retries=0)
+)
+
+
+def branch_nap(ctx: StepContext) -> dict[str, Any]:
+    """Sleeps ``input.naps[step]`` seconds (the test stops the database meanwhile)."""
+    time.sleep(float((ctx.input.get("naps") or {}).get(ctx.step, 0)))
+    return {"step": ctx.step, "attempt": ctx.attempt}
+
+
+# Parallel branches across a database restart (SPEC section 11): branch ``quick`` stores its
+# outcome, the database restarts while ``late`` sleeps, and ``late``'s outcome (which makes
+# the join) is stored once the database is back. ``record`` commits one row per run.
+par_outage = (
+    workflow("chaos-par-outage", version="1")
+    .parallel(
+        "both",
+        branch("quick").commit("quick", record, retries=3, timeout=60),
+        branch("late").step("late", branch_nap, retries=0, timeout=60),
+    )
+    .commit("after-join", record, retries=3, timeout=60)
 )

@@ -55,7 +55,7 @@ class OutageCluster:
             celery={"task_default_queue": self.queue},
         )
         self.engine = FluxEngine(storage=self.storage, app=build_app(settings))
-        self.engine.register(chaos_workflows.outage)
+        self.engine.register(chaos_workflows.outage, chaos_workflows.par_outage)
         self.env = {
             **os.environ,
             "FLUX_BROKER_URL": AMQP_URL,

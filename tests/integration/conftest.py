@@ -257,4 +257,5 @@ def _it_workflows() -> list[Any]:
         w.par_race,
         w.par_nap,
         w.par_each,
+        w.par_pair,
     ]

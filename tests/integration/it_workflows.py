@@ -238,7 +238,22 @@ def item_undo(ctx):
 def branch_fails(ctx):
     if ctx.input.get("fail") == ctx.step:
         raise NonRetryableError(f"{ctx.step} refused")
+    if ctx.input.get("meet"):
+        _meet(ctx)
     return booked(ctx)
+
+
+def _meet(ctx) -> None:
+    """Both branch steps of a run return at the same instant: each leaves a file in
+    ``input.meet`` and waits (up to 20 s) for its sibling's, across worker processes."""
+    folder = ctx.input["meet"]
+    open(os.path.join(folder, f"{ctx.run_id}.{ctx.step}"), "w").close()
+    siblings = [f"{ctx.run_id}.{s}" for s in ("left-book", "right-book")]
+    deadline = time.monotonic() + 20
+    while not all(os.path.exists(os.path.join(folder, f)) for f in siblings):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the sibling branch never came")
+        time.sleep(0.001)
 
 
 def after_join(ctx):
@@ -282,4 +297,15 @@ par_each = (
         retries=0,
     )
     .commit("after", record)
+)
+
+# Two branches of one napping step each: concurrency on ``-c 2``.
+par_pair = (
+    workflow("it-par-pair")
+    .parallel(
+        "pair",
+        branch("a").step("nap-a", nap, timeout=60),
+        branch("b").step("nap-b", nap, timeout=60),
+    )
+    .step("after", noop)
 )

@@ -349,6 +349,7 @@
       ["Finished", run.finished_at ? fmtDateTime(run.finished_at) : "—"],
       ["Duration", fmtDuration(run.duration_ms)],
       ["Steps", `${run.steps_done}/${run.steps_total} done`],
+      ...(run.items_total ? [["Items", `${run.items_done}/${run.items_total} done`]] : []),
       ["Events", run.events],
     ];
     if (run.version) facts.push(["Version", run.version]);
@@ -436,6 +437,7 @@
         grouped ? groupBox(node, i) : stepNode(node.step, i));
     });
     ui.path.replaceChildren(...nodes);
+    ui.path.classList.toggle("has-groups", steps.some((s) => isGroup(s)));
     if (!steps.length) ui.path.append(h("p", { class: "empty", text: "No steps yet." }));
 
     ui.rollback.hidden = !compensations.length;
@@ -488,7 +490,9 @@
   const ITEM_ROWS = 20; // a for_each with more items packs them into lanes
   const MAX_LANES = 24;
 
-  function ganttBar(s, b, withName) {
+  // A bar of row s: its attempt b, with the row's name in its label when the row is a
+  // lane of several rows (``short``: the name alone, tried when the label does not fit).
+  function ganttBar(s, b, withName, short = false) {
     const what = b.phase === "compensate" ? "compensation" : b.phase === "group" ?
       (s.kind === "parallel" ? "branches" : "items") : "attempt";
     const tip = [`${stepLabel(s)}: ${what} ${fmtAttempt(b.attempt, b.max_attempts)}`,
@@ -498,7 +502,7 @@
     const text = b.outcome === "skipped" ? `${name}skipped` : b.phase === "compensate" ?
       `${name}undo ${fmtMs(b.duration_ms)}` : b.phase === "group" ? fmtMs(b.duration_ms) :
         `${name}#${b.attempt ?? "?"} ${fmtMs(b.duration_ms)}`;
-    return { s, b, tip: tip.join(" · "), text };
+    return { s, b, tip: tip.join(" · "), text, short: short ? stepLabel(s) : null };
   }
 
   // Rows of the attempts chart: a step's own row; under a parallel, one lane per branch with
@@ -520,7 +524,7 @@
       for (const lane of node.branches) {
         rows.push({ label: lane.name, cls: "gantt-lane", data: { branch: lane.name, parent: s.index },
           title: `branch ${lane.name}: ${lane.steps.map((x) => x.name).join(" → ")}`,
-          bars: lane.steps.flatMap((x) => x.attempt_log.map((b) => ganttBar(x, b, true))) });
+          bars: lane.steps.flatMap((x) => x.attempt_log.map((b) => ganttBar(x, b, true, true))) });
       }
       const ran = node.items.filter((it) => it.attempt_log.length);
       if (ran.length && ran.length <= ITEM_ROWS) {
@@ -582,9 +586,9 @@
         onclick: () => toggleGroup(r.toggle),
       }, h("span", { class: "caret", "aria-hidden": "true", text: r.collapsed ? "▸" : "▾" }), r.label) :
         h("span", { class: "gantt-label", title: r.title || r.label, text: r.label }),
-      h("div", { class: "gantt-track" }, r.bars.map(({ b, tip, text }) => h("span", {
+      h("div", { class: "gantt-track" }, r.bars.map(({ b, tip, text, short }) => h("span", {
         class: `bar out-${b.outcome} phase-${b.phase}`,
-        title: tip,
+        title: tip, data: short ? { short } : null,
         style: { left: pct(b.start_ms), width: pct(b.duration_ms || 0) },
       }, h("span", { class: "bar-label", text }))))));
     ui.gantt.replaceChildren(axis, ...drawn);
@@ -601,29 +605,36 @@
   }
 
   // Each bar's label goes inside it, else right of it, else left of it, whichever fits
-  // without touching a neighbour; otherwise it is hidden (the tooltip still has it).
+  // without touching a neighbour; a branch lane's bar then tries its step's name alone;
+  // otherwise the label is hidden (the tooltip still has it).
   function placeBarLabels() {
     for (const track of ui.gantt.querySelectorAll(".gantt-row:not(.gantt-axis) .gantt-track")) {
       const bars = [...track.querySelectorAll(".bar")].map((bar) => {
         bar.classList.remove("label-in", "label-left", "label-none");
+        if (bar.dataset.full) bar.firstChild.textContent = bar.dataset.full;
         return { bar, left: bar.offsetLeft, right: bar.offsetLeft + bar.offsetWidth,
           width: bar.firstChild.offsetWidth + 12 };
       }).sort((a, b) => a.left - b.left);
       let used = 0;
+      const fit = (x, next) => {
+        if (x.right - x.left >= x.width && !x.bar.classList.contains("out-skipped")) return "in";
+        if (next - x.right >= x.width) return "right";
+        if (x.left - used >= x.width) return "left";
+        return "none";
+      };
       bars.forEach((x, i) => {
         const next = i + 1 < bars.length ? bars[i + 1].left : track.clientWidth;
-        if (x.right - x.left >= x.width && !x.bar.classList.contains("out-skipped")) {
-          x.bar.classList.add("label-in");
-          used = x.right;
-        } else if (next - x.right >= x.width) {
-          used = x.right + x.width;
-        } else if (x.left - used >= x.width) {
-          x.bar.classList.add("label-left");
-          used = x.right;
-        } else {
-          x.bar.classList.add("label-none");
-          used = x.right;
+        let place = fit(x, next);
+        if (place === "none" && x.bar.dataset.short) {
+          x.bar.dataset.full = x.bar.firstChild.textContent;
+          x.bar.firstChild.textContent = x.bar.dataset.short;
+          x.width = x.bar.firstChild.offsetWidth + 12;
+          place = fit(x, next);
         }
+        if (place === "in") x.bar.classList.add("label-in");
+        else if (place === "left") x.bar.classList.add("label-left");
+        else if (place === "none") x.bar.classList.add("label-none");
+        used = place === "right" ? x.right + x.width : x.right;
       });
     }
   }
