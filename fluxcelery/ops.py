@@ -30,8 +30,9 @@ def run_row(state: RunState) -> dict[str, Any]:
         "status": state.status.value,
         "current_step": current.name if current else None,
         "progress": current.progress if current and current.status == StepStatus.RUNNING else None,
-        "steps_done": sum(1 for s in state.steps if s.status in DONE_STEP),
-        "steps_total": len(state.steps),
+        # Steps as defined (a parallel's branch steps included); for_each items apart.
+        "steps_done": sum(1 for s in state.steps if s.status in DONE_STEP and s.item is None),
+        "steps_total": sum(1 for s in state.steps if s.item is None),
         "error": state.error,
         "executor": state.executor,
         "created_at": iso(state.created_at),

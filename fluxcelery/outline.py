@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from .core.builder import GROUP_KINDS
+
 __all__ = [
     "GROUP_KINDS",
     "ITEMS_ALL",
@@ -32,8 +34,6 @@ __all__ = [
     "summarize",
 ]
 
-#: Rows that other rows are grouped under.
-GROUP_KINDS = frozenset({"parallel", "for_each"})
 #: A for_each with at most this many items shows all of them.
 ITEMS_ALL = 15
 #: Above ``ITEMS_ALL``: the first items shown…

@@ -38,9 +38,7 @@ def trip(name: str = NAME) -> Workflow:
         .step("quote", _work(15, {"price": 1240}))
         .parallel(
             "book",
-            branch("flight").commit(
-                "reserve-flight", _work(160, "LH-441"), compensate=_work(20)
-            ),
+            branch("flight").commit("reserve-flight", _work(160, "LH-441"), compensate=_work(20)),
             branch("hotel")
             .step("pick-hotel", _work(50, "Hotel Adlon"))
             .commit("reserve-hotel", _work(70, "room 512"), compensate=_work(20)),

@@ -543,7 +543,8 @@ class Workflow:
             raise DefinitionError(f"run {state.id}: step row {index} belongs to no for_each")
         group = steps[parent]
         kind: StepKind = "commit" if group.item_commit else "step"
-        return dataclasses.replace(group, index=index, kind=kind, parent=parent)
+        # ``when`` decides for the whole for_each (at fan-out), not per item.
+        return dataclasses.replace(group, index=index, kind=kind, parent=parent, when=None)
 
     def after(self, index: int) -> int:
         """The index of the step that follows step ``index`` at the top level (past the

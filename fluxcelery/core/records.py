@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -133,6 +134,62 @@ class StepState:
         }
 
 
+class PartialRows(list):  # type: ignore[type-arg]  # a list[StepState] to every reader
+    """A run's step rows as the task of one for_each item reads them (PostgreSQL): the
+    defined steps, its own row and the items it may send next, plus counts of its group;
+    the other items (up to 10,000) are read the first time anything asks for them.
+
+    Safe under the guarded write: rows read later can only be newer than the version this
+    task read, and then its write does not land (it reads the run again and redoes it)."""
+
+    def __init__(
+        self,
+        rows: dict[int, StepState],
+        total: int,
+        fetch: Callable[[], list[StepState]],
+        counts: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self._rows = rows
+        self._total = total
+        self._fetch = fetch
+        #: The group's ``not_done`` and ``in_flight`` rows when they were read (this task's
+        #: own row included), and ``waiting``: its first rows not sent yet.
+        self.counts = counts
+        self.full = False
+
+    def loaded(self) -> list[StepState]:
+        """The rows read so far, without reading the others."""
+        return list(self) if self.full else [self._rows[i] for i in sorted(self._rows)]
+
+    def _read_all(self) -> None:
+        if self.full:
+            return
+        rows = [self._rows.get(s.index, s) for s in self._fetch()]  # keep this task's objects
+        list.extend(self, rows)
+        self.full = True
+
+    def __len__(self) -> int:
+        return list.__len__(self) if self.full else self._total
+
+    def __getitem__(self, i: Any) -> Any:
+        if not self.full and isinstance(i, int) and i >= 0 and i in self._rows:
+            return self._rows[i]
+        self._read_all()
+        return list.__getitem__(self, i)
+
+    def __iter__(self) -> Iterator[StepState]:
+        self._read_all()
+        return list.__iter__(self)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def append(self, row: StepState) -> None:
+        self._read_all()
+        list.append(self, row)
+
+
 @dataclass
 class RunState:
     """One run, as stored in ``flux_runs`` plus its ``flux_steps`` rows."""
@@ -176,9 +233,10 @@ class RunState:
     @property
     def results(self) -> dict[str, Any]:
         """Step name -> output of each completed step (a signal's payload for a wait step)."""
+        steps = self.steps.loaded() if isinstance(self.steps, PartialRows) else self.steps
         return {
             s.name: s.output
-            for s in self.steps
+            for s in steps
             if (s.status in DONE_STEP or s.status == StepStatus.COMPENSATED) and s.item is None
         }
 

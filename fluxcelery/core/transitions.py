@@ -217,7 +217,8 @@ def settle_cancelled_attempt(
         duration_ms=s.duration_ms,
         error=error,
         ts=at,
-        meta={"after_cancel": True},
+        # Recorded after the run stopped stepping: a cancel, or a sibling branch that failed.
+        meta={"after_cancel": True} if state.cancel_reason is not None else {"after_stop": True},
     )
     return Transition((index,), [event])
 
@@ -688,7 +689,13 @@ def join_group(
             meta=meta,
         ),
         _step_event(
-            state, "step:complete", s, attempt=s.attempts, duration_ms=s.duration_ms, ts=at
+            state,
+            "step:complete",
+            s,
+            status="completed",
+            attempt=s.attempts,
+            duration_ms=s.duration_ms,
+            ts=at,
         ),
     ]
     return Transition((index,), events)

@@ -4,7 +4,9 @@ upkeep: none of them holds the engine or calls into it."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,6 +31,30 @@ from .notify import Notifier
 log = logging.getLogger("fluxcelery.runner")
 
 
+class GroupLocks:
+    """A lock per run id, kept while some thread holds it (no growth across runs)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, run_id: str) -> Iterator[None]:
+        with self._lock:
+            lock, users = self._held.get(run_id) or (threading.Lock(), 0)
+            self._held[run_id] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._held[run_id]
+                if users == 1:
+                    del self._held[run_id]
+                else:
+                    self._held[run_id] = (lock, users - 1)
+
+
 @dataclass(frozen=True)
 class Runtime:
     storage: Storage
@@ -44,6 +70,9 @@ class Runtime:
     claiming: ClaimingStorage | None
     #: Attempts running in this process (``engine.cancel(terminate=True)`` stops them).
     interrupts: Interrupts = field(default_factory=Interrupts)
+    #: One lock per run whose group rows this process writes (``StepRunner._store``): the
+    #: threads of an in-process group redo a lost write once, instead of racing again.
+    group_locks: GroupLocks = field(default_factory=lambda: GroupLocks())
 
     def change(self, state: RunState, *, create: bool = False) -> Change:
         return Change(self.storage, self.notifier, state, create=create)

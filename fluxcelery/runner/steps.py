@@ -45,6 +45,10 @@ log = logging.getLogger("fluxcelery.runner")
 #: won the race (each try reads the run afresh; a handful is the most seen).
 MERGE_TRIES = 200
 
+#: What ``_store`` says of a branch step's or item's write that did not land (a STOP that
+#: a caller holding a transaction can tell from "landed, and nothing follows here").
+LOST = Next(Action.STOP, reason="the write did not land")
+
 
 class StepRunner:
     """Runs step attempts and compensations with what ``rt`` hands it."""
@@ -209,19 +213,33 @@ class StepRunner:
         so that two rows ending together both land and the second one joins; when the run
         stopped stepping meanwhile (a sibling failed, a cancel), the outcome is recorded
         on the row all the same."""
-        if change.save(tx):
-            return nxt
         if change.state.steps[index].parent is None:
-            return STOP
+            return nxt if change.save(tx) else STOP
+        with self.rt.group_locks.hold(change.state.id):
+            if change.save(tx):
+                return nxt
+            return self._merge(change, nxt, index, attempt, redo, tx)
+
+    def _merge(
+        self,
+        change: Change,
+        nxt: Next,
+        index: int,
+        attempt: int,
+        redo: Callable[[Change], Next],
+        tx: Any,
+    ) -> Next:
+        """``_store``'s write lost its race to a sibling's: redo it on the fresh run.
+        Returns what follows, or ``LOST``."""
         state = change.state
         mine = state.steps[index]
         for _ in range(MERGE_TRIES):
             fresh = self.rt.storage.load_run(state.id)
             if fresh is None:
-                return STOP
+                return LOST
             row = fresh.steps[index]
             if row.status != StepStatus.RUNNING or row.attempts != attempt:
-                return STOP  # terminated, or another attempt's
+                return LOST  # terminated, or another attempt's
             p = row.parent or 0
             if (
                 fresh.status not in STEPPING_RUN
@@ -232,6 +250,9 @@ class StepRunner:
                 nxt = self._settle_row(settle, index, mine)
                 if settle.save(tx):
                     state.__dict__.update(fresh.__dict__)
+                    if tx is not None:  # the caller publishes once its transaction commits
+                        change.rebase()
+                        change.events, change.hooks = settle.events, settle.hooks
                     return nxt
                 continue
             log.debug("run %s: row %s lost its write to a sibling's; made again", state.id, index)
@@ -241,7 +262,7 @@ class StepRunner:
             change.events = [_raced(e, index) for e in change.events]
             if change.save(tx):
                 return nxt
-        return STOP
+        return LOST
 
     def _settle_row(self, settle: Change, index: int, mine: StepState) -> Next:
         """Record on a run that stopped stepping the outcome ``mine`` of an attempt that
@@ -616,7 +637,7 @@ class StepRunner:
                         )
 
                     nxt = self._store(change, nxt, sdef.index, attempt, redo, tx)
-                    landed = nxt is not STOP
+                    landed = nxt is not LOST
                 if not landed:  # its effect and its record commit together, or neither
                     settled = self._settle_if_cancelled(change, sdef.index, attempt, tx)
         if settled is not None:
@@ -799,8 +820,17 @@ class StepRunner:
         p = state.steps[failed].parent
         if p is not None:  # a branch step or item: its group step fails with it
             err = group_error(state, failed, err)
-            change.apply(
-                t.fail_step(state, p, err, failure.traceback, attempt=1, max_attempts=1, at=now)
+            change.apply(  # the traceback stays with the row that raised
+                t.fail_step(
+                    state,
+                    p,
+                    err,
+                    None,
+                    attempt=1,
+                    max_attempts=1,
+                    at=now,
+                    started=state.steps[p].started_at,
+                )
             )
             failed = p
             if running_rows(state):

@@ -26,6 +26,8 @@ EVENT_TYPES = (
     "step:compensate_error",
     "signal:received",
     "hook:error",
+    "parallel:start",
+    "parallel:join",
 )
 
 FIELDS = (

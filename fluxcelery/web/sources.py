@@ -24,7 +24,7 @@ from ..core.builder import registered_workflows
 from ..core.errors import RunNotFound
 from ..core.states import DONE_STEP, TERMINAL_RUN, RunStatus, StepStatus, values
 from ..engine import FluxEngine
-from ..outline import step_label
+from ..outline import GROUP_KINDS, step_label
 from ..storage.sql import SqlStorage, normalize_url, redact_url
 from ..trace.event import EVENT_TYPES, TraceEvent
 
@@ -148,7 +148,6 @@ _RUN_STATUS_OF = {
 }
 #: A parallel's or for_each's fan-out and join (SPEC section 11): the group row's own events.
 GROUP_START, GROUP_JOIN = "parallel:start", "parallel:join"
-GROUP_KINDS = frozenset({"parallel", "for_each"})
 _STEP_TYPES = frozenset(t for t in EVENT_TYPES if t.startswith("step:")) | {
     "signal:received",
     GROUP_START,
