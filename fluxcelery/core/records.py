@@ -134,7 +134,7 @@ class StepState:
         }
 
 
-class PartialRows(list):  # type: ignore[type-arg]  # a list[StepState] to every reader
+class PartialRows(list[StepState]):
     """A run's step rows as the task of one for_each item reads them (PostgreSQL): the
     defined steps, its own row and the items it may send next, plus counts of its group;
     the other items (up to 10,000) are read the first time anything asks for them.
