@@ -40,7 +40,7 @@ def test_postgres_restarted_between_a_branch_outcome_and_the_join(
     finally:
         chaos_bench._pg_ctl("start")
         chaos_bench.wait_port(5432)
-    joins = 0
+    joins = reruns = 0
     for run_id in ids:
         state = c.wait(run_id, lambda s: s.status.value in ("completed", "failed"), timeout=150)
         assert state.status == RunStatus.COMPLETED, (run_id, state.error)
@@ -52,4 +52,11 @@ def test_postgres_restarted_between_a_branch_outcome_and_the_join(
         assert types.count("parallel:join") == 1 and types.count("workflow:complete") == 1
         assert _rows(c, run_id) == ["quick", "after-join"]  # each commit landed once
         joins += types.count("parallel:join")
+        starts = [e for e in c.engine.traces(run_id=run_id, type="step:start") if e.step == "late"]
+        reruns += any((e.meta or {}).get("outage") for e in starts)
+    print(
+        f"\n{RUNS} runs: {joins} joins; {reruns} late branches re-ran their attempt "
+        "after the outage"
+    )
     assert joins == RUNS
+    assert reruns >= 1  # an outcome did meet the outage, and was stored once it was over
