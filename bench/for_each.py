@@ -39,6 +39,7 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--timeline", action="store_true", help="print when the group began")
     args = parser.parse_args()
 
     tag = uuid.uuid4().hex[:8]
@@ -65,10 +66,11 @@ def main() -> int:
     )
     engine = FluxEngine(storage=SqlStorage(db_url), app=build_app(settings))
     engine.register(bench_tasks.flux_chain, bench_tasks.flux_each)
-    r = redis.Redis.from_url(REDIS)
+    r = redis.Redis.from_url(REDIS, socket_timeout=None)
     log = Path(f"/tmp/bench-each-{tag}.log")
     worker = start_worker("fluxcelery", queue, env, log, args.concurrency)
     rates: dict[str, list[float]] = {"linear": [], "for_each": []}
+    redone: list[int] = []  # item outcomes whose write lost a race and was made again
     try:
         key = f"bench-each-warm-{tag}"
         engine.start(bench_tasks.flux_chain, {"key": key})
@@ -84,13 +86,25 @@ def main() -> int:
             rates["linear"].append(runs * 4 / (time.perf_counter() - began))
             key = f"bench-each-items-{tag}-{n}"
             began = time.perf_counter()
-            engine.start(bench_tasks.flux_each, {"key": key, "n": args.items})
+            handle = engine.start(bench_tasks.flux_each, {"key": key, "n": args.items})
             wait_done(r, key, 1, timeout=600)
             rates["for_each"].append(args.items / (time.perf_counter() - began))
+            done = engine.traces(run_id=handle.id, type="step:complete", limit=None)
+            redone.append(sum(1 for e in done if (e.meta or {}).get("raced")))
+            if args.timeline:
+                events = engine.traces(run_id=handle.id, limit=None)
+                t0 = events[0].ts
+                for e in events:
+                    if e.type in ("parallel:start", "parallel:join", "workflow:complete") or (
+                        e.step == "each" and (e.meta or {}).get("item") in (0, args.items - 1)
+                    ):
+                        at = (e.ts - t0).total_seconds()
+                        print(f"  {at:7.3f}s {e.type} {e.step} {e.meta}")
             print(
                 f"round {n + 1}: linear {rates['linear'][-1]:.0f} steps/s, "
                 f"for_each {rates['for_each'][-1]:.0f} items/s "
-                f"({rates['for_each'][-1] / rates['linear'][-1]:.2f}x)",
+                f"({rates['for_each'][-1] / rates['linear'][-1]:.2f}x; "
+                f"{redone[-1]} item writes redone after a sibling's)",
                 flush=True,
             )
     finally:

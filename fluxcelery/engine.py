@@ -57,7 +57,7 @@ from .runner.runtime import Runtime
 from .runner.steps import StepRunner, first_unfinished, resume_point
 from .runner.upkeep import Upkeep
 from .settings import load_settings
-from .storage.base import ClaimingStorage, Storage
+from .storage.base import ClaimingStorage, RowViewStorage, Storage
 from .storage.sql import SqlStorage
 from .trace.event import TraceEvent
 from .trace.fanout import TraceFanout
@@ -161,6 +161,7 @@ class FluxEngine:
             max_payload_bytes=max_payload_bytes,
             clock=clock,
             claiming=storage if isinstance(storage, ClaimingStorage) else None,
+            views=storage if isinstance(storage, RowViewStorage) else None,
         )
         self.runner = StepRunner(self.rt)
         self.upkeep = Upkeep(self.rt, self.runner, self.continue_run, self._live_task_ids)
@@ -392,25 +393,29 @@ class FluxEngine:
         until the group is done. Returns what follows it (the join's next action, or the
         rollback a failed branch started); STOP when nothing follows here."""
         runner = self.runner
+        state = self.storage.load_run(run_id)
+        if state is None:
+            return Next(Action.STOP)
+        workflow = state.workflow  # lets an item's attempt read only its own row
 
-        def run_row(row: int) -> Next:
-            nxt = runner.run_step(run_id, row)
+        def run_row(row: int, definition: int) -> Next:
+            nxt = runner.run_step(run_id, row, workflow=workflow, definition=definition)
             while nxt.action is Action.RETRY and nxt.phase == "step" and nxt.index == row:
                 if nxt.delay > 0:
                     self.sleep(nxt.delay)
-                nxt = runner.run_step(run_id, row)
+                nxt = runner.run_step(run_id, row, workflow=workflow, definition=definition)
             return nxt
 
         outcome = Next(Action.STOP)
         width = max(1, min(len(fanout.rows), GROUP_THREADS))
         with ThreadPoolExecutor(width, thread_name_prefix=f"flux-{run_id[:8]}") as pool:
-            pending = {pool.submit(run_row, row) for row, _, _ in fanout.rows}
+            pending = {pool.submit(run_row, row, d) for row, _, d in fanout.rows}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     nxt = future.result()
                     if nxt.action is Action.FANOUT:
-                        pending |= {pool.submit(run_row, row) for row, _, _ in nxt.rows}
+                        pending |= {pool.submit(run_row, row, d) for row, _, d in nxt.rows}
                     elif nxt.action is not Action.STOP:
                         outcome = nxt  # the join's (or the rollback's): one row says it
         return outcome

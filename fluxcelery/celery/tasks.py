@@ -310,6 +310,7 @@ def _register_step(app: Celery, workflow: str, sdef: StepDef, limits: dict[str, 
                 # worker would otherwise be re-run under the same attempt forever).
                 outage=outage and not _redelivered(self),
                 workflow=workflow,
+                definition=index,
             )
             failed = _apply(self, engine, run_id, nxt, workflow)
         except (StorageError, SQLAlchemyError, OSError) as exc:

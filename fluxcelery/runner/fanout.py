@@ -21,7 +21,7 @@ from ..core.branching import merge_changes
 from ..core.builder import MAX_ITEMS, StepDef, Workflow
 from ..core.errors import NonRetryableError
 from ..core.jsoncodec import roundtrip
-from ..core.records import RunState, StepState
+from ..core.records import PartialRows, RunState, StepState
 from ..core.states import DONE_STEP, StepStatus
 from .change import Action, Change, Next
 from .runtime import Runtime
@@ -181,6 +181,14 @@ class Groups:
             nxt = branch_next(wf, state, row)
             if nxt is not None:
                 launch = [(nxt, new_task_id())]
+        elif isinstance(state.steps, PartialRows) and not state.steps.full:
+            # One item of many: the counts read with it say what follows, without reading
+            # every item (they counted this row as not done and in flight).
+            counts = state.steps.counts
+            room = (sdef.max_concurrency or 0) - (counts["in_flight"] - 1)
+            launch = [(i, new_task_id()) for i in counts["waiting"][: max(0, room)]]
+            if not launch and counts["not_done"] > 1:
+                return None  # others still to end: the last one joins
         else:
             waiting = [
                 x.index for x in rows_of(state, p) if x.status == S.PENDING and x.task_id is None

@@ -21,7 +21,7 @@ from ..core.jsoncodec import Redactor, roundtrip
 from ..core.policy import Defaults
 from ..core.records import RunState, StepState, secret_sources
 from ..core.states import RunStatus
-from ..storage.base import ClaimingStorage, Storage
+from ..storage.base import ClaimingStorage, RowViewStorage, Storage
 from .catalog import Catalog
 from .change import STOP, Action, Change, Next
 from .interrupts import Interrupts
@@ -29,6 +29,10 @@ from .invoke import Invoker
 from .notify import Notifier
 
 log = logging.getLogger("fluxcelery.runner")
+
+#: How many of its group's rows not sent yet an item's task reads (it sends at most as many
+#: as ended since the last send: one, or a few when sends raced).
+VIEW_WAITING = 2
 
 
 class GroupLocks:
@@ -68,6 +72,8 @@ class Runtime:
     #: The store, when it can start a step in the load statement (asked once: a runtime
     #: protocol check is slow, and every step task would ask it).
     claiming: ClaimingStorage | None
+    #: The store, when it can read a run as one for_each item's task needs it (asked once).
+    views: RowViewStorage | None = None
     #: Attempts running in this process (``engine.cancel(terminate=True)`` stops them).
     interrupts: Interrupts = field(default_factory=Interrupts)
     #: One lock per run whose group rows this process writes (``StepRunner._store``): the
@@ -134,6 +140,14 @@ class Runtime:
             ctx.item_index = row.item
             ctx.idempotency_key = f"{state.id}:{sdef.name}:{row.item}"
         return ctx
+
+    def load_row(self, run_id: str, index: int, wf: Workflow | None) -> RunState | None:
+        """The run, as the task of row ``index`` needs it: a for_each item's reads only
+        its own row, the defined steps and its group's counts (``RowViewStorage``), not
+        every item; any other row reads the whole run."""
+        if self.views is None or wf is None or index < len(wf.steps):
+            return self.storage.load_run(run_id)
+        return self.views.load_row_view(run_id, index, len(wf.steps), VIEW_WAITING)
 
     def error_text(self, exc: BaseException, state: RunState) -> str:
         return self.notifier.error_text(exc, state)

@@ -83,6 +83,7 @@ class StepRunner:
         outage: bool = False,
         create: bool = False,
         workflow: str | None = None,
+        definition: int | None = None,
     ) -> Next:
         """Run step ``index`` of a run: one attempt (on Celery), or with ``fuse`` every
         following step too until the run needs to wait, retry, compensate or is done.
@@ -101,7 +102,17 @@ class StepRunner:
         """
         attempted: list[tuple[Change, int, int]] = []
         nxt = self._run_step(
-            run_id, index, task_id, worker, fuse, state, outage, create, workflow, attempted
+            run_id,
+            index,
+            task_id,
+            worker,
+            fuse,
+            state,
+            outage,
+            create,
+            workflow,
+            attempted,
+            definition,
         )
         if nxt is STOP and attempted:
             # A lost race: when a cancel recorded while the attempt ran was the reason, the
@@ -121,11 +132,12 @@ class StepRunner:
         create: bool,
         workflow: str | None,
         attempted: list[tuple[Change, int, int]],
+        definition: int | None = None,
     ) -> Next:
         claimed = False
         if state is None:
             state, claimed = load_claiming(
-                self.rt, run_id, index, workflow, task_id, worker, outage
+                self.rt, run_id, index, workflow, task_id, worker, outage, definition
             )
         if state is None:
             log.warning("step task for unknown run %s ignored", run_id)
@@ -186,7 +198,7 @@ class StepRunner:
         sibling's write: read the run again and, while the row may still start, redo it."""
         state = change.state
         for _ in range(MERGE_TRIES):
-            fresh = self.rt.storage.load_run(state.id)
+            fresh = self.rt.load_row(state.id, index, wf)
             if fresh is None:
                 return False, None
             state.__dict__.update(fresh.__dict__)
@@ -233,8 +245,9 @@ class StepRunner:
         Returns what follows, or ``LOST``."""
         state = change.state
         mine = state.steps[index]
+        wf = self.rt.catalog.get(state.workflow)
         for _ in range(MERGE_TRIES):
-            fresh = self.rt.storage.load_run(state.id)
+            fresh = self.rt.load_row(state.id, index, wf)
             if fresh is None:
                 return LOST
             row = fresh.steps[index]

@@ -162,6 +162,22 @@ class ClaimingStorage(Protocol):
         ...
 
 
+@runtime_checkable
+class RowViewStorage(Protocol):
+    """An optional capability: read a run as the task of one row of a group reads it
+    (a for_each of many items), without reading every item."""
+
+    def load_row_view(self, run_id: str, row: int, defined: int, waiting: int) -> RunState | None:
+        """The run, whose ``steps`` are a ``PartialRows``: its first ``defined`` rows (the
+        workflow's own steps), row ``row``, and the first ``waiting`` rows of row's group
+        (the rows with its ``parent``) not sent yet (pending, no task id), in index order;
+        every other row is read when first asked for. ``steps.counts``: of the group's
+        rows, ``not_done``
+        (not completed or skipped), ``in_flight`` (running, or pending with a task id) and
+        ``waiting`` (those indexes), all as of the same read as the run."""
+        ...
+
+
 def as_tuple(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
     if value is None:
         return None

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ..core.records import RunState, StepState, utcnow
+from ..core.records import PartialRows, RunState, StepState, utcnow
 from ..core.states import RunStatus, StepStatus
 from ..trace.event import TraceEvent
 from .schema import TRACE_COLUMNS
@@ -185,6 +185,36 @@ def state_from_rows(
         return None
     steps = [decode_step(r, STEP_AT, json, ts) for r in rows if r[STEP_AT] is not None]
     return decode_run(rows[0], steps, json, ts)
+
+
+def partial_from_rows(
+    rows: Sequence[Sequence[Any]],
+    fetch: Callable[[], list[StepState]],
+    json: Callable[[Any], Any] = _same,
+    ts: Callable[[Any], datetime | None] = utc,
+) -> RunState | None:
+    """A run read by a row view (``RowViewStorage``): run-and-steps rows followed by four
+    columns, the group's not-done and in-flight counts, its waiting indexes and the run's
+    last row index."""
+    if not rows:
+        return None
+    at = STEP_AT + len(STEP_FIELDS)
+    steps = {
+        step.index: step
+        for step in (decode_step(r, STEP_AT, json, ts) for r in rows if r[STEP_AT] is not None)
+    }
+    first = rows[0]
+    waiting = first[at + 2]
+    if isinstance(waiting, str):  # SQLite's group_concat
+        waiting = [int(i) for i in waiting.split(",") if i]
+    counts = {
+        "not_done": int(first[at] or 0),
+        "in_flight": int(first[at + 1] or 0),
+        "waiting": sorted(waiting or []),
+    }
+    last = first[at + 3]
+    total = (int(last) + 1) if last is not None else 0
+    return decode_run(first, PartialRows(steps, total, fetch, counts), json, ts)
 
 
 def select_list(table: str, fields: Sequence[str]) -> str:

@@ -12,8 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from ..core.jsoncodec import copy_json
-from ..core.records import RunState, StepState, utcnow
-from ..core.states import MOVING_RUN, RunStatus, StepStatus, values
+from ..core.records import PartialRows, RunState, StepState, utcnow
+from ..core.states import DONE_STEP, MOVING_RUN, RunStatus, StepStatus, values
 from ..trace.event import TraceEvent
 from .base import as_tuple
 
@@ -87,6 +87,9 @@ S_STATUS, S_OUTPUT, S_WAIT_DEADLINE, S_ATTEMPTS, S_PROGRESS, S_SCOPE = (
     _STEP_FIELDS.index(name)
     for name in ("status", "output", "wait_deadline", "attempts", "progress", "scope")
 )
+S_INDEX, S_PARENT, S_TASK_ID = (_STEP_FIELDS.index(n) for n in ("index", "parent", "task_id"))
+_DONE = frozenset(values(DONE_STEP))
+_RUNNING, _PENDING = StepStatus.RUNNING.value, StepStatus.PENDING.value
 _RUN_STATUS = {s.value: s for s in RunStatus}
 _STEP_STATUS = {s.value: s for s in StepStatus}
 _ACTIVE = values(MOVING_RUN)
@@ -184,6 +187,43 @@ class MemoryStorage:
         with self._lock:
             row = self._runs.get(run_id)
             return _run(row) if row is not None else None
+
+    def load_row_view(
+        self, run_id: str, row: int, defined: int, waiting: int
+    ) -> RunState | None:
+        """See ``RowViewStorage``: rows as objects only for what the caller reads."""
+        with self._lock:
+            stored = self._runs.get(run_id)
+            if stored is None:
+                return None
+            rows: tuple[_Row, ...] = stored[R_STEPS]
+            picked = {i: _step(rows[i]) for i in range(min(defined, len(rows)))}
+            parent = rows[row][S_PARENT] if row < len(rows) else None
+            if row < len(rows):
+                picked[row] = _step(rows[row])
+            not_done = in_flight = 0
+            queued: list[int] = []
+            for r in rows:
+                if parent is None or r[S_PARENT] != parent:
+                    continue
+                status = r[S_STATUS]
+                if status not in _DONE:
+                    not_done += 1
+                if status == _RUNNING or (status == _PENDING and r[S_TASK_ID] is not None):
+                    in_flight += 1
+                elif status == _PENDING and len(queued) < waiting:
+                    queued.append(r[S_INDEX])
+            for i in queued:
+                picked[i] = _step(rows[i])
+            state = _run((*stored[:R_STEPS], ()))
+
+        def fetch() -> list[StepState]:
+            full = self.load_run(run_id)
+            return list(full.steps) if full is not None else []
+
+        counts = {"not_done": not_done, "in_flight": in_flight, "waiting": queued}
+        state.steps = PartialRows(picked, len(rows), fetch, counts)
+        return state
 
     def save_run(
         self,

@@ -108,6 +108,29 @@ LOAD_SQL = (
 )
 
 
+# A row view (``RowViewStorage``): the run with its defined steps, one row and the first
+# ``waiting`` rows of its group not sent yet, plus the group's counts, in one statement.
+_GROUP_COUNTS = (
+    "g AS (SELECT count(*) FILTER (WHERE status NOT IN ('completed', 'skipped')) AS not_done, "
+    "count(*) FILTER (WHERE status = 'running' OR (status = 'pending' AND task_id IS NOT NULL)) "
+    "AS in_flight, "
+    "(array_agg(idx ORDER BY idx) FILTER (WHERE status = 'pending' AND task_id IS NULL))"
+    "[1:%(waiting)s::integer] AS waiting, "
+    "(SELECT idx FROM flux_steps WHERE run_id = %(id)s ORDER BY idx DESC LIMIT 1) AS last "
+    "FROM flux_steps WHERE run_id = %(id)s AND parent = (SELECT parent FROM flux_steps WHERE run_id = %(id)s AND idx = %(row)s::integer))"
+)
+VIEW_SQL = (
+    f"WITH {_GROUP_COUNTS} "
+    f"SELECT {_LOAD_RUN_COLS}, {select_list('s', STEP_FIELDS)}, "
+    "g.not_done, g.in_flight, g.waiting, g.last "
+    # Two index lookups, not a scan of every item: the defined steps, then the rows named.
+    "FROM g CROSS JOIN flux_runs r LEFT JOIN LATERAL (SELECT * FROM flux_steps "
+    "WHERE run_id = r.id AND idx < %(defined)s::integer UNION ALL SELECT * FROM flux_steps "
+    "WHERE run_id = r.id AND idx >= %(defined)s::integer "
+    "AND idx = ANY(array_append(coalesce(g.waiting, '{}'), %(row)s::integer))) s ON true "
+    "WHERE r.id = %(id)s ORDER BY s.idx"
+)
+
 # Load a run and, in the same statement, start its step ``idx`` when that is the plain case:
 # the run is running at that step (or pending, at its first step, with its start meta
 # stored), the step is pending with attempts left, and the stored definition is the caller's.
@@ -253,7 +276,42 @@ def save(
     return conn.exec_driver_sql(SAVE_SQL, params).scalar() == 1
 
 
+# Start a for_each item while reading its row view (``load_row_view``), in one statement:
+# the claim of CLAIM_SQL (the step row is the guard; the run's version + 1, so that a
+# sibling's or a cancel's write made from an older read does not land), for a row whose
+# group step is the run's current step and running. The rows returned are as before the
+# claim; ``claimed`` is the last column.
+ROW_CLAIM_SQL = (
+    "WITH c_row AS (SELECT parent FROM flux_steps WHERE run_id = %(id)s "
+    "AND idx = %(row)s::integer), "
+    "c_run AS (UPDATE flux_runs SET version = version + 1, updated_at = %(now)s::timestamptz "
+    "WHERE id = %(id)s AND (status = 'running') IS TRUE AND cancel_reason IS NULL "
+    "AND current_step = (SELECT parent FROM c_row) "
+    "AND definition_hash = %(definition_hash)s "
+    "AND EXISTS (SELECT 1 FROM flux_steps WHERE run_id = %(id)s "
+    "AND idx = (SELECT parent FROM c_row) AND status = 'running') "
+    "AND EXISTS (SELECT 1 FROM flux_steps WHERE run_id = %(id)s AND idx = %(row)s::integer "
+    "AND status = 'pending' AND attempts < %(max_attempts)s::integer) RETURNING id), "
+    "c_step AS (UPDATE flux_steps SET status = 'running', attempts = attempts + 1, "
+    "task_id = %(task_id)s, started_at = %(now)s::timestamptz, finished_at = NULL, "
+    "progress = NULL WHERE run_id = %(id)s AND idx = %(row)s::integer AND status = 'pending' "
+    "AND attempts < %(max_attempts)s::integer AND EXISTS (SELECT 1 FROM c_run) "
+    "RETURNING attempts, item, branch), "
+    f"c_trace AS (INSERT INTO flux_traces ({_CLAIM_EVENT_COLS}) "
+    "SELECT %(event_id)s, %(now)s::timestamptz, %(id)s, %(workflow)s, 'step:start', "
+    "'running', %(step)s, %(row)s::integer, %(kind)s, c_step.attempts, "
+    "%(max_attempts)s::integer, %(task_id)s, %(worker)s, "
+    "CASE WHEN c_step.item IS NOT NULL THEN jsonb_build_object('item', c_step.item) "
+    "ELSE jsonb_build_object('branch', c_step.branch) END FROM c_step), "
+    + VIEW_SQL.removeprefix("WITH ").replace(
+        "g.not_done, g.in_flight, g.waiting, g.last ",
+        "g.not_done, g.in_flight, g.waiting, g.last, (SELECT count(*) FROM c_step) ",
+    )
+)
+
 __all__ = [
+    "ROW_CLAIM_SQL",
+    "VIEW_SQL",
     "CLAIM_SQL",
     "CREATE_SQL",
     "LOAD_SQL",

@@ -21,7 +21,7 @@ from ..core.records import RunState, StepState, utcnow
 from ..core.states import MOVING_RUN, StepStatus, values
 from ..settings import require_extra
 from ..trace.event import TraceEvent
-from . import postgres, schema, sqlite
+from . import core_rows, postgres, schema, sqlite
 from .base import StepClaim, as_tuple
 from .core_rows import (
     RUN_FIELDS,
@@ -373,6 +373,57 @@ class SqlStorage:
             return postgres.state_from_rows(self._fetch(postgres.LOAD_SQL, {"id": run_id}))
         with self._sqlite() as cur:
             return sqlite.load(cur, run_id)
+
+    def load_row_view(
+        self, run_id: str, row: int, defined: int, waiting: int
+    ) -> RunState | None:
+        """See ``RowViewStorage``: one statement on PostgreSQL and SQLite."""
+        params = {"id": run_id, "row": row, "defined": defined, "waiting": waiting}
+
+        def fetch() -> list[StepState]:
+            full = self.load_run(run_id)
+            return list(full.steps) if full is not None else []
+
+        if self._pg:
+            rows = self._fetch(postgres.VIEW_SQL, params)
+            return core_rows.partial_from_rows(rows, fetch)
+        if self.engine.dialect.name == "sqlite":
+            with self._sqlite() as cur:
+                return sqlite.load_view(cur, params, fetch)
+        state = self.load_run(run_id)  # another dialect: the whole run
+        return state
+
+    def load_row_claiming(
+        self, run_id: str, claim: StepClaim, defined: int, waiting: int
+    ) -> tuple[RunState | None, bool]:
+        """``load_row_view`` that also starts row ``claim.index`` (a for_each item) when it
+        is pending in a running group: one statement on PostgreSQL (``ROW_CLAIM_SQL``), a
+        plain view elsewhere. The run as read before the claim, and whether it landed."""
+        if not self._pg:
+            return self.load_row_view(run_id, claim.index, defined, waiting), False
+
+        def fetch() -> list[StepState]:
+            full = self.load_run(run_id)
+            return list(full.steps) if full is not None else []
+
+        params = {
+            "id": run_id,
+            "row": claim.index,
+            "defined": defined,
+            "waiting": waiting,
+            "definition_hash": claim.definition_hash,
+            "max_attempts": claim.max_attempts,
+            "task_id": claim.task_id,
+            "worker": claim.worker,
+            "workflow": claim.workflow,
+            "step": claim.step,
+            "kind": claim.kind,
+            "event_id": claim.event_id,
+            "now": claim.now,
+        }
+        rows = self._fetch(postgres.ROW_CLAIM_SQL, params)
+        claimed = bool(rows and rows[0][-1])
+        return core_rows.partial_from_rows([r[:-1] for r in rows], fetch), claimed
 
     def load_and_claim(self, run_id: str, claim: StepClaim) -> tuple[RunState | None, bool]:
         """See ``ClaimingStorage``; one statement on PostgreSQL, a plain load elsewhere."""

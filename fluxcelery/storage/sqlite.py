@@ -13,7 +13,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +22,13 @@ from ..core.records import RunState, StepState
 from ..trace.event import TraceEvent
 from . import schema
 from .connections import ThreadConnections
-from .core_rows import RUN_FIELDS, STEP_FIELDS, select_list, state_from_rows
+from .core_rows import (
+    RUN_FIELDS,
+    STEP_FIELDS,
+    partial_from_rows,
+    select_list,
+    state_from_rows,
+)
 
 _STEP_SET = [c for c in schema.STEP_COLUMNS if c != "idx"]
 _RUN_SET = (
@@ -60,6 +66,25 @@ LOAD_SQL = (
     f"SELECT {select_list('r', RUN_FIELDS)}, {select_list('s', STEP_FIELDS)} "
     "FROM flux_runs r LEFT JOIN flux_steps s ON s.run_id = r.id "
     "WHERE r.id = ? ORDER BY s.idx"
+)
+
+# A row view (``RowViewStorage``): see postgres.VIEW_SQL. The constant subqueries are
+# evaluated once per statement.
+_WAITING = (
+    "SELECT idx FROM flux_steps WHERE run_id = :id AND parent = (SELECT parent FROM flux_steps WHERE run_id = :id AND idx = :row) "
+    "AND status = 'pending' AND task_id IS NULL ORDER BY idx LIMIT :waiting"
+)
+VIEW_SQL = (
+    f"SELECT {select_list('r', RUN_FIELDS)}, {select_list('s', STEP_FIELDS)}, "
+    "(SELECT count(*) FROM flux_steps WHERE run_id = :id AND parent = (SELECT parent FROM flux_steps WHERE run_id = :id AND idx = :row) "
+    "AND status NOT IN ('completed', 'skipped')), "
+    "(SELECT count(*) FROM flux_steps WHERE run_id = :id AND parent = (SELECT parent FROM flux_steps WHERE run_id = :id AND idx = :row) "
+    "AND (status = 'running' OR (status = 'pending' AND task_id IS NOT NULL))), "
+    f"(SELECT group_concat(idx) FROM ({_WAITING})), "
+    "(SELECT max(idx) FROM flux_steps WHERE run_id = :id) "
+    "FROM flux_runs r LEFT JOIN flux_steps s ON s.run_id = r.id "
+    f"AND (s.idx < :defined OR s.idx = :row OR s.idx IN ({_WAITING})) "
+    "WHERE r.id = :id ORDER BY s.idx"
 )
 
 
@@ -198,6 +223,13 @@ def _trace_values(e: TraceEvent) -> tuple[Any, ...]:
 def load(cur: Any, run_id: str) -> RunState | None:
     rows = cur.execute(LOAD_SQL, (run_id,)).fetchall()
     return state_from_rows(rows, json=_json_out, ts=_parse_ts)
+
+
+def load_view(
+    cur: Any, params: dict[str, Any], fetch: Callable[[], list[StepState]]
+) -> RunState | None:
+    rows = cur.execute(VIEW_SQL, params).fetchall()
+    return partial_from_rows(rows, fetch, json=_json_out, ts=_parse_ts)
 
 
 def save(
