@@ -1221,3 +1221,111 @@ def test_save_run_inserts_created_rows_with_their_group_fields(
     stale.steps.append(_item(5, 0, 3))
     assert any_storage.save_run(stale, 0, [], [], created=[5]) is False
     assert len(any_storage.load_run("grow").steps) == 5
+
+
+# -- the row view of a for_each item (``RowViewStorage``) --------------------------------------
+def _each_run(run_id: str) -> RunState:
+    """s0, a for_each at 1, s2; items 3..8: done, running, in flight, two waiting, failed."""
+    state = make_run(run_id, n_steps=3, current_step=1)
+    state.steps[1] = StepState(name="each", index=1, kind="for_each", status=StepStatus.RUNNING)
+    S = StepStatus
+    plan = [
+        (S.COMPLETED, "t0"),
+        (S.RUNNING, "t1"),
+        (S.PENDING, "t2"),
+        (S.PENDING, None),
+        (S.PENDING, None),
+        (S.SKIPPED, "t5"),
+    ]
+    for k, (status, task) in enumerate(plan):
+        state.steps.append(
+            StepState(
+                name="each",
+                index=3 + k,
+                item=k,
+                parent=1,
+                status=status,
+                task_id=task,
+                output={"k": k} if status == S.COMPLETED else None,
+                scope={"value": k},
+            )
+        )
+    return state
+
+
+def test_a_row_view_reads_the_defined_steps_its_row_and_the_group_counts(
+    any_storage: Any,
+) -> None:
+    assert any_storage.create_run(_each_run("view"), []) is True
+    view = any_storage.load_row_view("view", 5, 3, 1)
+    assert view is not None and view.steps.counts == {
+        "not_done": 4,  # running, in flight, two waiting
+        "in_flight": 2,  # the running one and the one sent
+        "waiting": [6],  # the first one not sent (asked for one)
+    }
+    assert len(view.steps) == 9 and not view.steps.full
+    assert sorted(s.index for s in view.steps.loaded()) == [0, 1, 2, 5, 6]
+    assert (view.steps[5].item, view.steps[5].scope) == (2, {"value": 2})
+    assert view.results == {}  # items are not results; nothing defined completed
+    # Anything else is read when first asked for: the whole run, consistent.
+    assert view.steps[3].output == {"k": 0}
+    assert view.steps.full and [s.index for s in view.steps] == list(range(9))
+    assert any_storage.load_row_view("missing", 5, 3, 1) is None
+
+
+def test_a_row_view_keeps_the_objects_its_caller_changed_when_it_reads_the_rest(
+    any_storage: Any,
+) -> None:
+    assert any_storage.create_run(_each_run("view-keep"), []) is True
+    view = any_storage.load_row_view("view-keep", 5, 3, 0)
+    mine = view.steps[5]
+    mine.status = StepStatus.RUNNING
+    rows = list(view.steps)
+    assert rows[5] is mine and rows[5].status is StepStatus.RUNNING
+
+
+def test_the_item_claim_starts_a_pending_item_of_a_running_group_once(
+    pg_storage: SqlStorage,
+) -> None:
+    from fluxcelery.storage.base import StepClaim
+
+    assert pg_storage.create_run(_each_run("claim-item"), []) is True
+
+    with pg_storage.engine.begin() as conn:  # the claim checks the definition's hash
+        conn.execute(sa.text("UPDATE flux_runs SET definition_hash = 'h' WHERE id = 'claim-item'"))
+
+    def claim_h(row: int, definition_hash: str = "h") -> tuple[Any, bool]:
+        return pg_storage.load_row_claiming(
+            "claim-item",
+            StepClaim(
+                index=row,
+                workflow="wf",
+                step="each",
+                kind="step",
+                definition_hash=definition_hash,
+                max_attempts=3,
+                task_id=f"task-{row}",
+                worker="w",
+                event_id=f"ev-{row}-{uuid.uuid4().hex[:6]}",
+                now=datetime.now(UTC),
+                start_event_id="x",
+            ),
+            3,
+            1,
+        )
+
+    assert claim_h(5, "other")[1] is False  # another definition: refused
+    before = pg_storage.load_run("claim-item").version
+    state, claimed = claim_h(5)
+    assert claimed is True
+    assert state.steps[5].status is StepStatus.PENDING  # as read before the claim
+    stored = pg_storage.load_run("claim-item")
+    assert (stored.steps[5].status, stored.steps[5].attempts) == (StepStatus.RUNNING, 1)
+    assert stored.version == before + 1  # a write made from an older read will not land
+    start = [e for e in pg_storage.list_traces(run_id="claim-item") if e.step_index == 5]
+    assert [(e.type, e.meta) for e in start] == [("step:start", {"item": 2})]
+    assert claim_h(5)[1] is False  # claimed once
+    assert claim_h(3)[1] is False  # a completed item is not started again
+    with pg_storage.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE flux_runs SET status = 'rolling_back'"))
+    assert claim_h(6)[1] is False  # the run stopped stepping: nothing starts

@@ -93,7 +93,6 @@ def load_claiming(
     return state, True
 
 
-
 def _claim_item(
     rt: Runtime,
     run_id: str,

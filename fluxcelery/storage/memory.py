@@ -188,9 +188,7 @@ class MemoryStorage:
             row = self._runs.get(run_id)
             return _run(row) if row is not None else None
 
-    def load_row_view(
-        self, run_id: str, row: int, defined: int, waiting: int
-    ) -> RunState | None:
+    def load_row_view(self, run_id: str, row: int, defined: int, waiting: int) -> RunState | None:
         """See ``RowViewStorage``: rows as objects only for what the caller reads."""
         with self._lock:
             stored = self._runs.get(run_id)

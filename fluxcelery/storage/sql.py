@@ -374,9 +374,7 @@ class SqlStorage:
         with self._sqlite() as cur:
             return sqlite.load(cur, run_id)
 
-    def load_row_view(
-        self, run_id: str, row: int, defined: int, waiting: int
-    ) -> RunState | None:
+    def load_row_view(self, run_id: str, row: int, defined: int, waiting: int) -> RunState | None:
         """See ``RowViewStorage``: one statement on PostgreSQL and SQLite."""
         params = {"id": run_id, "row": row, "defined": defined, "waiting": waiting}
 
