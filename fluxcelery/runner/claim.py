@@ -9,8 +9,8 @@ Everything else goes the usual way, from the loaded run, at no extra cost.
 from __future__ import annotations
 
 from ..core import transitions as t
-from ..core.errors import FluxError
 from ..core.builder import StepDef, Workflow
+from ..core.errors import FluxError
 from ..core.records import RunState
 from ..core.states import RunStatus
 from ..storage.base import StepClaim

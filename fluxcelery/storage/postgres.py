@@ -117,7 +117,8 @@ _GROUP_COUNTS = (
     "(array_agg(idx ORDER BY idx) FILTER (WHERE status = 'pending' AND task_id IS NULL))"
     "[1:%(waiting)s::integer] AS waiting, "
     "(SELECT idx FROM flux_steps WHERE run_id = %(id)s ORDER BY idx DESC LIMIT 1) AS last "
-    "FROM flux_steps WHERE run_id = %(id)s AND parent = (SELECT parent FROM flux_steps WHERE run_id = %(id)s AND idx = %(row)s::integer))"
+    "FROM flux_steps WHERE run_id = %(id)s AND parent = "
+    "(SELECT parent FROM flux_steps WHERE run_id = %(id)s AND idx = %(row)s::integer))"
 )
 VIEW_SQL = (
     f"WITH {_GROUP_COUNTS} "

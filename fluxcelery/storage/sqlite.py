@@ -70,15 +70,18 @@ LOAD_SQL = (
 
 # A row view (``RowViewStorage``): see postgres.VIEW_SQL. The constant subqueries are
 # evaluated once per statement.
+_PARENT = "(SELECT parent FROM flux_steps WHERE run_id = :id AND idx = :row)"
 _WAITING = (
-    "SELECT idx FROM flux_steps WHERE run_id = :id AND parent = (SELECT parent FROM flux_steps WHERE run_id = :id AND idx = :row) "
+    f"SELECT idx FROM flux_steps WHERE run_id = :id AND parent = {_PARENT} "
     "AND status = 'pending' AND task_id IS NULL ORDER BY idx LIMIT :waiting"
 )
 VIEW_SQL = (
     f"SELECT {select_list('r', RUN_FIELDS)}, {select_list('s', STEP_FIELDS)}, "
-    "(SELECT count(*) FROM flux_steps WHERE run_id = :id AND parent = (SELECT parent FROM flux_steps WHERE run_id = :id AND idx = :row) "
+    "(SELECT count(*) FROM flux_steps WHERE run_id = :id AND parent = "
+    f"{_PARENT} "
     "AND status NOT IN ('completed', 'skipped')), "
-    "(SELECT count(*) FROM flux_steps WHERE run_id = :id AND parent = (SELECT parent FROM flux_steps WHERE run_id = :id AND idx = :row) "
+    "(SELECT count(*) FROM flux_steps WHERE run_id = :id AND parent = "
+    f"{_PARENT} "
     "AND (status = 'running' OR (status = 'pending' AND task_id IS NOT NULL))), "
     f"(SELECT group_concat(idx) FROM ({_WAITING})), "
     "(SELECT max(idx) FROM flux_steps WHERE run_id = :id) "
