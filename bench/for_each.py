@@ -93,6 +93,20 @@ def main() -> int:
             redone.append(sum(1 for e in done if (e.meta or {}).get("raced")))
             if args.timeline:
                 events = engine.traces(run_id=handle.id, limit=None)
+                starts = {
+                    (e.meta or {}).get("item"): e.ts
+                    for e in events
+                    if e.type == "step:start" and e.step == "each"
+                }
+                ends = {
+                    (e.meta or {}).get("item"): e.ts
+                    for e in events
+                    if e.type == "step:complete" and e.step == "each"
+                }
+                inside = sorted((ends[k] - starts[k]).total_seconds() for k in ends if k in starts)
+                print(
+                    f"  start->complete per item: median {inside[len(inside) // 2] * 1000:.1f} ms"
+                )
                 t0 = events[0].ts
                 for e in events:
                     if e.type in ("parallel:start", "parallel:join", "workflow:complete") or (

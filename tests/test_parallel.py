@@ -560,3 +560,38 @@ def test_cancel_with_compensate_undoes_completed_branch_steps_once_the_running_o
     assert final is not None and final.status == RunStatus.CANCELLED, final.error
     assert undone == ["b1", "a1", "first"]  # b1 ended well after the cancel: undone too
     assert final.step("b2").status == S.PENDING and final.step("after").status == S.PENDING
+
+
+# -- an item reads its own row, not every item --------------------------------------------------
+@pytest.mark.parametrize("storage_kind", ["memory", "sqlite", "postgres"])
+def test_items_read_their_own_rows_and_the_group_counters_not_every_item(
+    storage_kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """300 items, 4 at a time: each item's task reads the defined steps, its row and the
+    rows it may send next (the group's counters say which); the whole run is read only at
+    the join (and by a write redone after a sibling's, for the rows it needs)."""
+    from fluxcelery.core import records
+
+    storage = {
+        "memory": MemoryStorage,
+        "sqlite": lambda: request.getfixturevalue("sqlite_storage"),
+        "postgres": lambda: request.getfixturevalue("pg_storage"),
+    }[storage_kind]()
+    engine = FluxEngine(storage=storage)
+    full_reads = {"n": 0}
+    read_all = records.PartialRows._read_all
+
+    def counting(self: Any) -> None:
+        if not self.full:
+            full_reads["n"] += 1
+        read_all(self)
+
+    monkeypatch.setattr(records.PartialRows, "_read_all", counting)
+    wf = workflow(f"each-reads-{storage_kind}").for_each(
+        "e", lambda ctx: ctx.item, items=lambda ctx: list(range(300)), max_concurrency=4
+    )
+    result = engine.execute(wf, {})
+    assert result.status == RunStatus.COMPLETED and result.results["e"] == list(range(300))
+    assert full_reads["n"] <= 3, full_reads  # the join, not one per item
+    group = result.step("e")
+    assert group.scope == {"open": 0, "in_flight": 0, "next": group.index + 301}

@@ -1227,7 +1227,13 @@ def test_save_run_inserts_created_rows_with_their_group_fields(
 def _each_run(run_id: str) -> RunState:
     """s0, a for_each at 1, s2; items 3..8: done, running, in flight, two waiting, failed."""
     state = make_run(run_id, n_steps=3, current_step=1)
-    state.steps[1] = StepState(name="each", index=1, kind="for_each", status=StepStatus.RUNNING)
+    state.steps[1] = StepState(
+        name="each",
+        index=1,
+        kind="for_each",
+        status=StepStatus.RUNNING,
+        scope={"open": 4, "in_flight": 2, "next": 6},  # the group's counters
+    )
     S = StepStatus
     plan = [
         (S.COMPLETED, "t0"),
@@ -1253,16 +1259,12 @@ def _each_run(run_id: str) -> RunState:
     return state
 
 
-def test_a_row_view_reads_the_defined_steps_its_row_and_the_group_counts(
+def test_a_row_view_reads_the_defined_steps_its_row_and_where_its_group_sends_next(
     any_storage: Any,
 ) -> None:
     assert any_storage.create_run(_each_run("view"), []) is True
     view = any_storage.load_row_view("view", 5, 3, 1)
-    assert view is not None and view.steps.counts == {
-        "not_done": 4,  # running, in flight, two waiting
-        "in_flight": 2,  # the running one and the one sent
-        "waiting": [6],  # the first one not sent (asked for one)
-    }
+    assert view is not None and view.steps[1].scope == {"open": 4, "in_flight": 2, "next": 6}
     assert len(view.steps) == 9 and not view.steps.full
     assert sorted(s.index for s in view.steps.loaded()) == [0, 1, 2, 5, 6]
     assert (view.steps[5].item, view.steps[5].scope) == (2, {"value": 2})

@@ -135,9 +135,10 @@ class StepState:
 
 
 class PartialRows(list[StepState]):
-    """A run's step rows as the task of one for_each item reads them (PostgreSQL): the
-    defined steps, its own row and the items it may send next, plus counts of its group;
-    the other items (up to 10,000) are read the first time anything asks for them.
+    """A run's step rows as the task of one for_each item reads them: the defined steps
+    (its for_each's row among them, with the group's counters), its own row and the items
+    it may send next; the other items (up to 10,000) are read the first time anything asks
+    for them.
 
     Safe under the guarded write: rows read later can only be newer than the version this
     task read, and then its write does not land (it reads the run again and redoes it)."""
@@ -147,15 +148,11 @@ class PartialRows(list[StepState]):
         rows: dict[int, StepState],
         total: int,
         fetch: Callable[[], list[StepState]],
-        counts: dict[str, Any],
     ) -> None:
         super().__init__()
         self._rows = rows
         self._total = total
         self._fetch = fetch
-        #: The group's ``not_done`` and ``in_flight`` rows when they were read (this task's
-        #: own row included), and ``waiting``: its first rows not sent yet.
-        self.counts = counts
         self.full = False
 
     def loaded(self) -> list[StepState]:

@@ -420,8 +420,9 @@ def skip_step(
     s.finished_at = at
     if s.parent is None:
         state.current_step = next_index if next_index is not None else index + 1
+    counted = _count(state, s, open=-1, in_flight=-1 if s.task_id else 0)
     event = _step_event(state, "step:skipped", s, status="skipped", task_id=task_id, worker=worker)
-    return Transition((index,), [event])
+    return Transition((index, *counted), [event])
 
 
 def complete_step(
@@ -446,6 +447,7 @@ def complete_step(
     s.duration_ms = ms_between(started, at)
     if s.parent is None:
         state.current_step = index + 1
+    counted = _count(state, s, open=-1, in_flight=-1)
     event = _step_event(
         state,
         "step:complete",
@@ -458,7 +460,7 @@ def complete_step(
         task_id=task_id,
         worker=worker,
     )
-    return Transition((index,), [event])
+    return Transition((index, *counted), [event])
 
 
 def suspend_step(
@@ -609,8 +611,10 @@ def start_group(
     worker: str | None,
     at: datetime,
     meta: dict[str, Any] | None = None,
+    counters: dict[str, int] | None = None,
 ) -> Transition:
     """A ``.parallel`` or ``.for_each`` step fans out: it is ``running`` until the join.
+    ``counters``: a for_each's (``item_counters``), counting ``launch`` already.
     ``new_rows``: the items' rows, added to the run; ``launch``: the rows whose tasks are
     sent now, with the task id each is sent under (a row given one is in flight)."""
     s = state.steps[index]
@@ -620,6 +624,7 @@ def start_group(
     s.started_at = at
     s.finished_at = None
     s.output = None
+    s.scope = None if counters is None else dict(counters)
     state.current_step = index
     created = []
     for row in new_rows:
@@ -627,7 +632,12 @@ def start_group(
             raise InvalidTransition("running", "running", detail=f"row {row.index} out of order")
         state.steps.append(row)
         created.append(row.index)
-    touched = launch_rows(state, launch).steps
+    for i, task_id in launch:  # counted in ``counters`` already
+        sent = state.steps[i]
+        if sent.status != S.PENDING:
+            raise InvalidTransition(sent.status.value, "running", detail=f"step row {i}")
+        sent.task_id = task_id
+    touched = tuple(i for i, _ in launch)
     event = _step_event(
         state,
         "parallel:start",
@@ -642,9 +652,16 @@ def start_group(
     return Transition((index, *touched), [event], tuple(created))
 
 
-def launch_rows(state: RunState, launch: Sequence[tuple[int, str]]) -> Transition:
+def launch_rows(
+    state: RunState,
+    launch: Sequence[tuple[int, str]],
+    *,
+    group: int | None = None,
+    next_item: int | None = None,
+) -> Transition:
     """Rows of a group whose tasks are sent now, under the task ids given: from then on
-    they are in flight (``for_each`` starts the next item when one ends)."""
+    they are in flight (``for_each`` starts the next item when one ends). Items count in
+    their group's counters (``item_counters``); ``next_item``: where the next send looks."""
     touched = []
     for row, task_id in launch:
         r = state.steps[row]
@@ -652,7 +669,34 @@ def launch_rows(state: RunState, launch: Sequence[tuple[int, str]]) -> Transitio
             raise InvalidTransition(r.status.value, "running", detail=f"step row {row}")
         r.task_id = task_id
         touched.append(row)
-    return Transition(tuple(touched))
+        touched.extend(_count(state, r, in_flight=1, next_item=row + 1))
+    scope = state.steps[group].scope if group is not None else None
+    if scope and next_item is not None and next_item > scope.get("next", 0):
+        scope["next"] = next_item  # rows before it: sent, or done already
+        touched.append(group)  # type: ignore[arg-type]
+    return Transition(tuple(dict.fromkeys(touched)))
+
+
+def item_counters(open: int, in_flight: int, next_item: int) -> dict[str, int]:
+    """A for_each step's counters, kept on its row (``scope``) and written with every item's
+    outcome: items not done, items sent and not ended, and the row where the next send
+    looks. An item's task reads them instead of every item (``RowViewStorage``)."""
+    return {"open": open, "in_flight": in_flight, "next": next_item}
+
+
+def _count(
+    state: RunState, row: StepState, *, open: int = 0, in_flight: int = 0, next_item: int = 0
+) -> tuple[int, ...]:
+    """Move the counters of item ``row``'s group; the group's row index when they moved."""
+    if row.item is None or row.parent is None:
+        return ()
+    scope = state.steps[row.parent].scope
+    if not scope or "open" not in scope:
+        return ()
+    scope["open"] += open
+    scope["in_flight"] += in_flight
+    scope["next"] = max(scope["next"], next_item)
+    return (row.parent,)
 
 
 def join_group(

@@ -21,10 +21,10 @@ from ..core.branching import merge_changes
 from ..core.builder import MAX_ITEMS, StepDef, Workflow
 from ..core.errors import NonRetryableError
 from ..core.jsoncodec import roundtrip
-from ..core.records import PartialRows, RunState, StepState
+from ..core.records import RunState, StepState
 from ..core.states import DONE_STEP, StepStatus
 from .change import Action, Change, Next
-from .runtime import Runtime
+from .runtime import VIEW_WAITING, Runtime
 
 S = StepStatus
 
@@ -86,6 +86,7 @@ class Groups:
             again = [(s.index, s.task_id or new_task_id()) for s in in_flight(state, p)]
             return self._send(again, wf, state)
         new_rows: list[StepState] = []
+        counters: dict[str, int] | None = None
         if sdef.kind == "parallel":
             firsts = []
             for _, indexes in sdef.branches:
@@ -118,6 +119,12 @@ class Groups:
             limit = sdef.max_concurrency or len(todo)
             launch = [(i, new_task_id()) for i in todo[:limit]]
             meta = {"items": len(rows), "max_concurrency": sdef.max_concurrency}
+            first = rows[0].index if rows else len(state.steps)
+            counters = t.item_counters(
+                open=sum(1 for s in rows if s.status not in DONE_STEP),
+                in_flight=len(launch),
+                next_item=(launch[-1][0] + 1) if launch else first,
+            )
         change.apply(
             t.start_group(
                 state,
@@ -128,6 +135,7 @@ class Groups:
                 worker=worker,
                 at=self.rt.clock(),
                 meta=meta,
+                counters=counters,
             )
         )
         if not launch:  # nothing to run (no items, or every row kept done): join now
@@ -181,20 +189,26 @@ class Groups:
             nxt = branch_next(wf, state, row)
             if nxt is not None:
                 launch = [(nxt, new_task_id())]
-        elif isinstance(state.steps, PartialRows) and not state.steps.full:
-            # One item of many: the counts read with it say what follows, without reading
-            # every item (they counted this row as not done and in flight).
-            counts = state.steps.counts
-            room = (sdef.max_concurrency or 0) - (counts["in_flight"] - 1)
-            launch = [(i, new_task_id()) for i in counts["waiting"][: max(0, room)]]
-            if not launch and counts["not_done"] > 1:
-                return None  # others still to end: the last one joins
         else:
-            waiting = [
-                x.index for x in rows_of(state, p) if x.status == S.PENDING and x.task_id is None
-            ]
-            room = (sdef.max_concurrency or len(waiting)) - len(in_flight(state, p))
-            launch = [(i, new_task_id()) for i in waiting[: max(0, room)]]
+            # An item: its group's counters (moved by this row's outcome already) say what
+            # follows, without reading every item; only the join reads them all.
+            counters = state.steps[p].scope or {}
+            if counters.get("open", 1) == 0:
+                return self.join(change, wf, p)
+            room = (sdef.max_concurrency or 0) - counters.get("in_flight", 0)
+            nxt_item = counters.get("next", len(state.steps))
+            looked = nxt_item
+            for i in range(nxt_item, min(nxt_item + VIEW_WAITING, len(state.steps))):
+                if room <= 0:
+                    break
+                looked = i + 1
+                candidate = state.steps[i]
+                if candidate.status == S.PENDING and candidate.task_id is None:
+                    launch.append((i, new_task_id()))
+                    room -= 1
+            if launch or looked > nxt_item:
+                change.apply(t.launch_rows(state, launch, group=p, next_item=looked))
+            return self._send(launch, wf, state) if launch else None
         if launch:
             change.apply(t.launch_rows(state, launch))
             return self._send(launch, wf, state)

@@ -115,9 +115,12 @@ class StepRunner:
             definition,
         )
         if nxt is STOP and attempted:
+            change, row, attempt = attempted[-1]
+            if change.state.steps[row].parent is not None:
+                return nxt  # a branch step's or item's lost write is settled by ``_store``
             # A lost race: when a cancel recorded while the attempt ran was the reason, the
             # attempt's outcome is recorded all the same (SPEC section 12).
-            return self._settle_if_cancelled(*attempted[-1]) or STOP
+            return self._settle_if_cancelled(change, row, attempt) or STOP
         return nxt
 
     def _run_step(
@@ -308,11 +311,11 @@ class StepRunner:
         mine = change.state.steps[index]
         if mine.status == StepStatus.RUNNING:
             return None  # no outcome (a write before the handler ran lost)
+        if change.state.steps[index].parent is not None:
+            return None  # a branch step's or item's outcome is settled by ``_store``
         fresh = self.rt.storage.load_run(change.state.id)
         if fresh is None or fresh.cancel_reason is None:
             return None
-        if fresh.steps[index].parent is not None:
-            return None  # a branch step's or item's outcome is settled by ``_store``
         step = fresh.steps[index]
         if step.status != StepStatus.RUNNING or step.attempts != attempt:
             return None  # terminated, or another attempt's

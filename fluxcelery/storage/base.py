@@ -169,12 +169,9 @@ class RowViewStorage(Protocol):
 
     def load_row_view(self, run_id: str, row: int, defined: int, waiting: int) -> RunState | None:
         """The run, whose ``steps`` are a ``PartialRows``: its first ``defined`` rows (the
-        workflow's own steps), row ``row``, and the first ``waiting`` rows of row's group
-        (the rows with its ``parent``) not sent yet (pending, no task id), in index order;
-        every other row is read when first asked for. ``steps.counts``: of the group's
-        rows, ``not_done``
-        (not completed or skipped), ``in_flight`` (running, or pending with a task id) and
-        ``waiting`` (those indexes), all as of the same read as the run."""
+        workflow's own steps), row ``row``, and the ``waiting`` rows from where its group's
+        next send looks (``scope["next"]`` of the row's ``parent``), in index order; every
+        other row is read when first asked for."""
         ...
 
 

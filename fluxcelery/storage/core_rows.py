@@ -193,9 +193,8 @@ def partial_from_rows(
     json: Callable[[Any], Any] = _same,
     ts: Callable[[Any], datetime | None] = utc,
 ) -> RunState | None:
-    """A run read by a row view (``RowViewStorage``): run-and-steps rows followed by four
-    columns, the group's not-done and in-flight counts, its waiting indexes and the run's
-    last row index."""
+    """A run read by a row view (``RowViewStorage``): run-and-steps rows followed by one
+    column, the run's last row index."""
     if not rows:
         return None
     at = STEP_AT + len(STEP_FIELDS)
@@ -203,18 +202,9 @@ def partial_from_rows(
         step.index: step
         for step in (decode_step(r, STEP_AT, json, ts) for r in rows if r[STEP_AT] is not None)
     }
-    first = rows[0]
-    waiting = first[at + 2]
-    if isinstance(waiting, str):  # SQLite's group_concat
-        waiting = [int(i) for i in waiting.split(",") if i]
-    counts = {
-        "not_done": int(first[at] or 0),
-        "in_flight": int(first[at + 1] or 0),
-        "waiting": sorted(waiting or []),
-    }
-    last = first[at + 3]
+    last = rows[0][at]
     total = (int(last) + 1) if last is not None else 0
-    return decode_run(first, PartialRows(steps, total, fetch, counts), json, ts)
+    return decode_run(rows[0], PartialRows(steps, total, fetch), json, ts)
 
 
 def select_list(table: str, fields: Sequence[str]) -> str:

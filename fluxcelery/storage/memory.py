@@ -13,7 +13,7 @@ from typing import Any
 
 from ..core.jsoncodec import copy_json
 from ..core.records import PartialRows, RunState, StepState, utcnow
-from ..core.states import DONE_STEP, MOVING_RUN, RunStatus, StepStatus, values
+from ..core.states import MOVING_RUN, RunStatus, StepStatus, values
 from ..trace.event import TraceEvent
 from .base import as_tuple
 
@@ -87,9 +87,7 @@ S_STATUS, S_OUTPUT, S_WAIT_DEADLINE, S_ATTEMPTS, S_PROGRESS, S_SCOPE = (
     _STEP_FIELDS.index(name)
     for name in ("status", "output", "wait_deadline", "attempts", "progress", "scope")
 )
-S_INDEX, S_PARENT, S_TASK_ID = (_STEP_FIELDS.index(n) for n in ("index", "parent", "task_id"))
-_DONE = frozenset(values(DONE_STEP))
-_RUNNING, _PENDING = StepStatus.RUNNING.value, StepStatus.PENDING.value
+S_PARENT = _STEP_FIELDS.index("parent")
 _RUN_STATUS = {s.value: s for s in RunStatus}
 _STEP_STATUS = {s.value: s for s in StepStatus}
 _ACTIVE = values(MOVING_RUN)
@@ -196,31 +194,20 @@ class MemoryStorage:
                 return None
             rows: tuple[_Row, ...] = stored[R_STEPS]
             picked = {i: _step(rows[i]) for i in range(min(defined, len(rows)))}
-            parent = rows[row][S_PARENT] if row < len(rows) else None
             if row < len(rows):
                 picked[row] = _step(rows[row])
-            not_done = in_flight = 0
-            queued: list[int] = []
-            for r in rows:
-                if parent is None or r[S_PARENT] != parent:
-                    continue
-                status = r[S_STATUS]
-                if status not in _DONE:
-                    not_done += 1
-                if status == _RUNNING or (status == _PENDING and r[S_TASK_ID] is not None):
-                    in_flight += 1
-                elif status == _PENDING and len(queued) < waiting:
-                    queued.append(r[S_INDEX])
-            for i in queued:
-                picked[i] = _step(rows[i])
+                parent = rows[row][S_PARENT]
+                scope = rows[parent][S_SCOPE] if parent is not None else None
+                start = max(defined, int((scope or {}).get("next", 0)))
+                for i in range(start, min(start + waiting, len(rows))):
+                    picked.setdefault(i, _step(rows[i]))
             state = _run((*stored[:R_STEPS], ()))
 
         def fetch() -> list[StepState]:
             full = self.load_run(run_id)
             return list(full.steps) if full is not None else []
 
-        counts = {"not_done": not_done, "in_flight": in_flight, "waiting": queued}
-        state.steps = PartialRows(picked, len(rows), fetch, counts)
+        state.steps = PartialRows(picked, len(rows), fetch)
         return state
 
     def save_run(

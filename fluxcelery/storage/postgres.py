@@ -108,27 +108,23 @@ LOAD_SQL = (
 )
 
 
-# A row view (``RowViewStorage``): the run with its defined steps, one row and the first
-# ``waiting`` rows of its group not sent yet, plus the group's counts, in one statement.
-_GROUP_COUNTS = (
-    "g AS (SELECT count(*) FILTER (WHERE status NOT IN ('completed', 'skipped')) AS not_done, "
-    "count(*) FILTER (WHERE status = 'running' OR (status = 'pending' AND task_id IS NOT NULL)) "
-    "AS in_flight, "
-    "(array_agg(idx ORDER BY idx) FILTER (WHERE status = 'pending' AND task_id IS NULL))"
-    "[1:%(waiting)s::integer] AS waiting, "
-    "(SELECT idx FROM flux_steps WHERE run_id = %(id)s ORDER BY idx DESC LIMIT 1) AS last "
-    "FROM flux_steps WHERE run_id = %(id)s AND parent = "
-    "(SELECT parent FROM flux_steps WHERE run_id = %(id)s AND idx = %(row)s::integer))"
+# A row view (``RowViewStorage``): the run with its defined steps, one row and the rows
+# where its group's next send looks, by index lookups only (no scan of the items).
+_NEXT = (
+    "(SELECT coalesce((g.scope->>'next')::integer, 0) FROM flux_steps g "
+    "WHERE g.run_id = %(id)s AND g.idx = (SELECT parent FROM flux_steps "
+    "WHERE run_id = %(id)s AND idx = %(row)s::integer))"
 )
 VIEW_SQL = (
-    f"WITH {_GROUP_COUNTS} "
     f"SELECT {_LOAD_RUN_COLS}, {select_list('s', STEP_FIELDS)}, "
-    "g.not_done, g.in_flight, g.waiting, g.last "
-    # Two index lookups, not a scan of every item: the defined steps, then the rows named.
-    "FROM g CROSS JOIN flux_runs r LEFT JOIN LATERAL (SELECT * FROM flux_steps "
-    "WHERE run_id = r.id AND idx < %(defined)s::integer UNION ALL SELECT * FROM flux_steps "
-    "WHERE run_id = r.id AND idx >= %(defined)s::integer "
-    "AND idx = ANY(array_append(coalesce(g.waiting, '{}'), %(row)s::integer))) s ON true "
+    "(SELECT idx FROM flux_steps WHERE run_id = %(id)s ORDER BY idx DESC LIMIT 1) "
+    "FROM flux_runs r LEFT JOIN LATERAL (SELECT * FROM flux_steps "
+    "WHERE run_id = r.id AND idx < %(defined)s::integer "
+    "UNION ALL SELECT * FROM flux_steps WHERE run_id = r.id AND idx = %(row)s::integer "
+    "AND idx >= %(defined)s::integer "
+    "UNION ALL SELECT * FROM flux_steps WHERE run_id = r.id AND idx <> %(row)s::integer "
+    f"AND idx >= greatest(%(defined)s::integer, {_NEXT}) "
+    f"AND idx < {_NEXT} + %(waiting)s::integer) s ON true "
     "WHERE r.id = %(id)s ORDER BY s.idx"
 )
 
@@ -303,10 +299,11 @@ ROW_CLAIM_SQL = (
     "'running', %(step)s, %(row)s::integer, %(kind)s, c_step.attempts, "
     "%(max_attempts)s::integer, %(task_id)s, %(worker)s, "
     "CASE WHEN c_step.item IS NOT NULL THEN jsonb_build_object('item', c_step.item) "
-    "ELSE jsonb_build_object('branch', c_step.branch) END FROM c_step), "
-    + VIEW_SQL.removeprefix("WITH ").replace(
-        "g.not_done, g.in_flight, g.waiting, g.last ",
-        "g.not_done, g.in_flight, g.waiting, g.last, (SELECT count(*) FROM c_step) ",
+    "ELSE jsonb_build_object('branch', c_step.branch) END FROM c_step) "
+    + VIEW_SQL.replace(
+        "ORDER BY idx DESC LIMIT 1) ",
+        "ORDER BY idx DESC LIMIT 1), (SELECT count(*) FROM c_step) ",
+        1,
     )
 )
 

@@ -68,25 +68,20 @@ LOAD_SQL = (
     "WHERE r.id = ? ORDER BY s.idx"
 )
 
-# A row view (``RowViewStorage``): see postgres.VIEW_SQL. The constant subqueries are
-# evaluated once per statement.
-_PARENT = "(SELECT parent FROM flux_steps WHERE run_id = :id AND idx = :row)"
-_WAITING = (
-    f"SELECT idx FROM flux_steps WHERE run_id = :id AND parent = {_PARENT} "
-    "AND status = 'pending' AND task_id IS NULL ORDER BY idx LIMIT :waiting"
+# A row view (``RowViewStorage``): see postgres.VIEW_SQL.
+_NEXT = (
+    "(SELECT coalesce(json_extract(g.scope, '$.next'), 0) FROM flux_steps g "
+    "WHERE g.run_id = :id AND g.idx = (SELECT parent FROM flux_steps "
+    "WHERE run_id = :id AND idx = :row))"
 )
 VIEW_SQL = (
     f"SELECT {select_list('r', RUN_FIELDS)}, {select_list('s', STEP_FIELDS)}, "
-    "(SELECT count(*) FROM flux_steps WHERE run_id = :id AND parent = "
-    f"{_PARENT} "
-    "AND status NOT IN ('completed', 'skipped')), "
-    "(SELECT count(*) FROM flux_steps WHERE run_id = :id AND parent = "
-    f"{_PARENT} "
-    "AND (status = 'running' OR (status = 'pending' AND task_id IS NOT NULL))), "
-    f"(SELECT group_concat(idx) FROM ({_WAITING})), "
     "(SELECT max(idx) FROM flux_steps WHERE run_id = :id) "
-    "FROM flux_runs r LEFT JOIN flux_steps s ON s.run_id = r.id "
-    f"AND (s.idx < :defined OR s.idx = :row OR s.idx IN ({_WAITING})) "
+    "FROM flux_runs r LEFT JOIN flux_steps s ON s.run_id = r.id AND s.idx IN ("
+    "SELECT idx FROM flux_steps WHERE run_id = :id AND idx < :defined "
+    "UNION ALL SELECT :row "
+    "UNION ALL SELECT idx FROM flux_steps WHERE run_id = :id "
+    f"AND idx >= max(:defined, {_NEXT}) AND idx < {_NEXT} + :waiting) "
     "WHERE r.id = :id ORDER BY s.idx"
 )
 
