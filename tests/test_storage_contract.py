@@ -1317,13 +1317,17 @@ def test_the_item_claim_starts_a_pending_item_of_a_running_group_once(
         )
 
     assert claim_h(5, "other")[1] is False  # another definition: refused
-    before = pg_storage.load_run("claim-item").version
+    read_before = pg_storage.load_run("claim-item")
     state, claimed = claim_h(5)
     assert claimed is True
     assert state.steps[5].status is StepStatus.PENDING  # as read before the claim
     stored = pg_storage.load_run("claim-item")
     assert (stored.steps[5].status, stored.steps[5].attempts) == (StepStatus.RUNNING, 1)
-    assert stored.version == before + 1  # a write made from an older read will not land
+    # Counted apart from the version: a write made from a read before the claim does not
+    # land, unless it says it does not depend on item starts (an item's outcome).
+    assert (stored.version, stored.claims) == (read_before.version, read_before.claims + 1)
+    assert pg_storage.save_run(read_before, read_before.version, [], []) is False
+    assert pg_storage.save_run(read_before, read_before.version, [], [], any_claims=True)
     start = [e for e in pg_storage.list_traces(run_id="claim-item") if e.step_index == 5]
     assert [(e.type, e.meta) for e in start] == [("step:start", {"item": 2})]
     assert claim_h(5)[1] is False  # claimed once

@@ -208,6 +208,10 @@ class RunState:
     finished_at: datetime | None = None
     #: Why the run was cancelled (``engine.cancel``); None for a run not cancelled.
     cancel_reason: str | None = None
+    #: Starts of for_each items counted apart from ``version`` (PostgreSQL's item claim):
+    #: every guarded write checks both, except an item's outcome, which does not depend on
+    #: a sibling's start.
+    claims: int = 0
     #: The ``workflow:start`` event's meta (the redacted input), stored with a new run so that
     #: a worker's claim can emit that event in SQL. Set by the engine; not loaded back.
     start_meta: dict[str, Any] | None = field(default=None, repr=False, compare=False)

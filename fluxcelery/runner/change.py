@@ -67,6 +67,9 @@ class Change:
         self.version = state.version
         self.steps: set[int] = set()
         self.created: set[int] = set()
+        #: Land even if for_each items started since the read (an item's outcome that
+        #: neither joins nor fails: it does not depend on which siblings started).
+        self.any_claims = False
         self.events: list[TraceEvent] = []
         self.hooks: list[tuple[str, tuple[Any, ...]]] = []
 
@@ -90,9 +93,16 @@ class Change:
             landed = bool(self.storage.create_run(self.state, self.events))
         else:
             target = tx if tx is not None else self.storage
-            if self.created:
+            if self.created or self.any_claims:
                 landed = bool(
-                    target.save_run(self.state, self.version, self.steps, self.events, self.created)
+                    target.save_run(
+                        self.state,
+                        self.version,
+                        self.steps,
+                        self.events,
+                        self.created,
+                        any_claims=self.any_claims,
+                    )
                 )
             else:
                 landed = bool(target.save_run(self.state, self.version, self.steps, self.events))
@@ -111,5 +121,6 @@ class Change:
         self.version = self.state.version
         self.steps = set()
         self.created = set()
+        self.any_claims = False
         self.events = []
         self.hooks = []

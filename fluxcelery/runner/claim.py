@@ -136,7 +136,7 @@ def _claim_item(
         at=now,
         event_id=claim.event_id,
     )
-    state.version += 1
+    state.claims += 1  # counted apart from version (see postgres.ROW_CLAIM_SQL)
     state.updated_at = now
     rt.notifier.publish(started.events)
     return state, True

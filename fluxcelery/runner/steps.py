@@ -231,6 +231,7 @@ class StepRunner:
         if change.state.steps[index].parent is None:
             return nxt if change.save(tx) else STOP
         with self.rt.group_locks.hold(change.state.id):
+            change.any_claims = _independent_of_starts(change.state, index, nxt)
             if change.save(tx):
                 return nxt
             return self._merge(change, nxt, index, attempt, redo, tx)
@@ -275,6 +276,7 @@ class StepRunner:
             state.__dict__.update(fresh.__dict__)
             change.rebase()
             nxt = redo(change)
+            change.any_claims = _independent_of_starts(state, index, nxt)
             change.events = [_raced(e, index) for e in change.events]
             if change.save(tx):
                 return nxt
@@ -863,6 +865,19 @@ class StepRunner:
         return Next(Action.DONE, failure=failure)
 
     # -- compensation ---------------------------------------------------------------------
+
+
+def _independent_of_starts(state: RunState, index: int, nxt: Next) -> bool:
+    """Whether item ``index``'s outcome write may land whatever siblings started since it
+    read the run: it completed, and neither joins nor fails the group (what it decides,
+    its group's counters and the items it sends, does not depend on which items started;
+    a failure's does: it waits for the running ones)."""
+    row = state.steps[index]
+    return (
+        row.item is not None
+        and row.status == StepStatus.COMPLETED
+        and nxt.action in (Action.STOP, Action.FANOUT)
+    )
 
 
 def _raced(event: TraceEvent, index: int) -> TraceEvent:

@@ -29,6 +29,7 @@ class Transaction(Protocol):
         steps: Iterable[int],
         events: Sequence[TraceEvent],
         created: Iterable[int] = (),
+        any_claims: bool = False,
     ) -> bool: ...
 
 
@@ -53,9 +54,12 @@ class Storage(Protocol):
         steps: Iterable[int],
         events: Sequence[TraceEvent],
         created: Iterable[int] = (),
+        any_claims: bool = False,
     ) -> bool:
-        """Write the run row and the listed step rows if the version matches; bump version.
-        ``created``: step rows that are new (a for_each's items), inserted, not updated."""
+        """Write the run row and the listed step rows if the version (and the count of item
+        starts, ``claims``) matches; bump version. ``created``: step rows that are new (a
+        for_each's items), inserted, not updated. ``any_claims``: land even when items
+        started since the read (an item's outcome, which does not depend on them)."""
         ...
 
     def record_progress(

@@ -84,6 +84,7 @@ RUN_FIELDS = (
     "updated_at",
     "finished_at",
     "cancel_reason",
+    "claims",
 )
 STEP_FIELDS = (
     "idx",
@@ -171,6 +172,7 @@ def decode_run(
         updated_at=ts(row[12]) or utcnow(),
         finished_at=ts(row[13]),
         cancel_reason=row[14],
+        claims=row[15] or 0,
     )
 
 

@@ -31,6 +31,7 @@ class _MemoryTransaction:
         steps: Iterable[int],
         events: Sequence[TraceEvent],
         created: Iterable[int] = (),
+        any_claims: bool = False,
     ) -> bool:
         return self._storage.save_run(state, expected_version, steps, events, created)
 
@@ -217,6 +218,7 @@ class MemoryStorage:
         steps: Iterable[int],
         events: Sequence[TraceEvent],
         created: Iterable[int] = (),
+        any_claims: bool = False,  # no item claims here: ``claims`` stays 0
     ) -> bool:
         with self._lock:
             current = self._runs.get(state.id)

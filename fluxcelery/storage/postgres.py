@@ -63,7 +63,8 @@ SAVE_SQL = (
     "finished_at = %(finished_at)s::timestamptz, cancel_reason = %(cancel_reason)s, "
     "version = %(new_version)s::integer, "
     "updated_at = %(updated_at)s::timestamptz "
-    "WHERE id = %(id)s AND version = %(expected)s::integer RETURNING id), "
+    "WHERE id = %(id)s AND version = %(expected)s::integer "
+    "AND (claims = %(claims)s::integer OR %(any_claims)s::boolean) RETURNING id), "
     "s AS (UPDATE flux_steps AS st SET "
     + ", ".join(f"{c} = x.{c}" for c in STEP_COLS[1:])
     + f" FROM jsonb_to_recordset(%(steps)s::jsonb) AS x({_STEP_RECORD}) "
@@ -210,13 +211,17 @@ def save_params(
     events: Sequence[TraceEvent],
     now: datetime,
     created: Iterable[int] = (),
+    any_claims: bool = False,
 ) -> dict[str, Any]:
     """Parameters of ``SAVE_SQL``: it returns 1 when the guarded write landed, else 0.
+    ``any_claims``: land whatever item starts happened since the read (an item's outcome).
     ``created``: step rows that are new (for_each items), inserted."""
     new = set(created)
     return {
         "id": state.id,
         "expected": expected_version,
+        "claims": state.claims,
+        "any_claims": any_claims,
         "new_version": expected_version + 1,
         "updated_at": now,
         "workflow_version": state.workflow_version,
@@ -267,21 +272,23 @@ def save(
     events: Sequence[TraceEvent],
     now: datetime,
     created: Iterable[int] = (),
+    any_claims: bool = False,
 ) -> bool:
     """A guarded save inside an open SQLAlchemy transaction (a commit step's)."""
-    params = save_params(state, expected_version, steps, events, now, created)
+    params = save_params(state, expected_version, steps, events, now, created, any_claims)
     return conn.exec_driver_sql(SAVE_SQL, params).scalar() == 1
 
 
 # Start a for_each item while reading its row view (``load_row_view``), in one statement:
-# the claim of CLAIM_SQL (the step row is the guard; the run's version + 1, so that a
-# sibling's or a cancel's write made from an older read does not land), for a row whose
-# group step is the run's current step and running. The rows returned are as before the
-# claim; ``claimed`` is the last column.
+# the claim of CLAIM_SQL (the step row is the guard), for a row whose group step is the
+# run's current step and running. It counts in ``claims``, not ``version``: a write made
+# from an older read does not land (SAVE_SQL checks both), except a sibling item's outcome,
+# which does not depend on which items started (``any_claims``), and so is not made again
+# for every start. The rows returned are as before the claim; ``claimed`` is the last column.
 ROW_CLAIM_SQL = (
     "WITH c_row AS (SELECT parent FROM flux_steps WHERE run_id = %(id)s "
     "AND idx = %(row)s::integer), "
-    "c_run AS (UPDATE flux_runs SET version = version + 1, updated_at = %(now)s::timestamptz "
+    "c_run AS (UPDATE flux_runs SET claims = claims + 1, updated_at = %(now)s::timestamptz "
     "WHERE id = %(id)s AND (status = 'running') IS TRUE AND cancel_reason IS NULL "
     "AND current_step = (SELECT parent FROM c_row) "
     "AND definition_hash = %(definition_hash)s "

@@ -38,6 +38,8 @@ runs = sa.Table(
     # Why the run was cancelled (migration 0007): a rollback that ends with it set ends
     # ``cancelled``, not ``rolled_back`` (``engine.cancel(compensate=True)``).
     sa.Column("cancel_reason", sa.Text),
+    # Item starts (migration 0008): PostgreSQL's item claim counts here, not in ``version``.
+    sa.Column("claims", sa.Integer, nullable=False, server_default="0", default=0),
     sa.Index("ix_flux_runs_workflow_created", "workflow", "created_at"),
     sa.Index("ix_flux_runs_status_updated", "status", "updated_at"),
     sa.Index("ix_flux_runs_created", "created_at"),

@@ -120,7 +120,7 @@ def _engine_for(url: str, connect_timeout: int) -> Engine:
 _RUN_COLS = tuple(
     c
     for c in schema.RUN_COLUMNS
-    if c not in ("id", "version", "created_at", "updated_at", "start_meta", "not_before")
+    if c not in ("id", "version", "created_at", "updated_at", "start_meta", "not_before", "claims")
 )
 _STEP_COLS = schema.STEP_COLUMNS[1:]  # all but idx
 
@@ -170,10 +170,11 @@ class _SqlTransaction:
         steps: Iterable[int],
         events: Sequence[TraceEvent],
         created: Iterable[int] = (),
+        any_claims: bool = False,
     ) -> bool:
         self.session.flush()
         self.landed = self._storage._save(
-            self._conn, state, expected_version, steps, events, created
+            self._conn, state, expected_version, steps, events, created, any_claims
         )
         return self.landed
 
@@ -454,10 +455,14 @@ class SqlStorage:
         steps: Iterable[int],
         events: Sequence[TraceEvent],
         created: Iterable[int] = (),
+        any_claims: bool = False,
     ) -> bool:
         now = utcnow()
         if conn.dialect.name == "postgresql":
-            if not postgres.save(conn, state, expected_version, steps, events, now, created):
+            landed = postgres.save(
+                conn, state, expected_version, steps, events, now, created, any_claims
+            )
+            if not landed:
                 return False
             state.version = expected_version + 1
             state.updated_at = now
@@ -499,10 +504,13 @@ class SqlStorage:
         steps: Iterable[int],
         events: Sequence[TraceEvent],
         created: Iterable[int] = (),
+        any_claims: bool = False,
     ) -> bool:
         if self._pg:
             now = utcnow()
-            params = postgres.save_params(state, expected_version, steps, events, now, created)
+            params = postgres.save_params(
+                state, expected_version, steps, events, now, created, any_claims
+            )
             if self._fetch(postgres.SAVE_SQL, params)[0][0] != 1:
                 return False
             state.version = expected_version + 1
@@ -518,7 +526,7 @@ class SqlStorage:
             state.updated_at = now
             return True
         with self._begin() as conn:
-            landed = self._save(conn, state, expected_version, steps, events, created)
+            landed = self._save(conn, state, expected_version, steps, events, created, any_claims)
             if not landed:
                 conn.rollback()
             return landed

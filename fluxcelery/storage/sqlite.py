@@ -296,6 +296,7 @@ def create(cur: Any, state: RunState, events: Sequence[TraceEvent], now: datetim
             _json_in(state.start_meta),
             _ts(state.not_before),
             state.cancel_reason,
+            state.claims,
         ),
     )
     cur.executemany(INSERT_STEP_SQL, [(state.id, s.index, *_step_values(s)) for s in state.steps])

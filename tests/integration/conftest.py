@@ -258,4 +258,5 @@ def _it_workflows() -> list[Any]:
         w.par_nap,
         w.par_each,
         w.par_pair,
+        w.par_each_all,
     ]

@@ -309,3 +309,13 @@ par_pair = (
     )
     .step("after", noop)
 )
+
+# The same items, all sent at once (no max_concurrency).
+par_each_all = workflow("it-par-each-all").for_each(
+    "each",
+    item_effect,
+    items=lambda ctx: ctx.input["items"],
+    commit=True,
+    compensate=item_undo,
+    retries=0,
+)

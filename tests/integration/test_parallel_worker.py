@@ -164,3 +164,24 @@ def test_a_worker_killed_mid_branch_redelivers_it_and_the_join_happens_once(
     assert types.count("parallel:join") == 1 and types.count("workflow:complete") == 1
     assert sorted(step for step, _ in _effects(c, handle.id)) == ["after", "mark-b"]
     assert result.step("book").output == {"a": "nap-a", "b": {"booked": "mark-b"}}
+
+
+def test_an_item_failing_among_200_in_flight_rolls_back_every_landed_item_once(
+    cluster: Cluster,
+) -> None:
+    """Items start (claims) while one fails: the failure waits for the running ones, then
+    one rollback undoes every item whose effect landed, each once."""
+    import it_workflows as w
+
+    c = cluster
+    result = c.engine.start(w.par_each_all, {"items": list(range(200)), "fail_item": 120})
+    final = result.get(timeout=180)
+    assert final.status == RunStatus.ROLLED_BACK, final.error
+    effects = _effects(c, result.id)
+    done = sorted(what for _, what in effects if what.startswith("item "))
+    undone = sorted(what.removeprefix("undo ") for _, what in effects if what.startswith("undo"))
+    assert done == undone and len(set(done)) == len(done)  # each landed item undone once
+    types = _types(c, result.id)
+    assert types.count("workflow:rollback_start") == 1 and types[-1] == "workflow:error"
+    assert not [s for s in final.steps if s.status == StepStatus.RUNNING]
+    print(f"\n[{c.broker}] 200 items, item 120 failed: {len(done)} landed and undone")

@@ -1,4 +1,4 @@
-"""flux_steps.branch, item, parent, scope: parallel branches and for_each items.
+"""flux_steps.branch, item, parent, scope, flux_runs.claims: parallel branches and for_each.
 
 A ``.parallel`` step's branch steps are rows of their own (``branch`` names the branch,
 ``parent`` the parallel step's row); a ``.for_each`` step's items are rows added at fan-out
@@ -24,6 +24,12 @@ JsonType = sa.JSON().with_variant(JSONB(), "postgresql")
 
 
 def upgrade() -> None:
+    # Starts of for_each items (PostgreSQL's item claim), counted apart from ``version``:
+    # an item's outcome does not depend on a sibling's start, so it need not lose its
+    # write to one (see storage/postgres.py, SAVE_SQL).
+    op.add_column(
+        "flux_runs", sa.Column("claims", sa.Integer(), nullable=False, server_default="0")
+    )
     op.add_column("flux_steps", sa.Column("branch", sa.String(200)))
     op.add_column("flux_steps", sa.Column("item", sa.Integer()))
     op.add_column("flux_steps", sa.Column("parent", sa.Integer()))
@@ -33,3 +39,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     for column in ("scope", "parent", "item", "branch"):
         op.drop_column("flux_steps", column)
+    op.drop_column("flux_runs", "claims")
