@@ -66,6 +66,8 @@ log = logging.getLogger("fluxcelery.engine")
 
 #: Threads that run a group's branch steps or items in process (``execute``), at most.
 GROUP_THREADS = 32
+#: Times ``cancel`` reads a run again after the run moved on before its write landed.
+CANCEL_TRIES = 20
 
 EXECUTORS = ("local", "celery")
 
@@ -636,19 +638,26 @@ class FluxEngine:
         a helper thread) and its writes are discarded. ``compensate``: the completed steps
         are compensated in reverse order (``rolling_back``, after the running attempt
         settled), then the run ends ``cancelled``."""
-        state = self._load(run_id)
-        if state.status not in CANCELLABLE_RUN:
-            raise InvalidTransition(
-                state.status.value,
-                "cancelled",
-                detail=f"run {run_id} is already {state.status.value}",
-            )
-        wf = self.workflow(state.workflow) if compensate else None
-        plan = rollback_plan(wf, state, None) if wf is not None else None
-        running = [s.task_id for s in state.steps if s.status == StepStatus.RUNNING and s.task_id]
-        change = self.rt.change(state)
-        change.apply(t.cancel_run(state, reason, self.clock(), terminate=terminate, plan=plan))
-        if not change.save():
+        # A run moving on workers (a for_each's items start and end all the time) can win
+        # the race for the write: read it again and cancel what it is now.
+        for _ in range(CANCEL_TRIES):
+            state = self._load(run_id)
+            if state.status not in CANCELLABLE_RUN:
+                raise InvalidTransition(
+                    state.status.value,
+                    "cancelled",
+                    detail=f"run {run_id} is already {state.status.value}",
+                )
+            wf = self.workflow(state.workflow) if compensate else None
+            plan = rollback_plan(wf, state, None) if wf is not None else None
+            running = [
+                s.task_id for s in state.steps if s.status == StepStatus.RUNNING and s.task_id
+            ]
+            change = self.rt.change(state)
+            change.apply(t.cancel_run(state, reason, self.clock(), terminate=terminate, plan=plan))
+            if change.save():
+                break
+        else:
             raise ConcurrentUpdate(f"Run {run_id} was changed concurrently; not cancelled")
         self._stop_work(state, running, terminate)
         waiting = any(s.status == StepStatus.RUNNING for s in state.steps)

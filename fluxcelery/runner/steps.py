@@ -500,8 +500,7 @@ class StepRunner:
         """Start a group step (see fanout.py); a failure to make its items fails it."""
         try:
             return self.groups.fan_out(change, wf, sdef, task_id, worker)
-        except Exception as exc:
-            change.rebase()
+        except Exception as exc:  # from items(), before the fan-out changed anything
             err = self.rt.error_text(exc, change.state)
             return self._apply_fail(change, wf, sdef, 0, err, exc, task_id, worker)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -151,6 +151,23 @@ _SAVE_STEP = (
     .values({schema.steps.c[c]: sa.bindparam(c) for c in _STEP_COLS})
 )
 _INSERT_TRACES = schema.traces.insert()
+
+
+def _claim_params(run_id: str, claim: StepClaim) -> dict[str, Any]:
+    """The parameters CLAIM_SQL and ROW_CLAIM_SQL share."""
+    return {
+        "id": run_id,
+        "definition_hash": claim.definition_hash,
+        "max_attempts": claim.max_attempts,
+        "task_id": claim.task_id,
+        "worker": claim.worker,
+        "workflow": claim.workflow,
+        "step": claim.step,
+        "kind": claim.kind,
+        "event_id": claim.event_id,
+        "start_event_id": claim.start_event_id,
+        "now": claim.now,
+    }
 
 
 class _SqlTransaction:
@@ -378,11 +395,7 @@ class SqlStorage:
     def load_row_view(self, run_id: str, row: int, defined: int, waiting: int) -> RunState | None:
         """See ``RowViewStorage``: one statement on PostgreSQL and SQLite."""
         params = {"id": run_id, "row": row, "defined": defined, "waiting": waiting}
-
-        def fetch() -> list[StepState]:
-            full = self.load_run(run_id)
-            return list(full.steps) if full is not None else []
-
+        fetch = self._rows_of(run_id)
         if self._pg:
             rows = self._fetch(postgres.VIEW_SQL, params)
             return core_rows.partial_from_rows(rows, fetch)
@@ -400,51 +413,27 @@ class SqlStorage:
         plain view elsewhere. The run as read before the claim, and whether it landed."""
         if not self._pg:
             return self.load_row_view(run_id, claim.index, defined, waiting), False
+        params = {**_claim_params(run_id, claim), "row": claim.index}
+        params.update(defined=defined, waiting=waiting)
+        rows = self._fetch(postgres.ROW_CLAIM_SQL, params)
+        claimed = bool(rows and rows[0][-1])
+        partial = core_rows.partial_from_rows([r[:-1] for r in rows], self._rows_of(run_id))
+        return partial, claimed
+
+    def _rows_of(self, run_id: str) -> Callable[[], list[StepState]]:
+        """Reads every row of a run, for a ``PartialRows`` that is asked for them."""
 
         def fetch() -> list[StepState]:
             full = self.load_run(run_id)
             return list(full.steps) if full is not None else []
 
-        params = {
-            "id": run_id,
-            "row": claim.index,
-            "defined": defined,
-            "waiting": waiting,
-            "definition_hash": claim.definition_hash,
-            "max_attempts": claim.max_attempts,
-            "task_id": claim.task_id,
-            "worker": claim.worker,
-            "workflow": claim.workflow,
-            "step": claim.step,
-            "kind": claim.kind,
-            "event_id": claim.event_id,
-            "now": claim.now,
-        }
-        rows = self._fetch(postgres.ROW_CLAIM_SQL, params)
-        claimed = bool(rows and rows[0][-1])
-        return core_rows.partial_from_rows([r[:-1] for r in rows], fetch), claimed
+        return fetch
 
     def load_and_claim(self, run_id: str, claim: StepClaim) -> tuple[RunState | None, bool]:
         """See ``ClaimingStorage``; one statement on PostgreSQL, a plain load elsewhere."""
         if not self._pg:
             return self.load_run(run_id), False
-        rows = self._fetch(
-            postgres.CLAIM_SQL,
-            {
-                "id": run_id,
-                "idx": claim.index,
-                "definition_hash": claim.definition_hash,
-                "max_attempts": claim.max_attempts,
-                "task_id": claim.task_id,
-                "worker": claim.worker,
-                "workflow": claim.workflow,
-                "step": claim.step,
-                "kind": claim.kind,
-                "event_id": claim.event_id,
-                "start_event_id": claim.start_event_id,
-                "now": claim.now,
-            },
-        )
+        rows = self._fetch(postgres.CLAIM_SQL, {**_claim_params(run_id, claim), "idx": claim.index})
         return postgres.state_from_rows(rows), bool(rows and rows[0][-1])
 
     def _save(

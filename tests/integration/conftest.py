@@ -259,4 +259,5 @@ def _it_workflows() -> list[Any]:
         w.par_each,
         w.par_pair,
         w.par_each_all,
+        w.par_cancel,
     ]

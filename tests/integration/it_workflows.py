@@ -319,3 +319,10 @@ par_each_all = workflow("it-par-each-all").for_each(
     compensate=item_undo,
     retries=0,
 )
+
+# Cancellation across branches: ``fast`` books at once; ``slow`` sleeps ``input.sleep`` first.
+par_cancel = workflow("it-par-cancel").parallel(
+    "book",
+    branch("fast").commit("fast-book", booked, compensate=unbook),
+    branch("slow").commit("slow-book", booked, compensate=unbook, timeout=120),
+)

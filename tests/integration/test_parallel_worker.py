@@ -88,12 +88,15 @@ def test_a_failing_branch_compensates_the_other_on_workers(cluster: Cluster) -> 
 
     c = cluster
     result = c.engine.start(w.par_race, {"fail": "right-book"}).get(timeout=60)
-    assert result.status == RunStatus.ROLLED_BACK
     assert result.error == "branch 'right' failed: NonRetryableError: right-book refused"
     effects = _effects(c, result.id)
-    if ("left-book", "booked") in effects:  # the left branch ran before the failure
+    if ("left-book", "booked") in effects:  # the left branch ran: it is undone
+        assert result.status == RunStatus.ROLLED_BACK
         assert effects == [("left-book", "booked"), ("left-book", "unbooked")]
         assert result.step("left-book").status == StepStatus.COMPENSATED
+    else:  # the failure came first: the left branch never started, nothing to undo
+        assert result.status == RunStatus.FAILED
+        assert effects == [] and result.step("left-book").status == StepStatus.PENDING
     assert "parallel:join" not in _types(c, result.id)
 
 
@@ -185,3 +188,37 @@ def test_an_item_failing_among_200_in_flight_rolls_back_every_landed_item_once(
     assert types.count("workflow:rollback_start") == 1 and types[-1] == "workflow:error"
     assert not [s for s in final.steps if s.status == StepStatus.RUNNING]
     print(f"\n[{c.broker}] 200 items, item 120 failed: {len(done)} landed and undone")
+
+
+def test_cancel_with_compensate_undoes_both_branches_once_the_running_one_ends(
+    rabbit_cluster: Cluster,
+) -> None:
+    """Cancelled while one branch's commit sleeps on a worker: it finishes and is recorded,
+    then both branches' bookings are undone and the run ends ``cancelled``."""
+    import it_workflows as w
+
+    c = rabbit_cluster
+    c.worker("par-cancel", concurrency=2)
+    handle = c.engine.start(w.par_cancel, {"slow": "slow-book", "sleep": 3})
+
+    def slow_running() -> Any:
+        state = c.engine.get(handle.id)
+        fast_done = state and state.step("fast-book").status == StepStatus.COMPLETED
+        slow = state and state.step("slow-book").status == StepStatus.RUNNING
+        return state if fast_done and slow else None
+
+    wait_until(slow_running, timeout=60, what="fast booked, slow running")
+    state = c.engine.cancel(handle.id, "trip called off", compensate=True)
+    assert state.status == RunStatus.ROLLING_BACK  # waits for the running branch step
+    final = handle.get(timeout=60)
+    assert final.status == RunStatus.CANCELLED, final.error
+    effects = _effects(c, handle.id)
+    assert sorted(effects) == sorted(
+        [
+            ("fast-book", "booked"),
+            ("slow-book", "booked"),
+            ("slow-book", "unbooked"),
+            ("fast-book", "unbooked"),
+        ]
+    )
+    assert effects[-2:] == [("slow-book", "unbooked"), ("fast-book", "unbooked")]
