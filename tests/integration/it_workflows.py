@@ -326,3 +326,8 @@ par_cancel = workflow("it-par-cancel").parallel(
     branch("fast").commit("fast-book", booked, compensate=unbook),
     branch("slow").commit("slow-book", booked, compensate=unbook, timeout=120),
 )
+
+# Items that nap, at most 3 at a time (max_concurrency on a worker wider than that).
+par_each_nap = workflow("it-par-each-nap").for_each(
+    "naps", nap, items=lambda ctx: ctx.input["items"], max_concurrency=3, timeout=60
+)
