@@ -3,7 +3,13 @@
     python bench/large_runs.py [--steps 20] [--input-kb 48] [--runs 5]
 
 A run of ``--steps`` steps whose input is ``--input-kb`` KB of JSON and whose every step adds
-~5 KB to ``ctx.data`` and returns a small output. Measured two ways on PostgreSQL
+~5 KB to ``ctx.data`` and returns a small output.
+
+``--by-position`` measures instead what one step costs by its position in a long run
+(``--steps 200``): each step reads the previous step's output from ``ctx.results`` and returns
+a 200-byte one, ``ctx.data`` does not grow; every step is run as a step task does, on
+PostgreSQL; prints the wall and CPU time of steps 2-4 and of the last three, and the ratio
+(issue: step 200 of a 200-step run at most 1.2x step 2). Measured two ways on PostgreSQL
 (FLUX_BENCH_PG): as Celery workers run it (each step task loads and claims the run, runs the
 handler, writes the outcome: ``StepRunner.run_step`` called the way a step task calls it,
 without the broker), and in-process (``engine.execute``); the in-process run on
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 import uuid
@@ -47,6 +54,51 @@ def make_input(kb: int) -> dict[str, Any]:
     item = {"sku": "A000", "qty": 1, "note": "x" * 40}
     per_item = len(json.dumps(item)) + 1
     return {"items": [{**item, "sku": f"A{i:03d}"} for i in range(kb * 1000 // per_item)]}
+
+
+def reads_previous(ctx: Any) -> dict[str, Any]:
+    before = ctx.results[f"s{ctx.step_index - 1}"] if ctx.step_index else None
+    return {"i": ctx.step_index, "before": before and before["i"], "note": "x" * 200}
+
+
+def by_position(storage: SqlStorage, steps: int, runs: int) -> dict[str, Any]:
+    """Per-step wall and CPU ms at each position, each step run as a step task runs it."""
+    wf = workflow(f"bench-position-{steps}")
+    for i in range(steps):
+        wf = wf.step(f"s{i}", reads_previous)
+    engine = FluxEngine(storage)
+    engine.register(wf)
+    wall: dict[int, list[float]] = {i: [] for i in range(steps)}
+    cpu: dict[int, list[float]] = {i: [] for i in range(steps)}
+    for r in range(runs + 2):  # the first two warm up (prepared statements)
+        state = engine._new_run(wf, {}, "celery", None)
+        engine.storage.create_run(state, [])
+        for i in range(steps):
+            w, c = time.perf_counter(), time.process_time()
+            engine.runner.run_step(
+                state.id, i, task_id=uuid.uuid4().hex, worker="bench", workflow=wf.name
+            )
+            if r >= 2:
+                wall[i].append((time.perf_counter() - w) * 1000)
+                cpu[i].append((time.process_time() - c) * 1000)
+        print(f"  run {r + 1}/{runs + 2}", file=sys.stderr)
+        final = engine.get(state.id)
+        assert final is not None and final.status.value == "completed", final
+
+    def median(d: dict[int, list[float]], positions: range) -> float:
+        return statistics.median([x for i in positions for x in d[i]])
+
+    early, late = range(1, 4), range(steps - 3, steps)
+    out = {
+        "steps": steps,
+        "wall_ms_steps_2_4": round(median(wall, early), 3),
+        "wall_ms_last_3": round(median(wall, late), 3),
+        "cpu_ms_steps_2_4": round(median(cpu, early), 3),
+        "cpu_ms_last_3": round(median(cpu, late), 3),
+    }
+    out["wall_ratio"] = round(out["wall_ms_last_3"] / out["wall_ms_steps_2_4"], 2)
+    out["cpu_ratio"] = round(out["cpu_ms_last_3"] / out["cpu_ms_steps_2_4"], 2)
+    return out
 
 
 def as_step_tasks(engine: FluxEngine, wf: Workflow, payload: Any, runs: int) -> tuple[float, ...]:
@@ -89,8 +141,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--input-kb", type=int, default=48)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--by-position", action="store_true", help="cost by step position")
     parser.add_argument("--json", default="bench/results/large_runs.json")
     args = parser.parse_args()
+    if args.by_position:
+        return position_main(args.steps, args.runs)
 
     wf = build(args.steps)
     payload = make_input(args.input_kb)
@@ -137,6 +192,30 @@ def main() -> int:
         )
     )
     print(f"written {out}")
+    return 0
+
+
+def position_main(steps: int, runs: int) -> int:
+    schema = f"flux_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        storage = SqlStorage(f"{PG}?options=-csearch_path%3D{schema}")
+        out = by_position(storage, steps, runs)
+        storage.close()
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+    print(f"\n{steps}-step run, each step as a step task (PostgreSQL), ms per step:")
+    print(f"{'':8}{'steps 2-4':>12}{'last 3':>12}{'ratio':>8}")
+    for kind in ("wall", "cpu"):
+        a, b = out[f"{kind}_ms_steps_2_4"], out[f"{kind}_ms_last_3"]
+        print(f"{kind:8}{a:>12.3f}{b:>12.3f}{out[f'{kind}_ratio']:>8.2f}")
+    path = Path("bench/results/large_runs_by_position.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
     return 0
 
 

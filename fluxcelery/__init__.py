@@ -23,7 +23,9 @@ from .core.errors import (
     InvalidTransition,
     MissingExtra,
     NonRetryableError,
+    NotAllowed,
     PayloadTooLarge,
+    Rejected,
     RunNotFound,
     SerializationError,
     SignalMismatch,
@@ -34,12 +36,14 @@ from .core.errors import (
 from .core.policy import Backoff
 from .core.records import FluxResult, RunState, StepState
 from .core.states import RunStatus, StepStatus
+from .declarative import load_workflow
 
 # Running (defaults.py is the composition root: it plugs the Celery dispatcher into the
 # engine and the default engine into ``Workflow.delay``; it builds nothing on import)
 from .defaults import default_app
 from .engine import FluxEngine
 from .handle import RunHandle, RunTimeout
+from .schedules.definition import schedule
 
 # Storage and traces
 from .storage import MemoryStorage, SqlStorage
@@ -57,6 +61,7 @@ __all__ = [
     "WaitFor",
     "Workflow",
     "branch",
+    "load_workflow",
     "wait_for",
     "workflow",
     # running
@@ -66,6 +71,7 @@ __all__ = [
     "RunState",
     "RunStatus",
     "RunTimeout",
+    "schedule",
     "StepState",
     "StepStatus",
     # storage and traces
@@ -88,7 +94,9 @@ __all__ = [
     "InvalidTransition",
     "MissingExtra",
     "NonRetryableError",
+    "NotAllowed",
     "PayloadTooLarge",
+    "Rejected",
     "RunNotFound",
     "SerializationError",
     "SignalMismatch",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import os
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
 from .core import transitions as t
+from .core.approvals import check_decider
 from .core.builder import Workflow
 from .core.errors import (
     ConcurrentUpdate,
@@ -25,6 +27,7 @@ from .core.errors import (
     FluxError,
     IdempotencyConflict,
     InvalidTransition,
+    NotAllowed,
     RunNotFound,
     SignalMismatch,
     describe_error,
@@ -51,12 +54,15 @@ from .handle import RunHandle
 from .retention import FINISHED, prune
 from .runner.catalog import Catalog
 from .runner.change import Action, Next
+from .runner.decisions import Decisions
 from .runner.invoke import Invoker
 from .runner.notify import Notifier
 from .runner.runtime import Runtime
 from .runner.steps import StepRunner, first_unfinished, resume_point
 from .runner.upkeep import Upkeep
-from .settings import load_settings
+from .schedules.definition import declared_schedules
+from .schedules.runs import ScheduleView, describe_schedules
+from .settings import env_flag, load_settings
 from .storage.base import ClaimingStorage, RowViewStorage, Storage
 from .storage.sql import SqlStorage
 from .trace.event import TraceEvent
@@ -108,7 +114,9 @@ class FluxEngine:
     With SQL storage every trace event is also written to ``flux_traces`` in the same
     transaction as the state change it describes; ``trace`` adds more sinks.
     ``dispatcher`` sends runs started with ``start`` to workers (default: Celery, on ``app``
-    or the process-wide app); ``clock`` gives the time of every transition (tests can set it).
+    or the process-wide app); ``clock`` gives the time of every transition (tests can set it);
+    ``sleep`` waits out in-process retry backoff and ``timer`` times in-process waits
+    (``fluxcelery.testing.FluxClock`` gives all three for time-skipping tests).
     """
 
     def __init__(
@@ -127,6 +135,7 @@ class FluxEngine:
         app: Any = None,
         dispatcher: Dispatcher | None = None,
         clock: Callable[[], datetime] = utcnow,
+        timer: Callable[[float, Callable[[], None]], Any] | None = None,
     ) -> None:
         if (
             isinstance(default_retries, bool)
@@ -146,8 +155,13 @@ class FluxEngine:
         self.defaults = Defaults(default_retries, default_timeout, backoff or Backoff())
         self.redact = Redactor(redact)
         self.max_payload_bytes = max_payload_bytes
+        #: ``RunHandle.get`` is woken by the write that settles the run where the storage
+        #: can push (PostgreSQL ``LISTEN``/``NOTIFY``); False: it polls (``FLUX_PUSH_GET=0``).
+        self.push_get = env_flag(os.environ.get("FLUX_PUSH_GET"), True)
         self.sleep = sleep
         self.clock = clock
+        #: ``timer(seconds, callback)`` times in-process waits (None: a daemon thread timer).
+        self.timer = timer
         self.invoker = Invoker()
         self.notifier = Notifier(
             storage, self.sinks, on or {}, self.invoker, self.redact, hook_timeout
@@ -167,6 +181,7 @@ class FluxEngine:
         )
         self.runner = StepRunner(self.rt)
         self.upkeep = Upkeep(self.rt, self.runner, self.continue_run, self._live_task_ids)
+        self.decisions = Decisions(self.rt, self.runner, self.redact)
         self._app = app
         self._dispatcher: Dispatcher | None = dispatcher
         self._lock = threading.Lock()
@@ -424,6 +439,9 @@ class FluxEngine:
 
     def _local_wait_timer(self, run_id: str, index: int, seconds: float) -> None:
         """In-process wait deadline; ``recover`` is the durable path if this process exits."""
+        if self.timer is not None:
+            self.timer(seconds, lambda: self._expire_quietly(run_id, index))
+            return
         timer = threading.Timer(seconds, self._expire_quietly, args=(run_id, index))
         timer.daemon = True
         timer.start()
@@ -484,6 +502,11 @@ class FluxEngine:
             newest_first=newest_first,
         )
 
+    def schedules(self, now: datetime | None = None) -> builtins.list[ScheduleView]:
+        """The schedules declared in this process (``fluxcelery.schedule``), each with its
+        next tick after ``now`` and its newest run and status (see schedules/runs.py)."""
+        return describe_schedules(self.storage, declared_schedules().values(), now or self.clock())
+
     def signal(
         self, run_id: str, name: str, payload: Any = None, *, force: bool = False
     ) -> RunHandle:
@@ -492,17 +515,12 @@ class FluxEngine:
         Exactly one of several concurrent signals continues the run; the others raise
         ``ConcurrentUpdate`` or ``InvalidTransition``.
         """
-        state = self._load(run_id)
-        if state.status != RunStatus.SUSPENDED:
-            raise InvalidTransition(
-                state.status.value, "running", detail=f"run {run_id} is not suspended"
-            )
-        wf = self.catalog.forced(state) if force else self.workflow_for(state)
-        index = state.current_step
-        step = state.steps[index] if index < len(state.steps) else None
-        if step is None or step.status != StepStatus.SUSPENDED:
-            raise InvalidTransition(
-                state.status.value, "running", detail=f"run {run_id} has no suspended step"
+        state, wf, index = self._waiting(run_id, force)
+        step = state.steps[index]
+        if step.kind == "approval":
+            raise NotAllowed(
+                f"Run {run_id} waits for a decision on approval step {step.name!r}: "
+                "use approve/reject, which check its approvers"
             )
         if step.waiting_for != name:
             raise SignalMismatch(
@@ -521,6 +539,66 @@ class FluxEngine:
         if not finished:
             self.continue_run(state, Next(Action.CONTINUE, index + 1))
         return self._handle(state)
+
+    def approve(
+        self, run_id: str, by: str, comment: str | None = None, *, force: bool = False
+    ) -> RunHandle:
+        """Approve the run's waiting approval step as ``by`` (one of its approvers): the
+        decision becomes the step's output and the run goes on. ``NotAllowed`` for anyone
+        else (nothing changes)."""
+        by = check_decider(by, "approve")
+        if comment is not None and not isinstance(comment, str):
+            raise ValueError(f"approve: comment must be a string, got {comment!r}")
+        state, wf, index = self._approval(run_id, force)
+        self.decisions.check_allowed(wf, state, index, by)
+        kept = None if comment is None else self._safe_text(comment)
+        nxt = self.decisions.approve(wf, state, index, by, kept)
+        self.continue_run(state, nxt)
+        return self._handle(state)
+
+    def reject(self, run_id: str, by: str, reason: str, *, force: bool = False) -> RunHandle:
+        """Reject the run's waiting approval step as ``by``: the step fails (not retried)
+        with ``Rejected: <reason>``, and the run's failure path (compensation) follows."""
+        by = check_decider(by, "reject")
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError(f"reject: give a reason (a non-empty string), got {reason!r}")
+        state, wf, index = self._approval(run_id, force)
+        self.decisions.check_allowed(wf, state, index, by)
+        nxt = self.decisions.reject(wf, state, index, by, self._safe_text(reason))
+        self.continue_run(state, nxt)
+        return self._handle(state)
+
+    def _waiting(self, run_id: str, force: bool) -> tuple[RunState, Workflow, int]:
+        """The suspended run, its definition and the index of its waiting step."""
+        state = self._load(run_id)
+        if state.status != RunStatus.SUSPENDED:
+            raise InvalidTransition(
+                state.status.value, "running", detail=f"run {run_id} is not suspended"
+            )
+        wf = self.catalog.forced(state) if force else self.workflow_for(state)
+        index = state.current_step
+        step = state.steps[index] if index < len(state.steps) else None
+        if step is None or step.status != StepStatus.SUSPENDED:
+            raise InvalidTransition(
+                state.status.value, "running", detail=f"run {run_id} has no suspended step"
+            )
+        return state, wf, index
+
+    def _approval(self, run_id: str, force: bool) -> tuple[RunState, Workflow, int]:
+        state, wf, index = self._waiting(run_id, force)
+        if wf.steps[index].kind != "approval":
+            raise InvalidTransition(
+                state.status.value,
+                "running",
+                detail=f"run {run_id} waits for signal {state.steps[index].waiting_for!r}, "
+                "not for an approval",
+            )
+        return state, wf, index
+
+    def _safe_text(self, text: str) -> str:
+        """A comment or reason as stored: JSON-safe and of bounded size."""
+        kept: str = roundtrip(text, what="approval comment", max_bytes=self.max_payload_bytes)
+        return kept
 
     def retry(
         self, run_id: str, from_step: str | int | None = None, *, force: bool = False

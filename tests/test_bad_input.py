@@ -27,6 +27,7 @@ from fluxcelery import (
     wait_for,
     workflow,
 )
+from fluxcelery.testing import FluxClock
 
 R = RunStatus
 
@@ -204,10 +205,9 @@ def test_unknown_run_id_raises_run_not_found(
     ids=["set", "datetime", "nested-object", "tuple-key"],
 )
 def test_non_json_ctx_data_fails_step_without_retry(
-    make_engine: Callable[..., FluxEngine], value: Any, path: str
+    make_engine: Callable[..., FluxEngine], flux_clock: FluxClock, value: Any, path: str
 ) -> None:
-    sleeps: list[float] = []
-    engine = make_engine(sleep=sleeps.append)
+    engine = make_engine(sleep=flux_clock.sleep)
     calls = {"n": 0}
 
     def bad(ctx: Any) -> None:
@@ -227,7 +227,7 @@ def test_non_json_ctx_data_fails_step_without_retry(
     )
     assert result.step("bad").error == result.error
     assert engine.get(result.id).data == {"kept": 1}  # type: ignore[union-attr]
-    assert sleeps == []
+    assert flux_clock.sleeps == []  # not retried: no backoff either
     assert event_types(engine, result.id)[-3:] == ["step:start", "step:error", "workflow:error"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from fluxcelery import (
 )
 from fluxcelery.core.records import utcnow
 from fluxcelery.runner import invoke
+from fluxcelery.testing import FluxClock
 
 R = RunStatus
 S = StepStatus
@@ -479,25 +481,29 @@ def test_execute_with_a_stored_run_id_returns_that_run(
 
 
 def test_backoff_is_configurable_per_engine_and_step(
-    make_engine: Callable[..., FluxEngine],
+    make_engine: Callable[..., FluxEngine], flux_clock: FluxClock
 ) -> None:
-    sleeps: list[float] = []
     engine = make_engine(
-        backoff=Backoff(base=0.5, factor=2.0, max=1.5, jitter=False), sleep=sleeps.append
+        backoff=Backoff(base=0.5, factor=2.0, max=1.5, jitter=False),
+        sleep=flux_clock.sleep,
+        clock=flux_clock,
     )
     result = engine.execute(workflow("fix-backoff-engine").step("a", fail_with("x"), retries=3))
     assert result.status == R.FAILED
     assert result.step("a").attempts == 4
-    assert sleeps == [0.5, 1.0, 1.5]
+    assert flux_clock.sleeps == [0.5, 1.0, 1.5]
     delays = [e.meta["delay_s"] for e in engine.traces(run_id=result.id, type="step:retry")]  # type: ignore[index]
     assert delays == [0.5, 1.0, 1.5]
+    # Each attempt starts after its backoff, on the engine's clock.
+    starts = [e.ts for e in engine.traces(run_id=result.id, type="step:start")]
+    assert [(b - a).total_seconds() for a, b in itertools.pairwise(starts)] == [0.5, 1.0, 1.5]
 
-    sleeps.clear()
+    flux_clock.sleeps.clear()
     step_backoff = Backoff(base=0.1, factor=3.0, max=10.0, jitter=False)
     result = engine.execute(
         workflow("fix-backoff-step").step("a", fail_with("x"), retries=2, backoff=step_backoff)
     )
-    assert sleeps == pytest.approx([0.1, 0.3])
+    assert flux_clock.sleeps == pytest.approx([0.1, 0.3])
 
 
 def test_backoff_jitter_stays_in_range() -> None:
@@ -511,9 +517,10 @@ def test_backoff_jitter_stays_in_range() -> None:
     assert Backoff(jitter=False).delay(0) == 0.0
 
 
-def test_non_retryable_error_fails_at_once(make_engine: Callable[..., FluxEngine]) -> None:
-    sleeps: list[float] = []
-    engine = make_engine(sleep=sleeps.append)
+def test_non_retryable_error_fails_at_once(
+    make_engine: Callable[..., FluxEngine], flux_clock: FluxClock
+) -> None:
+    engine = make_engine(sleep=flux_clock.sleep)
     calls = {"n": 0}
 
     def handler(ctx: Any) -> None:
@@ -525,7 +532,7 @@ def test_non_retryable_error_fails_at_once(make_engine: Callable[..., FluxEngine
     assert calls["n"] == 1
     assert result.step("charge").attempts == 1
     assert result.error == "NonRetryableError: card declined"
-    assert sleeps == []
+    assert flux_clock.sleeps == []
     assert event_types(engine, result.id) == [
         "workflow:start",
         "step:start",
@@ -659,17 +666,18 @@ def test_wait_timeout_fires_in_process(engine: FluxEngine) -> None:
 
 
 def test_wait_timeout_expired_by_recover(
-    engine: FluxEngine, monkeypatch: pytest.MonkeyPatch
+    make_engine: Callable[..., FluxEngine], flux_clock: FluxClock
 ) -> None:
-    # The process that started the wait died (no in-process timer): recover() expires it.
-    monkeypatch.setattr(engine, "_local_wait_timer", lambda *args: None)
+    # The process that started the wait died (its in-process timer never fires): recover()
+    # expires it once the deadline has passed.
+    engine = make_engine(clock=flux_clock, timer=lambda seconds, callback: None)
     wf = workflow("fix-wait-recover").step(
         "wait", lambda ctx: wait_for("go", timeout=0.05), retries=0
     )
     first = engine.execute(wf)
     assert first.status == R.SUSPENDED
     assert engine.recover() == []
-    time.sleep(0.1)
+    flux_clock.sleep(0.1)  # time passes; nothing fires
     assert engine.recover() == [first.id]
     state = engine.get(first.id)
     assert state is not None

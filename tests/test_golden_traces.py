@@ -14,21 +14,36 @@ Adaptations decided for this engine (each test repeats the one it relies on):
 - ``retry`` emits ``workflow:start`` with meta ``{"retry": True, "from_step": name}``;
   ``signal`` emits ``signal:received`` on the waiting step;
 - upstream ``resume(fromStep)`` of a finished run is ``retry(from_step=...)``; ``resume``
-  continues only interrupted runs and emits no ``workflow:start``.
+  continues only interrupted runs and emits no ``workflow:start``;
+- the outcome of every attempt (``step:complete``, ``step:retry``, ``step:error``,
+  ``step:suspend``) carries what its handler used in ``meta``: ``cpu_ms``, and where the OS
+  tells ``run_delay_ms`` (their values vary: pinned as present, ``USAGE``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from helpers import event_types
 
 from fluxcelery import FluxEngine, RunStatus, StepStatus, wait_for, workflow
+from fluxcelery.runner.usage import CpuMeter, thread_clock
 from fluxcelery.trace.event import TraceEvent
 
 R = RunStatus
+
+
+def _usage() -> dict[str, Any]:
+    meter = CpuMeter()
+    meter.since(thread_clock())
+    return dict.fromkeys(meter.usage or {}, ANY)
+
+
+#: The keys an attempt's outcome meta gets from its handler's usage, any value.
+USAGE = _usage()
 
 
 def noop(ctx: Any) -> None:
@@ -141,8 +156,8 @@ def test_s3_retries_then_success(engine: FluxEngine) -> None:
         ("step:start", "s", 3, 3, "running", None),
         ("step:complete", "s", 3, 3, "completed", None),
     ]
-    assert events[2].meta == {"delay_s": 0.0, "next_attempt": 2}
-    assert events[4].meta == {"delay_s": 0.0, "next_attempt": 3}
+    assert events[2].meta == {"delay_s": 0.0, "next_attempt": 2, **USAGE}
+    assert events[4].meta == {"delay_s": 0.0, "next_attempt": 3, **USAGE}
     assert result.step("s").attempts == 3
     assert calls["n"] == 3
 
@@ -311,7 +326,7 @@ def test_s7_suspend_then_signal(engine: FluxEngine) -> None:
     assert (events[-1].step, events[-1].status, events[-1].meta) == (
         "wait",
         "suspended",
-        {"signal": "go", "timeout": None},
+        {"signal": "go", "timeout": None, **USAGE},
     )
     n = len(events)
     result = engine.signal(first.id, "go", {"k": 1}).get(timeout=5)
@@ -398,7 +413,7 @@ def test_s9_resume_interrupted_run(engine: FluxEngine) -> None:
     ]
     assert pick(later[:2], "step", "attempt", "meta") == [
         ("b", 2, {"redelivered": True}),
-        ("b", 2, None),
+        ("b", 2, USAGE),
     ]
     assert calls == {"a": 1, "b": 2}
 

@@ -20,19 +20,27 @@ LAYERS = [
     ("fluxcelery.core", 0),
     ("fluxcelery.trace.event", 0),
     ("fluxcelery.settings", 1),
+    ("fluxcelery.declarative", 1),  # workflow files: builds through core only
     ("fluxcelery.storage", 1),
     ("fluxcelery.trace", 1),
     ("fluxcelery.runner", 2),
+    ("fluxcelery.schedules", 2),  # declarations, tick arithmetic, a tick's run
+    ("fluxcelery.schedules.definition", 1),  # schedule() and its registry: core only
+    ("fluxcelery.schedules.beat", 4),  # the celery beat scheduler
     ("fluxcelery.engine", 3),
     ("fluxcelery.handle", 3),
     ("fluxcelery.ops", 3),
+    ("fluxcelery.profile", 3),
+    ("fluxcelery.sizing", 3),
     ("fluxcelery.retention", 3),
+    ("fluxcelery.metrics", 3),  # Prometheus metrics: reads storage, served by cli/contrib
     ("fluxcelery.celery", 4),
     ("fluxcelery.defaults", 5),
     ("fluxcelery.cli", 6),
     ("fluxcelery.web", 6),
     ("fluxcelery.contrib", 6),
     ("fluxcelery.ingress", 6),
+    ("fluxcelery.testing", 6),  # the pytest plugin and its clock (docs/testing.md)
     ("fluxcelery.__main__", 6),
     ("fluxcelery", 6),  # the package: the public names
 ]

@@ -25,10 +25,12 @@ from fluxcelery.storage import schema
 from fluxcelery.storage.migrate import VERSION_TABLE, current_revision, head_revision, upgrade
 
 FLUX_TABLES = {"flux_runs", "flux_steps", "flux_traces"}
-ALL_TABLES = FLUX_TABLES | {"flux_alembic_version"}
+#: The metrics rollup (migration 0009, fluxcelery/metrics).
+METRIC_TABLES = {"flux_metric_totals", "flux_metric_cursor"}
+ALL_TABLES = FLUX_TABLES | METRIC_TABLES | {"flux_alembic_version"}
 
 #: The newest migration (tests/test_migrations.py checks every store reaches it).
-HEAD = "0008"
+HEAD = "0009"
 
 
 class FreshDb:
@@ -134,7 +136,8 @@ def test_migrated_columns_match_the_table_definitions(fresh_db: FreshDb) -> None
     storage.init()
     with storage.engine.connect() as conn:
         insp = sa.inspect(conn)
-        for table in (schema.runs, schema.steps, schema.traces):
+        tables = (schema.runs, schema.steps, schema.traces)
+        for table in (*tables, schema.metric_totals, schema.metric_cursor):
             migrated = {c["name"]: c for c in insp.get_columns(table.name)}
             assert set(migrated) == {c.name for c in table.columns}, table.name
             for column in table.columns:
@@ -458,6 +461,7 @@ def test_indexes_for_the_storage_queries(fresh_db: FreshDb) -> None:
     assert ["created_at"] in columns["flux_runs"]  # list_runs() newest first
     assert ["run_id", "seq"] in columns["flux_traces"]  # list_traces(run_id=...)
     assert ["wait_deadline"] in columns["flux_steps"]  # expired_waits
+    assert ["status", "workflow", "updated_at"] in columns["flux_runs"]  # metrics gauges
 
 
 def test_upgrading_from_0001_keeps_stored_runs(fresh_db: FreshDb) -> None:

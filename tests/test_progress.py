@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +20,7 @@ from helpers import ZERO_BACKOFF, no_sleep
 from fluxcelery import FluxEngine, RunStatus, SqlStorage, StepStatus, workflow
 from fluxcelery.cli import cli
 from fluxcelery.core.records import describe_progress
-
-
-class Clock:
-    """An engine clock a handler moves forward (no sleeping)."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+from fluxcelery.testing import FluxClock
 
 
 def _progress_events(engine: FluxEngine, run_id: str) -> list[dict[str, Any]]:
@@ -40,14 +28,16 @@ def _progress_events(engine: FluxEngine, run_id: str) -> list[dict[str, Any]]:
 
 
 # -- storing: throttled, last report kept, traced ---------------------------------------------
-def test_reports_are_throttled_and_the_last_one_is_stored(any_storage: Any) -> None:
-    clock = Clock()
-    engine = FluxEngine(storage=any_storage, clock=clock)
+def test_reports_are_throttled_and_the_last_one_is_stored(
+    any_storage: Any, flux_clock: FluxClock
+) -> None:
+    start = flux_clock.now()
+    engine = FluxEngine(storage=any_storage, clock=flux_clock)
 
     def work(ctx: Any) -> str:
         for i in range(1, 6):  # at 0.0, 0.2, 0.4, 0.6, 0.8 s
             ctx.progress(i, 5, f"item {i}")
-            clock.advance(0.2)
+            flux_clock.advance(0.2)
         return "ok"
 
     result = engine.execute(workflow("progress-throttle").step("work", work), {})
@@ -57,7 +47,7 @@ def test_reports_are_throttled_and_the_last_one_is_stored(any_storage: Any) -> N
         "done": 5,
         "total": 5,
         "message": "item 5",
-        "at": "2026-12-02T12:00:00.800000+00:00",
+        "at": (start + timedelta(seconds=0.8)).isoformat(),
     }
     # Stored at 0.0 and 0.6 s (0.5 s apart at least), then the last report when it ended.
     assert [e["done"] for e in _progress_events(engine, result.id)] == [1, 4, 5]

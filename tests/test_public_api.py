@@ -21,6 +21,7 @@ EXPECTED = {
     "RunState",
     "RunStatus",
     "RunTimeout",
+    "schedule",
     "StepState",
     "StepStatus",
     "ConsoleLogger",
@@ -32,6 +33,7 @@ EXPECTED = {
     "TraceEvent",
     "Branch",
     "branch",
+    "load_workflow",
     "DataConflict",
     "ConcurrentUpdate",
     "DefinitionChanged",
@@ -43,7 +45,9 @@ EXPECTED = {
     "InvalidTransition",
     "MissingExtra",
     "NonRetryableError",
+    "NotAllowed",
     "PayloadTooLarge",
+    "Rejected",
     "RunNotFound",
     "SerializationError",
     "SignalMismatch",
@@ -88,7 +92,7 @@ def test_errors_share_one_base_with_stable_codes() -> None:
             assert issubclass(obj, fluxcelery.FluxError), name
             codes.add(obj.code)
             classes += 1
-    assert len(codes) == classes == 18  # one stable, distinct code per error
+    assert len(codes) == classes == 20  # one stable, distinct code per error
 
 
 def test_importing_fluxcelery_does_not_import_flower_or_build_the_app() -> None:

@@ -1160,6 +1160,7 @@ def test_run_ids_with_prefix_is_exact_case_and_wildcard_safe(any_storage: Any) -
         assert any_storage.create_run(make_run(run_id), []) is True
     assert any_storage.run_ids_with_prefix("ab12") == ["ab12-one", "ab12-two"]
     assert any_storage.run_ids_with_prefix("ab12", limit=1) == ["ab12-one"]
+    assert any_storage.run_ids_with_prefix("ab12", limit=1, descending=True) == ["ab12-two"]
     assert any_storage.run_ids_with_prefix("AB12") == ["AB12-upper"]
     # LIKE and GLOB wildcards in a prefix match themselves only.
     assert any_storage.run_ids_with_prefix("ab1%") == ["ab1%x"]
@@ -1167,6 +1168,25 @@ def test_run_ids_with_prefix_is_exact_case_and_wildcard_safe(any_storage: Any) -
     assert any_storage.run_ids_with_prefix("ab1*") == ["ab1*z"]
     assert any_storage.run_ids_with_prefix("ab1[") == ["ab1[q"]
     assert any_storage.run_ids_with_prefix("zz") == []
+
+
+def test_due_times_of_stored_runs_only(any_storage: Any) -> None:
+    """``due_times``: when each stored run's first step was due, in UTC: ``created_at``, or
+    ``not_before`` for a run started with a countdown; unknown ids are left out; more ids
+    than one query takes are read in chunks."""
+    assert any_storage.due_times([]) == {}
+    for n in range(3):
+        run = make_run(f"due-{n}", created_at=T0 + timedelta(seconds=n))
+        if n == 1:
+            run.not_before = T0 + timedelta(minutes=5)
+        assert any_storage.create_run(run, []) is True
+    ids = ["due-2", "due-0", "nope", "due-0", "due-1", *(f"absent-{n}" for n in range(1200))]
+    assert any_storage.due_times(ids) == {
+        "due-0": T0,
+        "due-1": T0 + timedelta(minutes=5),
+        "due-2": T0 + timedelta(seconds=2),
+    }
+    assert all(t.utcoffset() == timedelta(0) for t in any_storage.due_times(ids).values())
 
 
 def test_list_traces_since_a_time(any_storage: Any) -> None:

@@ -580,11 +580,14 @@ def _tables(storage: SqlStorage) -> set[str]:
 
 def test_t40_initialize_tables(sqlite_storage: SqlStorage) -> None:
     # Adapted: upstream has one table `flux_workflows`; SPEC section 6 has three tables plus
-    # Alembic's version table.
+    # Alembic's version table, and the Prometheus counters keep two of their own (SPEC 17,
+    # docs/operations.md: totals folded from the trace, and how far they got).
     assert _tables(sqlite_storage) == {
         "flux_runs",
         "flux_steps",
         "flux_traces",
+        "flux_metric_totals",
+        "flux_metric_cursor",
         "flux_alembic_version",
     }
 

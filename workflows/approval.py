@@ -1,12 +1,18 @@
-"""A purchase that waits for a human: ``submit`` → ``approve`` (suspends until the signal
-``approval``) → ``place-order`` or ``notify-rejection``.
+"""A purchase that waits for a manager: ``submit`` → approval ``manager`` → ``place-order``.
 
-While the run waits no worker is held. Approve or reject it from anywhere::
+The approval's policy decides what it can: purchases up to 100 pass at once (``by:
+"policy"``), those above 50,000 are denied (no manager may sign them), the rest wait for a
+person. While the run waits no worker is held. Decide from anywhere::
 
-    fluxcelery signal RUN_ID approval --payload '{"approved": true, "by": "ann"}'
+    fluxcelery approve RUN_ID --by ann --comment "budget checked"
+    fluxcelery reject RUN_ID --by ann --reason "over the team budget"
 
-``engine.signal(run_id, "approval", {...})`` does the same from code. A request that nobody
-answers within ``APPROVAL_TIMEOUT`` seconds (default 7 days) fails with a timeout.
+or with ``engine.approve`` / ``engine.reject``, or the Approve / Reject buttons on the
+Flower run page. Only the names in ``PURCHASE_APPROVERS`` (default ``ann,lee``) may
+decide; the requester never approves their own purchase. A rejection fails the approval
+and ``submit`` is compensated (the request is withdrawn and the requester told why). A
+request nobody decides within ``APPROVAL_TIMEOUT`` seconds (default 7 days) fails the
+same way.
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fluxcelery import NonRetryableError, StepContext, WaitFor, wait_for, workflow
+from fluxcelery import StepContext, workflow
 
 WORKFLOW = "purchase-approval"
 AUTO_APPROVE_LIMIT = Decimal("100")
+DENY_ABOVE = Decimal("50000")
 
 
 class PurchaseIn(BaseModel):
@@ -32,52 +39,49 @@ class PurchaseIn(BaseModel):
     reason: str = Field(default="", max_length=500)
 
 
-class Decision(BaseModel):
-    """What the ``approval`` signal carries."""
-
-    approved: bool
-    by: str = Field(min_length=1)
-    comment: str = ""
-
-
 def submit(ctx: StepContext) -> dict[str, Any]:
     req: PurchaseIn = ctx.input
-    level = "auto" if req.amount <= AUTO_APPROVE_LIMIT else "manager"
-    ctx.data["level"] = level
-    return {"request_id": req.request_id, "level": level}
+    return {"request_id": req.request_id, "amount": str(req.amount)}
 
 
-def approve(ctx: StepContext) -> WaitFor | dict[str, Any]:
-    """Small purchases pass at once; the rest wait for a person's decision."""
-    if ctx.data.get("level") == "auto":
-        return {"approved": True, "by": "policy", "comment": "under the auto-approve limit"}
-    timeout = float(os.environ.get("APPROVAL_TIMEOUT", 7 * 24 * 3600))
-    return wait_for("approval", timeout=timeout)
+def withdraw(ctx: StepContext) -> None:
+    """Compensates ``submit`` when the purchase is rejected (or the order fails)."""
+    decision = ctx.results.get("manager") or {}
+    ctx.log.info(
+        "purchase %s withdrawn: %s",
+        ctx.input.request_id,
+        decision.get("comment") or "the run failed",
+    )
 
 
-def _decision(ctx: StepContext) -> Decision:
-    try:
-        return Decision.model_validate(ctx.results["approve"])
-    except Exception as exc:
-        raise NonRetryableError(f"the approval signal is malformed: {exc}") from None
+def policy(ctx: StepContext) -> str:
+    amount: Decimal = ctx.input.amount
+    if amount <= AUTO_APPROVE_LIMIT:
+        return "auto"
+    if amount > DENY_ABOVE:
+        return "deny"
+    return "ask"
+
+
+def approvers(ctx: StepContext) -> list[str]:
+    names = os.environ.get("PURCHASE_APPROVERS", "ann,lee").split(",")
+    return [n.strip() for n in names if n.strip() and n.strip() != ctx.input.requester]
 
 
 def place_order(ctx: StepContext) -> dict[str, Any]:
-    decision = _decision(ctx)
-    return {"purchase_order": f"PO-{ctx.idempotency_key}", "approved_by": decision.by}
-
-
-def notify_rejection(ctx: StepContext) -> dict[str, Any]:
-    decision = _decision(ctx)
-    ctx.log.info("purchase %s rejected by %s", ctx.run_id, decision.by)
-    return {"rejected_by": decision.by, "comment": decision.comment}
+    decision = ctx.results["manager"]
+    return {"purchase_order": f"PO-{ctx.idempotency_key}", "approved_by": decision["by"]}
 
 
 purchase = (
-    workflow(WORKFLOW, version="1")
+    workflow(WORKFLOW, version="2")
     .input(PurchaseIn)
-    .step("submit", submit)
-    .step("approve", approve)
-    .commit("place-order", place_order, when=lambda ctx: _decision(ctx).approved)
-    .step("notify-rejection", notify_rejection, when=lambda ctx: not _decision(ctx).approved)
+    .step("submit", submit, compensate=withdraw)
+    .approval(
+        "manager",
+        policy=policy,
+        approvers=approvers,
+        timeout=float(os.environ.get("APPROVAL_TIMEOUT", 7 * 24 * 3600)),
+    )
+    .commit("place-order", place_order)
 )

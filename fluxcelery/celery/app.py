@@ -8,7 +8,6 @@ named ``flux.<workflow>.<step>``. JSON is the only serializer accepted.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from typing import Any
@@ -16,18 +15,25 @@ from typing import Any
 from celery import Celery, signals
 
 from ..core.builder import registered_workflows
+from ..declarative.sources import import_workflow_sources
 from ..runner.invoke import use_native_time_limits
 from ..settings import Settings, env_flag, load_settings, require_extra
 from .tasks import default_timeout_for, register_builtin_tasks, register_workflow
+from .ticks import register_tick_task
 
 log = logging.getLogger("fluxcelery.celery")
 
+#: ``celery -A fluxcelery beat`` serves the declared schedules (schedules/beat.py).
+BEAT_SCHEDULER = "fluxcelery.schedules.beat:FluxScheduler"
 
-def build_app(settings: Settings | None = None) -> Celery:
+
+def build_app(settings: Settings | None = None, *, cls: type[Celery] = Celery) -> Celery:
+    """The Celery app for ``settings``; ``cls``: a subclass of ``Celery`` to build (the
+    time-skipping app of ``fluxcelery.testing``)."""
     settings = settings or load_settings()
     require_extra(settings.broker_url, "the broker URL")
     require_extra(settings.result_backend, "the result backend URL")
-    app = Celery("fluxcelery", set_as_current=False)
+    app = cls("fluxcelery", set_as_current=False)
     conf: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
@@ -51,6 +57,7 @@ def build_app(settings: Settings | None = None) -> Celery:
         # take seconds.
         conf["broker_transport_options"] = {"polling_interval": 0.005}
     conf.update(settings.celery)
+    conf.setdefault("beat_scheduler", BEAT_SCHEDULER)  # unless celeryconfig names one
     conf["broker_url"] = settings.broker_url  # FLUX_BROKER_URL wins over celeryconfig
     conf["result_backend"] = settings.result_backend
     for key in ("task_serializer", "result_serializer", "event_serializer"):
@@ -63,14 +70,14 @@ def build_app(settings: Settings | None = None) -> Celery:
     app.conf.flux_workflows = list(settings.workflows)
     app.conf.flux_max_countdown = settings.max_countdown
     register_builtin_tasks(app)
+    register_tick_task(app)
     return app
 
 
 def import_workflow_modules(app: Celery) -> list[str]:
-    """Import ``FLUX_WORKFLOWS`` modules and register a task for every step defined."""
-    modules = list(app.conf.get("flux_workflows") or [])
-    for name in modules:
-        importlib.import_module(name)
+    """Import ``FLUX_WORKFLOWS`` modules (and load its workflow files) and register a task
+    for every step defined."""
+    modules = import_workflow_sources(app.conf.get("flux_workflows") or [])
     default_timeout = default_timeout_for(app)  # after the modules: one may set the engine
     for wf in registered_workflows().values():
         try:

@@ -49,11 +49,16 @@ def _row_kwargs(kwargs: dict[str, Any], row: int, definition: int) -> dict[str, 
 
 class CeleryDispatcher:
     """``engine``: what an embedded worker (``memory://``) runs tasks with, when the app has
-    no engine of its own yet; the dispatcher calls nothing else on it."""
+    no engine of its own yet; the dispatcher calls nothing else on it. ``own_worker=False``:
+    no embedded worker is started for ``memory://`` (the caller runs one: fluxcelery.testing).
+    """
 
-    def __init__(self, app: Celery, engine: FluxEngine | None = None) -> None:
+    def __init__(
+        self, app: Celery, engine: FluxEngine | None = None, *, own_worker: bool = True
+    ) -> None:
         self.app = app
         self.engine = engine
+        self.own_worker = own_worker
         self._registered: set[str] = set()
         self._embedded: EmbeddedWorker | None = None
         self._lock = threading.Lock()
@@ -72,7 +77,7 @@ class CeleryDispatcher:
 
     def _ensure_worker(self) -> None:
         """With the embedded ``memory://`` broker, run a worker thread in this process."""
-        if not self.embedded:
+        if not self.embedded or not self.own_worker:
             return
         with self._lock:
             if self._embedded is None:

@@ -8,7 +8,6 @@ workflow, no AMQP broker), 1 when the consumer fails, 0 once it stopped.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import signal
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 import click
 
 from ..core.errors import WorkflowNotFound
+from ..declarative.sources import import_workflow_source
 from ..ingress.consumer import consume
 from ..ingress.messages import DEFAULT_QUEUE, DEFAULT_WORKFLOW, MAX_MESSAGE_BYTES
 from .context import EXIT_OK, EXIT_USAGE, Cli, CliError, pass_cli, run, setup_logging
@@ -153,7 +153,7 @@ def consume_command(
     extra = [m.strip() for m in extra_modules.split(",") if m.strip()]
     for module in [*cli_obj.settings.workflows, *extra]:
         try:
-            importlib.import_module(module)
+            import_workflow_source(module)  # a module, or a workflow file
         except ImportError as exc:
             raise CliError(
                 f"cannot import workflow module {module!r}: {exc} (is it on PYTHONPATH?)",

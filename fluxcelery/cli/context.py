@@ -35,6 +35,7 @@ from ..core.errors import (
 from ..core.jsoncodec import JsonTextError, parse_json_text
 from ..core.records import FluxResult
 from ..core.states import MOVING_RUN, UNSUCCESSFUL_RUN, values
+from ..declarative.sources import import_workflow_source, is_workflow_file
 from ..engine import FluxEngine
 from ..handle import RunTimeout
 from ..settings import Settings, load_settings
@@ -148,15 +149,18 @@ class Cli:
         return self._engine
 
     def import_workflows(self) -> list[str]:
-        """Import the workflow modules so that their definitions are registered."""
+        """Import the workflow modules (and load the workflow files) so that their
+        definitions are registered."""
         modules = list(self.settings.workflows)
         where = "--workflows" if self.workflows is not None else "FLUX_WORKFLOWS"
         for name in modules:
             try:
-                importlib.import_module(name)
+                import_workflow_source(name)
             except Exception as exc:
+                what = "load workflow file" if is_workflow_file(name) else "import workflow module"
+                detail = str(exc) if isinstance(exc, FluxError) else _first_line(exc)
                 raise CliError(
-                    f"{where}: cannot import workflow module {name!r}: {_first_line(exc)}",
+                    f"{where}: cannot {what} {name!r}: {detail}",
                     EXIT_USAGE if self.workflows is not None else EXIT_FAILED,
                     "workflow_import_error",
                 ) from exc
@@ -511,10 +515,19 @@ def print_result(cli_obj: Cli, result: FluxResult) -> int:
         console.print(steps_table(data["steps"]))
         if data["error"]:
             console.print(Text(f"error: {terminal_safe(data['error'], multiline=True)}", "red"))
-        waiting = [s["waiting_for"] for s in data["steps"] if s["status"] == "suspended"]
-        if waiting:
-            name = terminal_safe(waiting[0])
-            hint = f"fluxcelery signal {terminal_safe(data['id'])} {name} --payload '{{...}}'"
+        waiting = [s for s in data["steps"] if s["status"] == "suspended"]
+        run_id = terminal_safe(data["id"])
+        if waiting and waiting[0].get("kind") == "approval":
+            step = terminal_safe(waiting[0]["name"])
+            console.print(
+                Text(
+                    f"waiting for a decision on approval '{step}': fluxcelery approve {run_id} "
+                    f"--by NAME  (or: fluxcelery reject {run_id} --by NAME --reason TEXT)"
+                )
+            )
+        elif waiting:
+            name = terminal_safe(waiting[0]["waiting_for"])
+            hint = f"fluxcelery signal {run_id} {name} --payload '{{...}}'"
             console.print(Text(f"waiting for signal '{name}': {hint}"))
 
     cli_obj.out(data, render)

@@ -24,6 +24,7 @@ from ..storage.migrate import head_revision
 from ..storage.migrate import upgrade as migrate
 from ..storage.sql import SqlStorage, redact_url
 from ..trace.event import EVENT_TYPES
+from .approvals import approve, reject
 from .consume import consume_command
 from .context import (
     BUNDLED,
@@ -43,8 +44,12 @@ from .context import (
     print_result,
     run,
 )
+from .declarative import schema_command, validate_command
 from .doctor import check_broker, run_checks
+from .metrics import metrics_command
+from .profile import profile_command
 from .render import check_line, counts_text, run_view, runs_table, terminal_safe, trace_table
+from .schedules import schedules_command
 from .upkeep import prune, recover
 
 if TYPE_CHECKING:
@@ -97,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 @click.option(
     "--workflows",
     metavar="MOD1,MOD2",
-    help="Modules that define workflows, imported first (default: FLUX_WORKFLOWS).",
+    help="Modules (or .yaml/.json workflow files) that define workflows, loaded first "
+    "(default: FLUX_WORKFLOWS).",
 )
 @json_option
 @click.version_option(package_name="fluxcelery", message="fluxcelery %(version)s")
@@ -664,6 +670,13 @@ def flower(cli_obj: Cli, flower_args: tuple[str, ...]) -> int:
 
 
 cli.add_command(consume_command)
+cli.add_command(schedules_command)
+cli.add_command(approve)
+cli.add_command(reject)
+cli.add_command(validate_command)
+cli.add_command(schema_command)
+cli.add_command(profile_command)
+cli.add_command(metrics_command)
 
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "cli", "main"]

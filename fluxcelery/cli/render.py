@@ -273,6 +273,8 @@ def _step_error(s: Mapping[str, Any]) -> Text:
     if s.get("error"):
         return _cell(s["error"])
     if s.get("status") == "suspended":
+        if s.get("kind") == "approval":
+            return _cell("waiting for a decision (approve / reject)")
         return _cell(f"waiting for '{terminal_safe(s.get('waiting_for'))}'")
     if s.get("status") == "running" and s.get("progress"):
         return _cell(describe_progress(s["progress"]))

@@ -9,9 +9,14 @@ fluxcelery Celery app, then adds these routes ahead of Flower's catch-all:
 - ``/workflows/run/<run_id>``: a run's steps, each linked to Flower's ``/task/<task_id>``
   page, with the traceback of a failed step, and its trace events; a parallel's branches
   and a for_each's items grouped under it (``fluxcelery.outline``; many items folded
-  behind a "show all");
+  behind a "show all"); when the run waits on an approval step, the request with Approve /
+  Reject forms that POST to ``/workflows/run/<run_id>/approve|reject``
+  (``flower_decisions.py``: Flower's auth, a same-origin check and the ``_xsrf`` token);
+- ``/workflows/schedules`` (a Schedules tab) and ``/api/flux/schedules``: the declared
+  schedules with their next tick and newest run (``flower_schedules.py``);
 - ``/api/flux/runs``, ``/api/flux/runs/<run_id>``, ``/api/flux/runs/<run_id>/traces`` and
-  ``/api/flux/counts``: the same data as JSON (``fluxcelery.ops`` shapes).
+  ``/api/flux/counts``: the same data as JSON (``fluxcelery.ops`` shapes);
+- ``/api/flux/metrics``: the store's Prometheus metrics (``flower_metrics.py``).
 
 Pages obey Flower's ``--basic_auth``/``--auth`` options and ``--url_prefix``. Like Flower's
 own API, the JSON routes answer 401 unless authentication is configured or
@@ -65,6 +70,9 @@ from ..outline import (
     summarize,
 )
 from ..settings import is_loopback
+from .flower_decisions import DecisionForms, Notice, approval_view, take_notice
+from .flower_metrics import MetricsApi
+from .flower_schedules import SchedulesApi, SchedulesView
 
 __all__ = [
     "ChainLoader",
@@ -116,6 +124,11 @@ NAV_ITEM = """  <li class="nav-item">
           <a class="nav-link{% if active_tab == 'workflows' %} active{% end %}"
             href="{{ reverse_url('flux-workflows') }}"
             {% if active_tab == 'workflows' %}aria-current="page"{% end %}>Workflows</a>
+        </li>
+        <li class="nav-item">
+          <a class="nav-link{% if active_tab == 'schedules' %} active{% end %}"
+            href="{{ reverse_url('flux-schedules') }}"
+            {% if active_tab == 'schedules' %}aria-current="page"{% end %}>Schedules</a>
         </li>
       """
 
@@ -435,12 +448,20 @@ class RunView(FluxHandler):
     @tornado.web.authenticated
     async def get(self, run_id: str) -> None:
         run_id = self.checked_run_id(run_id)
+        await self.show(run_id, take_notice(self, run_id))
+
+    async def show(
+        self, run_id: str, notice: Notice | None = None, form: Mapping[str, str] | None = None
+    ) -> None:
+        """Render the page; ``notice`` and ``form``: what a decision did (Approve/Reject)."""
         detail = await self.read("show run", _detail, self.engine, run_id)
         if detail is None:
             raise HTTPError(404, f"Unknown run {run_id!r}")
+        approvals = await approval_view(self, self.engine, detail, notice, form)
         self.render(
             "flux_run.html",
             run=detail,
+            approvals=approvals,
             step_blocks=step_blocks(detail["steps"]),
             step_count=sum(1 for s in detail["steps"] if s.get("item") is None),
             item_count=sum(1 for s in detail["steps"] if s.get("item") is not None),
@@ -452,6 +473,11 @@ class RunView(FluxHandler):
             refresh_seconds=REFRESH_SECONDS,
             **HELPERS,
         )
+
+
+class DecideView(DecisionForms, RunView):
+    """``POST /workflows/run/<run_id>/approve|reject`` (``flower_decisions``): the run page
+    again when a decision is refused."""
 
 
 class FluxApiHandler(FluxHandler, BaseApiHandler):
@@ -540,13 +566,18 @@ class CountsApi(FluxApiHandler):
 def flux_handlers(engine: FluxEngine, url_prefix: str | None = None) -> list[Any]:
     """The fluxcelery routes (named ``flux-*``), rewritten under ``url_prefix``."""
     kw = {"engine": engine}
+    sched = {"engine": engine, "helpers": HELPERS, "refresh_seconds": REFRESH_SECONDS}
     routes = [
         url(r"/workflows", WorkflowsView, kw, name="flux-workflows"),
+        url(r"/workflows/schedules", SchedulesView, sched, name="flux-schedules"),
+        url(r"/api/flux/schedules", SchedulesApi, sched, name="flux-api-schedules"),
         url(r"/workflows/run/([^/]+)", RunView, kw, name="flux-run"),
+        url(r"/workflows/run/([^/]+)/(approve|reject)", DecideView, kw, name="flux-decide"),
         url(r"/api/flux/runs", RunsApi, kw, name="flux-api-runs"),
         url(r"/api/flux/runs/([^/]+)/traces", TracesApi, kw, name="flux-api-traces"),
         url(r"/api/flux/runs/([^/]+)", RunApi, kw, name="flux-api-run"),
         url(r"/api/flux/counts", CountsApi, kw, name="flux-api-counts"),
+        url(r"/api/flux/metrics", MetricsApi, kw, name="flux-api-metrics"),
     ]
     if url_prefix:
         routes = [rewrite_handler(r, url_prefix) for r in routes]
@@ -566,6 +597,8 @@ def build(
     # stock Flower app's in the same process.
     settings["template_path"] = TEMPLATE_DIR
     settings["template_loader"] = ChainLoader([TEMPLATE_DIR, FLOWER_TEMPLATE_DIR])
+    # The _xsrf cookie (Flower's and the Approve/Reject forms'): not sent with cross-site POSTs.
+    settings.setdefault("xsrf_cookie_kwargs", {"samesite": "Lax"})
     app = Flower(capp=capp, options=options, io_loop=io_loop, **settings)
     # Inserted ahead of Flower's own rule list, whose last entry is the 404 catch-all.
     app.add_handlers(r".*", flux_handlers(engine, options.url_prefix))

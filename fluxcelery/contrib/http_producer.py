@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import importlib
 import json
 import logging
 import os
@@ -50,6 +49,7 @@ from ..core.builder import Workflow, registered_workflows
 from ..core.errors import WorkflowNotFound
 from ..core.jsoncodec import canonical_json
 from ..core.records import RunState
+from ..declarative.sources import import_workflow_sources
 from ..ingress import (
     DEFAULT_QUEUE,
     DEFAULT_WORKFLOW,
@@ -153,8 +153,7 @@ class ProducerApp:
 
     def workflow(self) -> Workflow:
         if not self._imported:
-            for module in load_settings().workflows:
-                importlib.import_module(module)
+            import_workflow_sources(load_settings().workflows)
             self._imported = True
         known = registered_workflows()
         wf = known.get(self.workflow_name)

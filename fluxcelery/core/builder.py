@@ -10,6 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from .approvals import (
+    Approvers,
+    Policy,
+    approval_handler,
+    check_approval_options,
+    describe_approvers,
+)
 from .errors import (
     DefinitionError,
     DispatchError,
@@ -19,13 +26,14 @@ from .errors import (
 )
 from .jsoncodec import DEFAULT_MAX_BYTES, check_depth, find_non_finite, roundtrip
 from .policy import Backoff
+from .waits import WaitFor, wait_for
 
 if TYPE_CHECKING:
     from ..handle import RunHandle
     from .context import StepContext
     from .records import RunState
 
-StepKind = Literal["step", "commit", "parallel", "for_each"]
+StepKind = Literal["step", "commit", "parallel", "for_each", "approval"]
 #: The kinds of a step that starts branches or items and waits for them (the join).
 GROUP_KINDS = frozenset({"parallel", "for_each"})
 #: At most this many items per ``for_each`` (SPEC section 11).
@@ -55,27 +63,6 @@ DEFAULT: Any = _Unset()
 
 
 @dataclass(frozen=True)
-class WaitFor:
-    """Returned by a step to suspend the run until ``signal`` arrives."""
-
-    signal: str
-    timeout: float | None = None
-
-
-def wait_for(signal: str, timeout: float | None = None) -> WaitFor:
-    """Suspend the run until ``engine.signal(run_id, signal, payload)``.
-
-    The payload becomes this step's output. With ``timeout`` (seconds), a wait that passes
-    with no signal fails the step with a timeout error (and the run's failure path runs).
-    """
-    if not isinstance(signal, str) or not signal:
-        raise DefinitionError("wait_for(signal): signal must be a non-empty string")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise DefinitionError(f"wait_for(timeout=...): must be a number > 0, got {timeout!r}")
-    return WaitFor(signal, None if timeout is None else float(timeout))
-
-
-@dataclass(frozen=True)
 class StepDef:
     """One step of a workflow, as defined. Options left unset resolve against the engine."""
 
@@ -102,6 +89,10 @@ class StepDef:
     items: Callable[[StepContext], Any] | None = None
     max_concurrency: int | None = None
     item_commit: bool = False
+    #: An ``.approval`` step: who may decide (names, a callable of ctx, or None: anyone)
+    #: and its policy (None: ask).
+    approvers: Approvers | None = None
+    policy: Policy | None = None
 
     @property
     def is_commit(self) -> bool:
@@ -125,6 +116,9 @@ class StepDef:
         elif self.kind == "for_each":
             out["max_concurrency"] = self.max_concurrency
             out["item_kind"] = "commit" if self.item_commit else "step"
+        elif self.kind == "approval":
+            out["approvers"] = describe_approvers(self.approvers)
+            out["policy"] = getattr(self.policy, "__qualname__", None) if self.policy else None
         if self.branch is not None:
             out["branch"] = self.branch
             out["parent"] = self.parent
@@ -380,6 +374,41 @@ class Workflow:
                 no_retry_on=no_retry_t,
             )
         )
+        return self
+
+    def approval(
+        self,
+        name: str,
+        *,
+        policy: Policy | None = None,
+        approvers: Approvers | list[str] | None = None,
+        timeout: float | None = None,
+        compensate: Handler | None = None,
+    ) -> Workflow:
+        """Add an approval (SPEC section 16): ``policy(ctx)`` returns ``"auto"`` (approved
+        at once), ``"ask"`` (the default: the run suspends until ``engine.approve`` or
+        ``engine.reject``) or ``"deny"`` (the step fails, not retried). ``approvers``: the
+        names who may decide, or ``callable(ctx) -> names`` (None: anyone). ``timeout``:
+        seconds to wait for a decision before the step fails. ``ctx.results[name]`` is
+        ``{decision, by, comment, at}``."""
+        self._check_open()
+        problems: list[str] = []
+        stored = check_approval_options(policy, approvers, timeout, compensate, problems)
+        if problems:
+            raise DefinitionError(f"Workflow {self.name!r}, step {name!r}: " + "; ".join(problems))
+        self._add(
+            "approval",
+            name,
+            approval_handler(name, policy, None if timeout is None else float(timeout)),
+            0,
+            DEFAULT,  # the policy's call; the wait for a person is ``timeout``
+            None,
+            None,
+            compensate,
+            None,
+            (),
+        )
+        self._steps[-1] = dataclasses.replace(self._steps[-1], approvers=stored, policy=policy)
         return self
 
     def parallel(self, name: str, *branches: Branch, when: Condition | None = None) -> Workflow:

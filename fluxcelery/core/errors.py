@@ -99,6 +99,23 @@ class NonRetryableError(FluxError):
     code = "non_retryable"
 
 
+class Rejected(NonRetryableError):
+    """An approval was rejected (by a person, or denied by its policy): the step fails and
+    is not retried."""
+
+    code = "rejected"
+
+    def __init__(self, reason: str, decision: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.decision = decision
+
+
+class NotAllowed(NonRetryableError):
+    """Someone outside a step's approvers tried to decide it; nothing changed."""
+
+    code = "not_allowed"
+
+
 class DataConflict(NonRetryableError):
     """Two branches (or items) of one parallel step set the same key of ``ctx.data``: the
     join cannot tell which value wins, so the parallel step fails (never retried)."""

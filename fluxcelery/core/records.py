@@ -148,11 +148,15 @@ class PartialRows(list[StepState]):
         rows: dict[int, StepState],
         total: int,
         fetch: Callable[[], list[StepState]],
+        output_of: Callable[[str], tuple[str, str, Any] | None] | None = None,
     ) -> None:
         super().__init__()
         self._rows = rows
         self._total = total
         self._fetch = fetch
+        #: One top-level step's ``(status, kind, output)`` by name, read alone (``LazyResults``);
+        #: None: ``results`` reads every row.
+        self.output_of = output_of
         self.full = False
 
     def loaded(self) -> list[StepState]:
@@ -185,6 +189,105 @@ class PartialRows(list[StepState]):
     def append(self, row: StepState) -> None:
         self._read_all()
         list.append(self, row)
+
+
+class LazyResults(dict[str, Any]):
+    """``ctx.results`` of a run read partially (a step task reads its own row, not every
+    earlier one): a step's output is read the first time a handler asks for it, so a step's
+    cost does not grow with the number of steps before it. Iterating, ``len`` and the like
+    read them all (once)."""
+
+    def __init__(self, rows: PartialRows) -> None:
+        super().__init__()
+        self._rows = rows
+        self._absent: set[str] = set()
+        self._all = False
+        for s in rows.loaded():
+            if _has_result(s):
+                dict.__setitem__(self, s.name, s.output)
+
+    def _one(self, name: Any) -> bool:
+        if dict.__contains__(self, name):
+            return True
+        if self._all or name in self._absent or not isinstance(name, str):
+            return False
+        assert self._rows.output_of is not None
+        found = self._rows.output_of(name)
+        if found is None or not _is_result(StepStatus(found[0]), found[1], found[2]):
+            self._absent.add(name)
+            return False
+        dict.__setitem__(self, name, found[2])
+        return True
+
+    def _everything(self) -> None:
+        if not self._all:
+            for s in self._rows:  # reads every row
+                if _has_result(s) and not dict.__contains__(self, s.name):
+                    dict.__setitem__(self, s.name, s.output)
+            self._all = True
+
+    def __missing__(self, name: str) -> Any:
+        if self._one(name):
+            return dict.__getitem__(self, name)
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return self._one(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return dict.__getitem__(self, name) if self._one(name) else default
+
+    def __iter__(self) -> Iterator[str]:
+        self._everything()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._everything()
+        return dict.__len__(self)
+
+    def __repr__(self) -> str:
+        self._everything()
+        return dict.__repr__(self)
+
+    def __eq__(self, other: object) -> bool:
+        self._everything()
+        return dict.__eq__(self, other)
+
+    __hash__ = None
+
+    def keys(self) -> Any:
+        self._everything()
+        return dict.keys(self)
+
+    def values(self) -> Any:
+        self._everything()
+        return dict.values(self)
+
+    def items(self) -> Any:
+        self._everything()
+        return dict.items(self)
+
+    def copy(self) -> dict[str, Any]:
+        self._everything()
+        return dict(dict.items(self))
+
+    def __reduce__(self) -> Any:  # copies, pickles and deep copies are plain dicts
+        return (dict, (self.copy(),))
+
+
+_RESULT_STEP = frozenset(DONE_STEP | {StepStatus.COMPENSATED})
+
+
+def _is_result(status: StepStatus, kind: str, output: Any) -> bool:
+    """Whether a (top-level or branch) step's output is in ``results``: a completed, skipped
+    or compensated step's; a rejected approval's decision too (SPEC 16)."""
+    return status in _RESULT_STEP or (
+        kind == "approval" and status == StepStatus.FAILED and output is not None
+    )
+
+
+def _has_result(s: StepState) -> bool:
+    return s.item is None and _is_result(s.status, s.kind, s.output)
 
 
 @dataclass
@@ -233,13 +336,14 @@ class RunState:
 
     @property
     def results(self) -> dict[str, Any]:
-        """Step name -> output of each completed step (a signal's payload for a wait step)."""
-        steps = self.steps.loaded() if isinstance(self.steps, PartialRows) else self.steps
-        return {
-            s.name: s.output
-            for s in steps
-            if (s.status in DONE_STEP or s.status == StepStatus.COMPENSATED) and s.item is None
-        }
+        """Step name -> output of each completed step (a signal's payload for a wait step).
+        Of a run read partially, a ``LazyResults`` that reads an output when asked."""
+        steps = self.steps
+        if isinstance(steps, PartialRows):
+            if steps.output_of is not None and not steps.full:
+                return LazyResults(steps)
+            steps = steps.loaded()
+        return {s.name: s.output for s in steps if _has_result(s)}
 
     def start_conflict(self, workflow: str, stored_input: Any) -> str | None:
         """Why starting ``workflow`` with ``stored_input`` (as ``prepare_input`` gives it)

@@ -64,6 +64,17 @@ def _event(state: RunState, type: str, **fields: Any) -> TraceEvent:
     return TraceEvent.make(type, state.id, state.workflow, **fields)
 
 
+def _with_usage(
+    meta: dict[str, Any] | None, usage: dict[str, float] | None
+) -> dict[str, Any] | None:
+    """An attempt's outcome meta with what its handler used: ``cpu_ms`` (CPU time) and,
+    where the OS tells, ``run_delay_ms`` (time it was ready but waited for a core); the
+    ``profile`` command tells CPU-bound from I/O-bound steps by them."""
+    if not usage:
+        return meta
+    return {**(meta or {}), **usage}
+
+
 def _step_event(state: RunState, type: str, step: StepState, **fields: Any) -> TraceEvent:
     if step.parent is not None:  # a branch step or an item: say which (SPEC section 11)
         where = {"branch": step.branch} if step.item is None else {"item": step.item}
@@ -436,8 +447,12 @@ def complete_step(
     at: datetime,
     task_id: str | None,
     worker: str | None,
+    usage: dict[str, float] | None = None,
 ) -> Transition:
-    """The attempt returned ``output``: the step is done and the run moves past it."""
+    """The attempt returned ``output``: the step is done and the run moves past it.
+    ``usage``: what the attempt's handler used (``CpuMeter.usage``; here and in the other
+    outcomes of an attempt: ``suspend_step``, ``fail_attempt``, ``fail_step``), traced in
+    ``meta``."""
     s = state.steps[index]
     _step_to(s, S.COMPLETED)
     s.output = output
@@ -459,6 +474,7 @@ def complete_step(
         duration_ms=s.duration_ms,
         task_id=task_id,
         worker=worker,
+        meta=_with_usage(None, usage),
     )
     return Transition((index, *counted), [event])
 
@@ -474,6 +490,7 @@ def suspend_step(
     at: datetime,
     task_id: str | None,
     worker: str | None,
+    usage: dict[str, float] | None = None,
 ) -> Transition:
     """The attempt returned ``wait_for(signal)``: the run waits, holding no worker."""
     check_run_change(state.status, R.SUSPENDED)  # before the step changes
@@ -491,7 +508,7 @@ def suspend_step(
         attempt=attempt,
         task_id=task_id,
         worker=worker,
-        meta={"signal": signal, "timeout": timeout},
+        meta=_with_usage({"signal": signal, "timeout": timeout}, usage),
     )
     return Transition((index,), [event])
 
@@ -520,6 +537,38 @@ def deliver_signal(
     return Transition((index,), [event])
 
 
+def request_approval(
+    state: RunState, index: int, approvers: list[str] | None, timeout: float | None
+) -> Transition:
+    """An approval step suspended the run: who may decide is traced."""
+    s = state.steps[index]
+    event = _step_event(
+        state,
+        "approval:requested",
+        s,
+        status="suspended",
+        attempt=s.attempts,
+        meta={"approvers": approvers, "timeout": timeout},
+    )
+    return Transition((index,), [event])
+
+
+def decide_approval(
+    state: RunState, index: int, decision: dict[str, Any], *, reason: str | None = None
+) -> Transition:
+    """An approval step was decided (by its policy or a person): ``decision`` is its
+    output (``ctx.results``), traced with who decided, when and why."""
+    s = state.steps[index]
+    s.output = decision
+    meta = dict(decision)
+    if reason is not None:
+        meta["reason"] = reason
+    event = _step_event(
+        state, "approval:decided", s, status=decision["decision"], attempt=s.attempts, meta=meta
+    )
+    return Transition((index,), [event])
+
+
 def fail_attempt(
     state: RunState,
     index: int,
@@ -533,6 +582,7 @@ def fail_attempt(
     at: datetime,
     task_id: str | None,
     worker: str | None,
+    usage: dict[str, float] | None = None,
 ) -> Transition:
     """The attempt failed and will be retried after ``delay`` seconds."""
     s = state.steps[index]
@@ -551,7 +601,7 @@ def fail_attempt(
         error=error,
         task_id=task_id,
         worker=worker,
-        meta={"delay_s": delay, "next_attempt": attempt + 1},
+        meta=_with_usage({"delay_s": delay, "next_attempt": attempt + 1}, usage),
     )
     return Transition((index,), [event])
 
@@ -568,6 +618,7 @@ def fail_step(
     started: datetime | None = None,
     task_id: str | None = None,
     worker: str | None = None,
+    usage: dict[str, float] | None = None,
 ) -> Transition:
     """The step failed for good (attempts used up, non-retryable, expired wait, lost
     worker). The run stays ``running`` for its failure path (``begin_rollback`` or
@@ -596,6 +647,7 @@ def fail_step(
         error=error,
         task_id=task_id,
         worker=worker,
+        meta=_with_usage(None, usage),
     )
     return Transition((index,), [event])
 

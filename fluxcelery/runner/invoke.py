@@ -11,6 +11,16 @@ works on a private copy that is only persisted on success.
 ``interrupt`` (``engine.cancel(terminate=True)`` in this process) stops the two kinds this
 process waits on, a coroutine (cancelled) and a helper thread (abandoned), as a timeout does;
 a function called directly in the caller's thread runs to its end.
+
+``cpu`` (a ``CpuMeter``, usage.py) adds up the CPU time of the handler where it actually
+runs, read for that thread (two reads a call, a few µs): the caller's thread for a direct
+call (a prefork child's main thread), the helper thread for a threaded one, the loop thread
+for ``async def`` (there the time of other coroutines interleaved on the same loop is
+counted too, an upper bound; an async step waits, it rarely computes). Process CPU time
+would be simpler but is wrong on a threads pool, where other tasks' work counts too; and a
+gevent pool runs every greenlet on one thread, so there a handler's time includes what the
+others ran while it waited. An attempt abandoned on its helper thread at a timeout reports
+no CPU time.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ except ImportError:  # pragma: no cover - other Pythons
 
 from ..core.errors import AttemptInterrupted, StepTimeout
 from .interrupts import Interrupt
+from .usage import CpuMeter, thread_clock
 
 _native_time_limits = False
 
@@ -72,11 +83,13 @@ class Invoker:
         timeout: float | None = None,
         what: str = "step",
         interrupt: Interrupt | None = None,
+        cpu: CpuMeter | None = None,
     ) -> Any:
         """Call ``fn(*args)``; raise ``StepTimeout`` if it runs past ``timeout`` seconds,
-        ``AttemptInterrupted`` when ``interrupt`` is set while this process waits for it."""
+        ``AttemptInterrupted`` when ``interrupt`` is set while this process waits for it.
+        ``cpu``: add the CPU time the call used to it (see the module's docstring)."""
         try:
-            return self._call(fn, args, timeout, what, interrupt)
+            return self._call(fn, args, timeout, what, interrupt, cpu)
         except SoftTimeLimitExceeded:
             # Celery's soft time limit on prefork: the backstop for code our timer missed.
             raise StepTimeout(f"{what} exceeded the worker's soft time limit") from None
@@ -88,18 +101,19 @@ class Invoker:
         timeout: float | None,
         what: str,
         interrupt: Interrupt | None = None,
+        cpu: CpuMeter | None = None,
     ) -> Any:
         if _is_coroutine_function(fn):
-            return self._await(fn(*args), timeout, what, interrupt)
+            return self._await(fn(*args), timeout, what, interrupt, cpu)
         on_main = threading.current_thread() is threading.main_thread()
         if timeout is None or (_native_time_limits and on_main):
-            out = fn(*args)
+            out = _measured(fn, args, cpu) if cpu is not None else fn(*args)
             if out is not None and inspect.isawaitable(out):
-                return self._await(out, None, what, interrupt)
+                return self._await(out, None, what, interrupt, cpu)
             return out
         if on_main and _alarm_usable():
-            return self._call_with_alarm(fn, args, timeout, what)
-        return self._call_in_thread(fn, args, timeout, what, interrupt)
+            return self._call_with_alarm(fn, args, timeout, what, cpu)
+        return self._call_in_thread(fn, args, timeout, what, interrupt, cpu)
 
     def close(self) -> None:
         if self._loop is not None:
@@ -111,20 +125,25 @@ class Invoker:
 
     # -- implementations ------------------------------------------------------------------
     def _call_with_alarm(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float, what: str
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        timeout: float,
+        what: str,
+        cpu: CpuMeter | None = None,
     ) -> Any:
         if _getsignal(signal.SIGALRM) is not _on_alarm:
             signal.signal(signal.SIGALRM, _on_alarm)  # installed once, kept
         try:
             signal.setitimer(signal.ITIMER_REAL, timeout)
             try:
-                out = fn(*args)
+                out = _measured(fn, args, cpu) if cpu is not None else fn(*args)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         except _AlarmTimeout:
             raise StepTimeout(f"{what} timed out after {timeout:g}s") from None
         if out is not None and inspect.isawaitable(out):
-            return self._await(out, timeout, what)
+            return self._await(out, timeout, what, None, cpu)
         return out
 
     def _call_in_thread(
@@ -134,8 +153,12 @@ class Invoker:
         timeout: float,
         what: str,
         interrupt: Interrupt | None = None,
+        cpu: CpuMeter | None = None,
     ) -> Any:
-        future = self._executor().submit(fn, *args)
+        if cpu is not None:
+            future = self._executor().submit(_measured, fn, args, cpu)
+        else:
+            future = self._executor().submit(fn, *args)
         try:
             out = _result(future, timeout, interrupt)
         except concurrent.futures.TimeoutError:
@@ -147,7 +170,7 @@ class Invoker:
             future.cancel()
             raise AttemptInterrupted(f"{what} was interrupted (attempt abandoned)") from None
         if inspect.isawaitable(out):
-            return self._await(out, timeout, what, interrupt)
+            return self._await(out, timeout, what, interrupt, cpu)
         return out
 
     def _await(
@@ -156,9 +179,11 @@ class Invoker:
         timeout: float | None,
         what: str,
         interrupt: Interrupt | None = None,
+        cpu: CpuMeter | None = None,
     ) -> Any:
         async def runner() -> Any:
             scope = asyncio.timeout(timeout)
+            began = thread_clock() if cpu is not None else (0, None)
             try:
                 async with scope:
                     return await awaitable
@@ -166,6 +191,9 @@ class Invoker:
                 if scope.expired():
                     raise _DeadlinePassed() from None
                 raise  # the handler's own TimeoutError: not ours
+            finally:
+                if cpu is not None:
+                    cpu.since(began)
 
         future = asyncio.run_coroutine_threadsafe(runner(), self._event_loop())
         try:
@@ -219,6 +247,15 @@ def _result(
                 raise _Interrupted() from None
             if deadline is not None and time.monotonic() >= deadline:
                 raise
+
+
+def _measured(fn: Callable[..., Any], args: tuple[Any, ...], cpu: CpuMeter) -> Any:
+    """``fn(*args)``, adding what it used on this thread to ``cpu``."""
+    began = thread_clock()
+    try:
+        return fn(*args)
+    finally:
+        cpu.since(began)
 
 
 def _alarm_usable() -> bool:

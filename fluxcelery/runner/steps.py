@@ -22,10 +22,11 @@ from datetime import datetime
 from typing import Any
 
 from ..core import transitions as t
+from ..core.approvals import resolve_approvers
 from ..core.branching import data_changes
 from ..core.builder import StepDef, WaitFor, Workflow
 from ..core.context import StepContext
-from ..core.errors import FluxError, NonRetryableError, SerializationError
+from ..core.errors import FluxError, NonRetryableError, Rejected, SerializationError
 from ..core.jsoncodec import roundtrip
 from ..core.policy import rollback_plan, should_retry
 from ..core.records import RunState, StepState
@@ -38,6 +39,7 @@ from .compensation import Compensation
 from .fanout import Groups, group_error, running_rows
 from .progress import ProgressReporter
 from .runtime import Runtime
+from .usage import CpuMeter
 
 log = logging.getLogger("fluxcelery.runner")
 
@@ -562,28 +564,32 @@ class StepRunner:
             deferred=False,
             max_attempts=self.rt.defaults.max_attempts(sdef),
         )
+        cpu = CpuMeter()
         try:
             try:
-                value = self._call_handler(sdef, ctx)
+                value = self._call_handler(sdef, ctx, cpu)
             finally:
                 reporter.close()
-            nxt = self._apply_success(change, wf, sdef, ctx, value, started, task_id, worker)
+            nxt = self._apply_success(
+                change, wf, sdef, ctx, value, started, task_id, worker, cpu.usage
+            )
         except Exception as exc:
             change.rebase()
             return self._attempt_failed(
-                wf, change, sdef, attempt, exc, started, task_id, worker
+                wf, change, sdef, attempt, exc, started, task_id, worker, cpu.usage
             ), None
         if fuse and nxt.action is Action.CONTINUE:
             return nxt, change
 
         def redo(c: Change) -> Next:
-            return self._apply_success(c, wf, sdef, ctx, value, started, task_id, worker)
+            return self._apply_success(c, wf, sdef, ctx, value, started, task_id, worker, cpu.usage)
 
         return self._store(change, nxt, sdef.index, attempt, redo), None
 
-    def _call_handler(self, sdef: StepDef, ctx: StepContext) -> Any:
+    def _call_handler(self, sdef: StepDef, ctx: StepContext, cpu: CpuMeter) -> Any:
         """The step's handler, under its resolved timeout; ``engine.cancel(terminate=True)``
-        in this process interrupts it where the invoker can (async, or on a helper thread)."""
+        in this process interrupts it where the invoker can (async, or on a helper thread).
+        ``cpu`` gets the CPU time the handler used (its outcome event's ``meta.cpu_ms``)."""
         interrupts = self.rt.interrupts
         interrupt = interrupts.begin(ctx.run_id)
         try:
@@ -593,6 +599,7 @@ class StepRunner:
                 timeout=self.rt.defaults.timeout_of(sdef),
                 what=f"step {sdef.name!r}",
                 interrupt=interrupt,
+                cpu=cpu,
             )
         finally:
             interrupts.end(ctx.run_id, interrupt)
@@ -617,6 +624,7 @@ class StepRunner:
         nxt = STOP
         progress: Transition | None = None
         settled: Next | None = None
+        cpu = CpuMeter()
         with self.rt.storage.transaction() as tx:
             ctx = self.rt.context(wf, change.state, sdef, attempt, session=tx.session)
             # Reports wait for the outcome: this transaction may hold the database.
@@ -630,12 +638,14 @@ class StepRunner:
             ctx._progress = reporter
             try:
                 try:
-                    value = self._call_handler(sdef, ctx)
+                    value = self._call_handler(sdef, ctx, cpu)
                 finally:
                     progress = reporter.close()
                 if progress is not None:
                     change.apply(progress)
-                nxt = self._apply_success(change, wf, sdef, ctx, value, started, task_id, worker)
+                nxt = self._apply_success(
+                    change, wf, sdef, ctx, value, started, task_id, worker, cpu.usage
+                )
             except Exception as exc:
                 failure = exc
             else:
@@ -650,7 +660,7 @@ class StepRunner:
 
                     def redo(c: Change) -> Next:
                         return self._apply_success(
-                            c, wf, sdef, ctx, value, started, task_id, worker
+                            c, wf, sdef, ctx, value, started, task_id, worker, cpu.usage
                         )
 
                     nxt = self._store(change, nxt, sdef.index, attempt, redo, tx)
@@ -663,7 +673,9 @@ class StepRunner:
             change.rebase()
             if progress is not None:
                 change.apply(progress)
-            nxt = self._attempt_failed(wf, change, sdef, attempt, failure, started, task_id, worker)
+            nxt = self._attempt_failed(
+                wf, change, sdef, attempt, failure, started, task_id, worker, cpu.usage
+            )
             return (
                 nxt
                 if nxt is not STOP
@@ -684,9 +696,11 @@ class StepRunner:
         started: datetime,
         task_id: str | None,
         worker: str | None,
+        usage: dict[str, float] | None = None,
     ) -> Next:
         """Record a handler that returned; raises ``FluxError`` for data that cannot be
-        stored (the attempt then fails, and the stored state stays as it was)."""
+        stored (the attempt then fails, and the stored state stays as it was). ``usage``:
+        the CPU time of the handler, traced on the outcome."""
         state = change.state
         max_bytes = self.rt.max_payload_bytes
         data = roundtrip(ctx.data, what=f"ctx.data after step {sdef.name!r}", max_bytes=max_bytes)
@@ -721,8 +735,13 @@ class StepRunner:
                     at=now,
                     task_id=task_id,
                     worker=worker,
+                    usage=usage,
                 )
             )
+            if sdef.kind == "approval":
+                change.apply(
+                    t.request_approval(state, sdef.index, self._approvers(sdef, ctx), value.timeout)
+                )
             return Next(Action.SUSPEND, sdef.index, wait_timeout=value.timeout)
         change.apply(
             t.complete_step(
@@ -735,10 +754,22 @@ class StepRunner:
                 at=now,
                 task_id=task_id,
                 worker=worker,
+                usage=usage,
             )
         )
+        if sdef.kind == "approval" and isinstance(output, dict):  # approved by its policy
+            change.apply(t.decide_approval(state, sdef.index, output))
         change.hook("step_complete", sdef.name, ctx, output)
         return self._advance(change, wf, sdef.index, ctx)
+
+    def _approvers(self, sdef: StepDef, ctx: StepContext) -> list[str] | None:
+        """Who may decide, as traced when the approval is requested (a callable that fails
+        here is traced as unknown; ``engine.approve`` asks it again and reports)."""
+        try:
+            return resolve_approvers(sdef.approvers, ctx)
+        except Exception:
+            log.warning("approvers of step %r could not be listed", sdef.name, exc_info=True)
+            return None
 
     def _attempt_failed(
         self,
@@ -750,11 +781,14 @@ class StepRunner:
         started: datetime,
         task_id: str | None,
         worker: str | None,
+        usage: dict[str, float] | None = None,
     ) -> Next:
         """Store a failed attempt: a retry, or the step's failure."""
 
         def apply(c: Change) -> Next:
-            return self._apply_attempt_failed(wf, c, sdef, attempt, exc, started, task_id, worker)
+            return self._apply_attempt_failed(
+                wf, c, sdef, attempt, exc, started, task_id, worker, usage
+            )
 
         return self._store(change, apply(change), sdef.index, attempt, apply)
 
@@ -768,6 +802,7 @@ class StepRunner:
         started: datetime,
         task_id: str | None,
         worker: str | None,
+        usage: dict[str, float] | None = None,
     ) -> Next:
         max_attempts = self.rt.defaults.max_attempts(sdef)
         err = self.rt.error_text(exc, change.state)
@@ -787,10 +822,13 @@ class StepRunner:
                     at=self.rt.clock(),
                     task_id=task_id,
                     worker=worker,
+                    usage=usage,
                 )
             )
             return Next(Action.RETRY, sdef.index, delay=delay, failure=failure)
-        return self._apply_fail(change, wf, sdef, attempt, err, exc, task_id, worker, started)
+        return self._apply_fail(
+            change, wf, sdef, attempt, err, exc, task_id, worker, started, usage=usage
+        )
 
     def fail_step(
         self, change: Change, wf: Workflow, sdef: StepDef, attempt: int, err: str
@@ -810,12 +848,17 @@ class StepRunner:
         task_id: str | None,
         worker: str | None,
         started: datetime | None = None,
+        *,
+        usage: dict[str, float] | None = None,
     ) -> Next:
         """The step failed for good: compensate earlier steps, or fail the run. The next
-        action carries the failure, which a Celery task raises once it is stored."""
+        action carries the failure, which a Celery task raises once it is stored.
+        ``usage``: what the attempt that failed used (its CPU time), if one ran."""
         state = change.state
         failure = self.rt.failure(exc, err, state)
         now = self.rt.clock()
+        if isinstance(exc, Rejected) and exc.decision is not None:  # denied by its policy
+            change.apply(t.decide_approval(state, sdef.index, exc.decision, reason=str(exc)))
         change.apply(
             t.fail_step(
                 state,
@@ -828,6 +871,7 @@ class StepRunner:
                 started=started,
                 task_id=task_id,
                 worker=worker,
+                usage=usage,
             )
         )
         error = exc or RuntimeError(err)

@@ -51,11 +51,12 @@ class Upkeep:
             return False
         wf = self.rt.catalog.for_run(state)
         sdef = wf.steps[index]
-        err = describe_error(
-            StepTimeout(
-                f"no signal {step.waiting_for!r} within the wait timeout of step {sdef.name!r}"
-            )
+        waited = (
+            f"no decision on approval step {sdef.name!r} within its timeout"
+            if sdef.kind == "approval"
+            else f"no signal {step.waiting_for!r} within the wait timeout of step {sdef.name!r}"
         )
+        err = describe_error(StepTimeout(waited))
         nxt = self.runner.fail_step(self.rt.change(state), wf, sdef, step.attempts, err)
         if nxt.action is Action.STOP:
             return False

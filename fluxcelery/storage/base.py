@@ -91,8 +91,18 @@ class Storage(Protocol):
         """The names of the workflows that have stored runs, sorted."""
         ...
 
-    def run_ids_with_prefix(self, prefix: str, limit: int = 3) -> list[str]:
-        """Up to ``limit`` run ids that start with ``prefix`` (case-sensitive), sorted."""
+    def due_times(self, run_ids: Sequence[str]) -> dict[str, datetime]:
+        """When the first step of each of ``run_ids`` that is stored (others left out) was
+        due: its ``not_before`` when it was started with a countdown, else ``created_at``.
+        No trace event records it on Celery (``workflow:start`` is written by the worker);
+        ``profile`` measures the first step's queue wait from it. Reads by primary key."""
+        ...
+
+    def run_ids_with_prefix(
+        self, prefix: str, limit: int = 3, *, descending: bool = False
+    ) -> list[str]:
+        """Up to ``limit`` run ids that start with ``prefix`` (case-sensitive), sorted
+        (``descending``: from the greatest; a schedule's newest run, see schedules/)."""
         ...
 
     def stale_runs(self, updated_before: datetime, limit: int = 100) -> list[RunState]:

@@ -194,6 +194,7 @@ def partial_from_rows(
     fetch: Callable[[], list[StepState]],
     json: Callable[[Any], Any] = _same,
     ts: Callable[[Any], datetime | None] = utc,
+    output_of: Callable[[str], tuple[str, str, Any] | None] | None = None,
 ) -> RunState | None:
     """A run read by a row view (``RowViewStorage``): run-and-steps rows followed by one
     column, the run's last row index."""
@@ -206,7 +207,7 @@ def partial_from_rows(
     }
     last = rows[0][at]
     total = (int(last) + 1) if last is not None else 0
-    return decode_run(rows[0], PartialRows(steps, total, fetch), json, ts)
+    return decode_run(rows[0], PartialRows(steps, total, fetch, output_of), json, ts)
 
 
 def select_list(table: str, fields: Sequence[str]) -> str:

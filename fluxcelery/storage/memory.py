@@ -374,9 +374,17 @@ class MemoryStorage:
         with self._lock:
             return sorted({row[R_WORKFLOW] for row in self._runs.values()})
 
-    def run_ids_with_prefix(self, prefix: str, limit: int = 3) -> list[str]:
+    def due_times(self, run_ids: Sequence[str]) -> dict[str, datetime]:
         with self._lock:
-            return sorted(i for i in self._runs if i.startswith(prefix))[:limit]
+            rows = ((i, self._runs.get(i)) for i in run_ids)
+            return {i: row[R_NOT_BEFORE] or row[R_CREATED] for i, row in rows if row is not None}
+
+    def run_ids_with_prefix(
+        self, prefix: str, limit: int = 3, *, descending: bool = False
+    ) -> list[str]:
+        with self._lock:
+            found = (i for i in self._runs if i.startswith(prefix))
+            return sorted(found, reverse=descending)[:limit]
 
     def list_traces(
         self,

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from ..core.jsoncodec import dumps_for_jsonb
 from ..core.records import RunState, StepState
+from ..core.states import SETTLED_RUN
 from ..trace.event import TraceEvent
 from . import core_rows, schema
 from .core_rows import RUN_FIELDS, STEP_FIELDS, select_list, step_values, trace_values
@@ -73,7 +74,12 @@ SAVE_SQL = (
     f"n AS (INSERT INTO flux_steps (run_id, {', '.join(STEP_COLS)}) "
     f"SELECT %(id)s, {', '.join('x.' + c for c in STEP_COLS)} "
     f"FROM jsonb_to_recordset(%(new_steps)s::jsonb) AS x({_STEP_RECORD}) "
-    "WHERE EXISTS (SELECT 1 FROM r)), " + _TRACE_INSERT + " SELECT count(*) FROM r"
+    "WHERE EXISTS (SELECT 1 FROM r)), "
+    + _TRACE_INSERT
+    # A write that settles the run (finished or suspended) wakes the producers waiting on it
+    # (storage/pglisten.py): sent at commit, so only when it landed.
+    + ", nt AS (SELECT pg_notify('flux_settled', %(id)s) FROM r WHERE %(notify)s::boolean) "
+    "SELECT count(*) FROM r LEFT JOIN nt ON true"
 )
 
 CREATE_SQL = (
@@ -169,7 +175,19 @@ CLAIM_SQL = (
     "'step:start', 'running', %(step)s, %(idx)s::integer, %(kind)s, c_step.attempts, "
     "%(max_attempts)s::integer, %(task_id)s, %(worker)s, NULL::jsonb FROM c_step) AS e "
     "ORDER BY e.o) "
-    + LOAD_SQL.replace(" FROM flux_runs r", ", (SELECT count(*) FROM c_step) FROM flux_runs r")
+    # The run and the claimed step's row only (a ``PartialRows``: other rows are read when
+    # something asks, ``ctx.results`` one output at a time), so that a step's read does not
+    # grow with the steps before it. Then the last row index, then whether it claimed.
+    f"SELECT {select_list('r', RUN_FIELDS)}, {select_list('s', STEP_FIELDS)}, "
+    "(SELECT idx FROM flux_steps WHERE run_id = %(id)s ORDER BY idx DESC LIMIT 1), "
+    "(SELECT count(*) FROM c_step) FROM flux_runs r LEFT JOIN flux_steps s "
+    "ON s.run_id = r.id AND s.idx = %(idx)s::integer WHERE r.id = %(id)s"
+)
+
+#: One step row by name (``ctx.results`` of a run read partially): status, kind, output.
+OUTPUT_SQL = (
+    "SELECT status, kind, output FROM flux_steps WHERE run_id = %(id)s AND name = %(name)s "
+    "AND item IS NULL"
 )
 
 
@@ -233,6 +251,7 @@ def save_params(
         "executor": state.executor,
         "finished_at": state.finished_at,
         "cancel_reason": state.cancel_reason,
+        "notify": state.status in SETTLED_RUN,
         "steps": _rows([_step_row(state.steps[i]) for i in sorted(set(steps) - new)], "step rows"),
         "new_steps": _rows([_step_row(state.steps[i]) for i in sorted(new)], "step rows"),
         "events": _rows([_trace_row(e) for e in events], "trace events"),
@@ -320,6 +339,7 @@ __all__ = [
     "CLAIM_SQL",
     "CREATE_SQL",
     "LOAD_SQL",
+    "OUTPUT_SQL",
     "SAVE_SQL",
     "create_params",
     "save",

@@ -43,6 +43,15 @@ runs = sa.Table(
     sa.Index("ix_flux_runs_workflow_created", "workflow", "created_at"),
     sa.Index("ix_flux_runs_status_updated", "status", "updated_at"),
     sa.Index("ix_flux_runs_created", "created_at"),
+    # migration 0009: the metrics scrape counts runs by status and workflow, with the oldest
+    # of each, from this index alone (fluxcelery/metrics)
+    sa.Index(
+        "ix_flux_runs_status_workflow",
+        "status",
+        "workflow",
+        "updated_at",
+        postgresql_include=["not_before"],
+    ),
 )
 
 steps = sa.Table(
@@ -101,6 +110,38 @@ traces = sa.Table(
     sa.Index("ix_flux_traces_run", "run_id", "seq"),
     sa.Index("ix_flux_traces_workflow_type", "workflow", "type"),
     sa.Index("ix_flux_traces_status", "status"),
+)
+
+# Migration 0009: the metrics counters and step-duration histograms (fluxcelery/metrics),
+# rolled up from flux_traces by the scrapes, so that a scrape reads only the events that are
+# new since the last one. A row per series and bucket; kept when runs are pruned.
+metric_totals = sa.Table(
+    "flux_metric_totals",
+    metadata,
+    sa.Column("metric", sa.String(16), primary_key=True),  # started | finished | step
+    sa.Column("workflow", sa.String(200), primary_key=True),
+    sa.Column("step", sa.String(200), primary_key=True),  # '' for the run counters
+    sa.Column("status", sa.String(24), primary_key=True),  # '' for started
+    # a step duration's bucket: its upper bound in ms; -1 above the last bound; 0 otherwise
+    sa.Column("le_ms", sa.Integer, primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("sum_ms", sa.BigInteger, nullable=False),
+)
+
+# Where the rollup stands in flux_traces (one row, ``name = 'traces'``).
+metric_cursor = sa.Table(
+    "flux_metric_cursor",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    # events with seq <= counted are in flux_metric_totals
+    sa.Column("counted", sa.BigInteger, nullable=False),
+    # no event with seq <= settled can still appear (its transaction ended)
+    sa.Column("settled", sa.BigInteger, nullable=False),
+    # the greatest seq at the last look (PostgreSQL, at seen_at by its clock): settled once
+    # every transaction then writing to flux_traces has ended
+    sa.Column("seen", sa.BigInteger, nullable=False),
+    sa.Column("seen_at", TZ),
+    sa.Column("updated_at", TZ, nullable=False),
 )
 
 

@@ -36,6 +36,7 @@ from .core_rows import (
 
 if TYPE_CHECKING:  # psycopg is an extra: imported only once a PostgreSQL URL is used
     from .pgdirect import DirectConnections
+    from .pglisten import Waiter
 
 log = logging.getLogger("fluxcelery.storage")
 
@@ -151,6 +152,8 @@ _SAVE_STEP = (
     .values({schema.steps.c[c]: sa.bindparam(c) for c in _STEP_COLS})
 )
 _INSERT_TRACES = schema.traces.insert()
+#: Run ids per query of ``due_times`` (an ``IN`` list well under every driver's limit).
+DUE_CHUNK = 500
 
 
 def _claim_params(run_id: str, claim: StepClaim) -> dict[str, Any]:
@@ -354,6 +357,16 @@ class SqlStorage:
                 direct = self._direct
         return direct.fetch(sql, params)
 
+    def settle_waiter(self, run_id: str) -> Waiter | None:
+        """A waiter woken when run ``run_id`` settles (PostgreSQL: one ``LISTEN``
+        connection per process, storage/pglisten.py); None on SQLite (poll)."""
+        if not self._pg:
+            return None
+        from .pgdirect import conninfo
+        from .pglisten import hub_for
+
+        return hub_for(conninfo(self.url), self.connect_timeout).waiter(run_id)
+
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         """A read: no commit to pay for (the connection's transaction is rolled back)."""
@@ -434,7 +447,20 @@ class SqlStorage:
         if not self._pg:
             return self.load_run(run_id), False
         rows = self._fetch(postgres.CLAIM_SQL, {**_claim_params(run_id, claim), "idx": claim.index})
-        return postgres.state_from_rows(rows), bool(rows and rows[0][-1])
+        claimed = bool(rows and rows[0][-1])
+        partial = core_rows.partial_from_rows(
+            [r[:-1] for r in rows], self._rows_of(run_id), output_of=self._output_of(run_id)
+        )
+        return partial, claimed
+
+    def _output_of(self, run_id: str) -> Callable[[str], tuple[str, str, Any] | None]:
+        """Reads one top-level step's status, kind and output, for ``LazyResults``."""
+
+        def output_of(name: str) -> tuple[str, str, Any] | None:
+            rows = self._fetch(postgres.OUTPUT_SQL, {"id": run_id, "name": name})
+            return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+        return output_of
 
     def _save(
         self,
@@ -685,7 +711,22 @@ class SqlStorage:
         with self._read() as conn:
             return [str(v) for v in conn.execute(q).scalars()]
 
-    def run_ids_with_prefix(self, prefix: str, limit: int = 3) -> list[str]:
+    def due_times(self, run_ids: Sequence[str]) -> dict[str, datetime]:
+        c = schema.runs.c
+        ids = list(dict.fromkeys(run_ids))
+        found: dict[str, datetime] = {}
+        with self._read() as conn:
+            for at in range(0, len(ids), DUE_CHUNK):
+                q = sa.select(c.id, c.created_at, c.not_before).where(
+                    c.id.in_(ids[at : at + DUE_CHUNK])
+                )
+                for run_id, created, not_before in conn.execute(q).all():
+                    found[str(run_id)] = utc(not_before or created) or created
+        return found
+
+    def run_ids_with_prefix(
+        self, prefix: str, limit: int = 3, *, descending: bool = False
+    ) -> list[str]:
         """``GLOB`` on SQLite (case-sensitive, and it uses the primary key index), ``LIKE``
         on PostgreSQL (an index scan only with a C collation or a ``varchar_pattern_ops``
         index, else a scan of the ids: about 0.5 s per million runs)."""
@@ -696,7 +737,8 @@ class SqlStorage:
             match = column.op("GLOB")(glob)
         else:
             match = column.startswith(prefix, autoescape=True)
-        q = sa.select(column).where(match).order_by(column).limit(limit)
+        order = column.desc() if descending else column
+        q = sa.select(column).where(match).order_by(order).limit(limit)
         with self._read() as conn:
             return [str(v) for v in conn.execute(q).scalars()]
 

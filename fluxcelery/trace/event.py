@@ -28,6 +28,8 @@ EVENT_TYPES = (
     "hook:error",
     "parallel:start",
     "parallel:join",
+    "approval:requested",
+    "approval:decided",
 )
 
 FIELDS = (

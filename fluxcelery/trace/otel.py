@@ -5,9 +5,9 @@ keeps no span open between events: each span is made whole from one event that k
 duration. A step attempt's span comes from its outcome (``step:complete``, ``step:error``,
 ``step:retry``, ``step:suspend``, ``step:compensate``, ``step:compensate_error``), the run's
 from its end (``workflow:complete``, ``workflow:error``), and the events between
-(``signal:received``, ``step:skipped``, ``workflow:cancel``, ``workflow:rollback_*``,
-``hook:error``) are zero-length spans. ``workflow:start`` and ``step:start`` add nothing the
-later span does not show.
+(``signal:received``, ``approval:*``, ``step:skipped``, ``workflow:cancel``,
+``workflow:rollback_*``, ``hook:error``) are zero-length spans. ``workflow:start`` and
+``step:start`` add nothing the later span does not show.
 
 Every span of a run joins one trace, whichever process sends it: the trace id and the parent
 span id are derived from the run id. That parent is not a span any process exports (a span's
@@ -41,6 +41,8 @@ RUN_ENDS = frozenset({"workflow:complete", "workflow:error"})
 POINTS = frozenset(
     {
         "signal:received",
+        "approval:requested",
+        "approval:decided",
         "step:skipped",
         "workflow:cancel",
         "workflow:rollback_start",

@@ -150,6 +150,8 @@ _RUN_STATUS_OF = {
 GROUP_START, GROUP_JOIN = "parallel:start", "parallel:join"
 _STEP_TYPES = frozenset(t for t in EVENT_TYPES if t.startswith("step:")) | {
     "signal:received",
+    "approval:requested",
+    "approval:decided",
     GROUP_START,
     GROUP_JOIN,
 }

@@ -261,4 +261,5 @@ def _it_workflows() -> list[Any]:
         w.par_each_all,
         w.par_cancel,
         w.par_each_nap,
+        w.signed,
     ]

@@ -331,3 +331,17 @@ par_cancel = workflow("it-par-cancel").parallel(
 par_each_nap = workflow("it-par-each-nap").for_each(
     "naps", nap, items=lambda ctx: ctx.input["items"], max_concurrency=3, timeout=60
 )
+
+
+# -- approvals (SPEC section 16) --------------------------------------------------------------
+def spend_policy(ctx):
+    amount = ctx.input.get("amount", 0)
+    return "auto" if amount <= 10 else ("deny" if amount > 1000 else "ask")
+
+
+signed = (
+    workflow("it-signed")
+    .commit("reserve", booked, compensate=unbook)
+    .approval("manager", policy=spend_policy, approvers=["ann", "lee"], timeout=600)
+    .commit("pay", booked)
+)

@@ -108,7 +108,7 @@
     if (t === "step:error" || t === "workflow:error" || t === "hook:error" ||
         t === "step:compensate_error") return "ev-bad";
     if (t === "step:retry") return "ev-warn";
-    if (t === "step:suspend" || t === "signal:received") return "ev-wait";
+    if (t === "step:suspend" || t === "signal:received" || t.startsWith("approval:")) return "ev-wait";
     if (t.includes("compensate") || t.includes("rollback")) return "ev-comp";
     if (t === "step:skipped" || t === "workflow:cancel") return "ev-muted";
     return "ev-info";
