@@ -315,6 +315,7 @@ def test_cli_approve_and_reject(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) 
     assert doc["status"] == "completed"
     assert doc["results"]["manager"]["by"] == "ann"
     assert doc["results"]["place-order"]["approved_by"] == "ann"
+    assert "approved by ann: fine" in flux("show", first).output
 
     second = start("300.00")
     missing = flux("reject", second, "--by", "lee")

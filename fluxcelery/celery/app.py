@@ -13,11 +13,13 @@ import os
 from typing import Any
 
 from celery import Celery, signals
+from celery.concurrency import get_implementation
 
 from ..core.builder import registered_workflows
 from ..declarative.sources import import_workflow_sources
 from ..runner.invoke import use_native_time_limits
 from ..settings import Settings, env_flag, load_settings, require_extra
+from .pools import POOLS, pool_name, psycopg_blocks_gevent, timeout_warning
 from .tasks import default_timeout_for, register_builtin_tasks, register_workflow
 from .ticks import register_tick_task
 
@@ -90,25 +92,48 @@ def import_workflow_modules(app: Celery) -> list[str]:
 def connect_worker_signals(app: Celery) -> None:
     """What ``celery worker`` on ``app`` does at start: import the workflow modules and
     register their tasks, let prefork children stop handlers at their soft time limit, and
-    warn of pools that cannot."""
+    warn of pools that cannot (pools.py)."""
+    pool: list[str] = []  # the worker's pool, known at worker_init (before any child forks)
 
     def on_import_modules(sender: Any = None, **_: Any) -> None:
         if sender is app:
             import_workflow_modules(app)
 
+    def on_worker_init(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            pool[:] = [pool_name(get_implementation(sender.pool_cls))]
+
     def on_process_init(**_: Any) -> None:
-        use_native_time_limits()
+        # The solo pool sends this signal too, from the worker's own process, where Celery
+        # enforces no limit: there the invoker's SIGALRM timer must stay in charge.
+        limits = POOLS.get(pool[0]) if pool else None
+        if limits is not None and limits.celery_limits:
+            use_native_time_limits()
 
     def on_worker_ready(sender: Any = None, **_: Any) -> None:
-        pool = getattr(sender, "pool", None)
-        module = type(pool).__module__ if pool is not None else ""
-        if pool is not None and not module.endswith(".prefork"):
+        if getattr(sender, "app", None) is not app or getattr(sender, "pool", None) is None:
+            return
+        name = pool_name(type(sender.pool))
+        warning = timeout_warning(name, step_timeouts(app))
+        if warning is not None:
+            log.warning(warning)
+        if name == "gevent" and psycopg_blocks_gevent():
             log.warning(
-                "fluxcelery: the %s pool does not enforce Celery time limits; step timeouts "
-                "are enforced by fluxcelery's own timer (sync code is abandoned, not killed)",
-                module.rsplit(".", 1)[-1],
+                "fluxcelery: psycopg was imported before gevent's monkey-patching, so every "
+                "database call blocks all greenlets: start the worker with `celery -A "
+                "fluxcelery worker -P gevent`, or patch before anything imports psycopg"
             )
 
     signals.import_modules.connect(on_import_modules, weak=False)
+    signals.worker_init.connect(on_worker_init, weak=False)
     signals.worker_process_init.connect(on_process_init, weak=False)
     signals.worker_ready.connect(on_worker_ready, weak=False)
+
+
+def step_timeouts(app: Celery) -> dict[str, float]:
+    """The step and compensation tasks of ``app`` that have a timeout (their soft limit)."""
+    return {
+        name: float(task.soft_time_limit)
+        for name, task in app.tasks.items()
+        if getattr(task, "flux_target", None) is not None and task.soft_time_limit is not None
+    }

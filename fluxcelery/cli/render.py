@@ -270,6 +270,10 @@ def _attempts(s: Mapping[str, Any]) -> Text:
 
 
 def _step_error(s: Mapping[str, Any]) -> Text:
+    decided = s.get("output") if s.get("kind") == "approval" else None
+    if isinstance(decided, Mapping) and decided.get("decision") and not s.get("error"):
+        why = f": {decided['comment']}" if decided.get("comment") else ""
+        return _cell(terminal_safe(f"{decided['decision']} by {decided.get('by')}{why}"))
     if s.get("error"):
         return _cell(s["error"])
     if s.get("status") == "suspended":

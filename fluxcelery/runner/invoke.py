@@ -203,6 +203,11 @@ class Invoker:
         except _Interrupted:
             future.cancel()  # cancels the coroutine on the loop
             raise AttemptInterrupted(f"{what} was interrupted (cancelled)") from None
+        except BaseException:
+            # The wait itself was stopped (Celery's soft time limit before our deadline on
+            # prefork, a greenlet killed by a revoke on gevent): stop the coroutine too.
+            future.cancel()
+            raise
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:

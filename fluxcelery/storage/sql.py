@@ -21,7 +21,7 @@ from ..core.records import RunState, StepState, utcnow
 from ..core.states import MOVING_RUN, StepStatus, values
 from ..settings import require_extra
 from ..trace.event import TraceEvent
-from . import core_rows, postgres, schema, sqlite
+from . import core_rows, pgcancel, postgres, schema, sqlite
 from .base import StepClaim, as_tuple
 from .core_rows import (
     RUN_FIELDS,
@@ -113,7 +113,9 @@ def _engine_for(url: str, connect_timeout: int) -> Engine:
     # restart left dead.
     kwargs.update(pool_size=5, max_overflow=10, pool_recycle=3600, pool_pre_ping=True)
     kwargs["connect_args"] = {"connect_timeout": connect_timeout}
-    return sa.create_engine(url, **kwargs)
+    engine = sa.create_engine(url, **kwargs)
+    sa.event.listen(engine, "invalidate", pgcancel.cancel_running_query)
+    return engine
 
 
 # Written by every save: everything but the identity and what is written once or by the
@@ -557,10 +559,10 @@ class SqlStorage:
                 if tx.landed and trans.is_active:
                     trans.commit()
                 elif trans.is_active:
-                    trans.rollback()
+                    pgcancel.roll_back(conn, trans)
             except BaseException:
                 if trans.is_active:
-                    trans.rollback()
+                    pgcancel.roll_back(conn, trans)
                 raise
             finally:
                 tx.session.close()

@@ -7,6 +7,7 @@ that they commit with the step's completion: counting rows proves exactly-once.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -344,4 +345,88 @@ signed = (
     .commit("reserve", booked, compensate=unbook)
     .approval("manager", policy=spend_policy, approvers=["ann", "lee"], timeout=600)
     .commit("pay", booked)
+)
+
+
+# -- pools (tests/integration/test_pools.py) ----------------------------------------------------
+def overrun(ctx):
+    """A commit whose first attempt sleeps ``input.sleep`` seconds, then sets ``ctx.data``
+    and appends its attempt to the file ``input.mark`` (so an attempt that ran on after its
+    timeout or a terminate leaves a trace outside the database), then books."""
+    if ctx.attempt == 1:
+        time.sleep(float(ctx.input["sleep"]))
+        ctx.data["late"] = ctx.attempt
+        with open(ctx.input["mark"], "a") as f:
+            f.write(f"{ctx.attempt}\n")
+    effect(ctx, "booked")
+    return ctx.attempt
+
+
+# A 1 s timeout that the first attempt overruns; the second books at once.
+pool_timeout = (
+    workflow("it-pool-timeout")
+    .commit("book", overrun, timeout=1, retries=1, backoff=FAST)
+    .step("after", lambda ctx: {"late": "late" in ctx.data})
+)
+
+# Compensation in reverse order after a failure, with the effects as rows.
+pool_saga = (
+    workflow("it-pool-saga")
+    .commit("flight", booked, compensate=unbook)
+    .commit("hotel", booked, compensate=unbook)
+    .step("pay", boom)
+)
+
+# ``cancel --terminate`` while ``hotel`` sleeps.
+pool_cancel = (
+    workflow("it-pool-cancel")
+    .commit("flight", booked, compensate=unbook)
+    .commit("hotel", overrun, compensate=unbook, timeout=60, retries=0)
+    .step("car", noop)
+)
+
+
+def spin(ctx):
+    """Computes for ``input.spin`` seconds without yielding (no I/O, no sleep), then appends
+    to the file ``input.mark``."""
+    end = time.monotonic() + float(ctx.input["spin"])
+    while time.monotonic() < end:
+        pass
+    with open(ctx.input["mark"], "a") as f:
+        f.write("spun\n")
+    return "spun"
+
+
+# A CPU-bound step past its 1 s timeout.
+pool_cpu = workflow("it-pool-cpu").step("spin", spin, timeout=1, retries=0)
+
+
+async def nap_async(ctx):
+    """Sleeps ``input.sleep`` seconds in asyncio, then appends to the file ``input.mark``."""
+    await asyncio.sleep(float(ctx.input["sleep"]))
+    with open(ctx.input["mark"], "a") as f:
+        f.write("woke\n")
+    return "woke"
+
+
+# An ``async def`` step past its 1 s timeout.
+pool_async = workflow("it-pool-async").step("nap", nap_async, timeout=1, retries=0)
+
+
+def db_nap(ctx):
+    """An item that waits ``input.nap`` seconds in PostgreSQL (``pg_sleep`` through
+    ``ctx.session``); returns when the database began and ended the wait."""
+    row = ctx.session.execute(
+        text("SELECT clock_timestamp() AS a, pg_sleep(:s), clock_timestamp() AS b"),
+        {"s": float(ctx.input.get("nap", 1))},
+    ).one()
+    return [row.a.timestamp(), row.b.timestamp()]
+
+
+# A commit step whose query (``pg_sleep(input.nap)``) outlasts its 1 s timeout.
+pool_slow_query = workflow("it-pool-slow-query").commit("query", db_nap, timeout=1, retries=0)
+
+# Items that wait on PostgreSQL at the same time, on a worker with room for them.
+pool_db_naps = workflow("it-pool-db-naps").for_each(
+    "naps", db_nap, items=lambda ctx: ctx.input["items"], commit=True, retries=0, timeout=30
 )
