@@ -1,6 +1,6 @@
 """What fluxcelery costs PostgreSQL, and how many workers one PostgreSQL can feed.
 
-    python bench/scaling.py cost [--runs 1000]
+    python bench/scaling.py cost [--runs 1000] [--partitioned]
     python bench/scaling.py rate [--clients 1,2,4,8] [--seconds 10]
     python bench/scaling.py workers [--concurrency 2,4,8] [--runs 600] [--batch 100]
 
@@ -11,11 +11,14 @@ FLUX_BENCH_PG, on a 4-step no-op workflow (``bench/bench_tasks.py``'s ``flux_cha
 (the producer's insert, then for each step ``StepRunner.run_step`` as a step task calls it:
 claim, handler, outcome; no broker) and prints, per step, the database's own counters
 around it: transactions committed, rows inserted / updated (``pg_stat_database``), WAL bytes
-(``pg_current_wal_lsn``), and the tables' size per run. The counters are database-wide: keep
-the machine otherwise idle.
+(``pg_current_wal_lsn``), and the tables' size per run. ``--partitioned`` first turns
+``flux_traces`` into a table partitioned by day (``PARTITION_SQL``, docs/scaling.md): a check
+that fluxcelery runs on it (the partitioned table's size then reads 0). The counters are
+database-wide: keep the machine otherwise idle.
 
 ``rate``: the same driver from N client processes at once for ``--seconds``: the statements
-per second this PostgreSQL sustains with fluxcelery's own statements, and its CPU share.
+per second this PostgreSQL sustains with fluxcelery's own statements, and how busy the
+machine was (PostgreSQL's own CPU is not separated: the clients' backends exit with them).
 
 ``workers``: one ``celery -A fluxcelery worker -P prefork -c N`` on RabbitMQ per N, runs
 started in batches of ``--batch`` (the last step pushes onto a Redis list, awaited with a
@@ -103,6 +106,7 @@ ALTER SEQUENCE flux_traces_seq_seq OWNED BY flux_traces.seq;
 CREATE INDEX ix_flux_traces_run ON flux_traces (run_id, seq);
 CREATE INDEX ix_flux_traces_workflow_type ON flux_traces (workflow, type);
 CREATE INDEX ix_flux_traces_status ON flux_traces (status);
+ALTER TABLE flux_traces_before DROP CONSTRAINT flux_traces_before_pkey;
 ALTER TABLE flux_traces ATTACH PARTITION flux_traces_before
     FOR VALUES FROM (MINVALUE) TO ('{today} 00:00+00');
 CREATE TABLE flux_traces_{day1} PARTITION OF flux_traces
