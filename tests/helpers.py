@@ -70,3 +70,22 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what or 'the condition'}")
+
+
+class RecordingDispatcher:
+    """Takes what the engine sends to workers (no worker needed to count starts)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def register(self, wf: Any, default_timeout: float | None) -> None:
+        pass
+
+    def dispatch(self, state: Any, wf: Any, nxt: Any, countdown: float | None = None) -> None:
+        self.sent.append(state.id)
+
+    def schedule_wait_timeout(self, run_id: str, index: int, seconds: float) -> None:
+        pass
+
+    def live_task_ids(self) -> set[str] | None:
+        return set()

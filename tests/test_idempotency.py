@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import pytest
-from helpers import AMQP_URL, require_service
+from helpers import AMQP_URL, RecordingDispatcher, require_service
 from test_ingress import (
     GOOD,
     JSON,
@@ -29,25 +29,6 @@ from fluxcelery.ingress import consume
 
 ECHO = workflow("idem-echo").step("echo", lambda ctx: ctx.input)
 OTHER = workflow("idem-other").step("echo", lambda ctx: ctx.input)
-
-
-class RecordingDispatcher:
-    """Takes what the engine sends to workers (no worker needed to count starts)."""
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-
-    def register(self, wf: Any, default_timeout: float | None) -> None:
-        pass
-
-    def dispatch(self, state: Any, wf: Any, nxt: Any, countdown: float | None = None) -> None:
-        self.sent.append(state.id)
-
-    def schedule_wait_timeout(self, run_id: str, index: int, seconds: float) -> None:
-        pass
-
-    def live_task_ids(self) -> set[str] | None:
-        return set()
 
 
 @pytest.fixture

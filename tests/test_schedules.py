@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import RecordingDispatcher
 
 from fluxcelery import (
     DefinitionError,
@@ -50,25 +51,6 @@ def at(text: str) -> datetime:
     """``2026-03-29T01:30`` (UTC unless an offset is given)."""
     value = datetime.fromisoformat(text)
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-class RecordingDispatcher:
-    """Takes what the engine sends to workers (no worker needed to count starts)."""
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-
-    def register(self, wf: Any, default_timeout: float | None) -> None:
-        pass
-
-    def dispatch(self, state: Any, wf: Any, nxt: Any, countdown: float | None = None) -> None:
-        self.sent.append(state.id)
-
-    def schedule_wait_timeout(self, run_id: str, index: int, seconds: float) -> None:
-        pass
-
-    def live_task_ids(self) -> set[str] | None:
-        return set()
 
 
 @pytest.fixture
