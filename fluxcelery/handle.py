@@ -62,6 +62,8 @@ class RunHandle:
                     # Woken by the settling write; re-read at least once a second anyway
                     # (a notification sent while the listener reconnected is lost).
                     waiter.wait(PUSH_RECHECK if left is None else min(left, PUSH_RECHECK))
+                    if waiter.handed is not None and waiter.handed.status in SETTLED_RUN:
+                        return FluxResult.from_state(waiter.handed)  # carried by the notice
                     continue
                 time.sleep(delay if left is None else min(delay, left))
                 delay = min(delay * 2, interval * 10, 0.25)

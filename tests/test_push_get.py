@@ -7,12 +7,16 @@ import threading
 import time
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
 import fluxcelery.handle as handle_module
-from fluxcelery import FluxEngine, RunHandle, RunStatus, workflow
+from fluxcelery import FluxEngine, RunHandle, RunStatus, wait_for, workflow
+from fluxcelery.storage import pglisten
+from fluxcelery.storage.pgdirect import conninfo
 from fluxcelery.storage.pglisten import APPLICATION_NAME
+from fluxcelery.storage.postgres import PAYLOAD_STEPS, settled_from_payload
 
 
 def _gated(name: str) -> tuple[Any, threading.Event]:
@@ -103,3 +107,138 @@ def test_push_can_be_turned_off(pg_storage: Any, monkeypatch: pytest.MonkeyPatch
     assert engine.push_get is False
     done = engine.execute(workflow("push-off").step("a", lambda ctx: 1), {})
     assert RunHandle(engine, done.id).get(timeout=5).status == RunStatus.COMPLETED
+
+
+def _payloads(storage: Any, start: Any) -> list[str]:
+    """The settle notifications sent while ``start()`` runs."""
+    with psycopg.connect(conninfo(storage.url), autocommit=True) as conn:
+        conn.execute("LISTEN flux_settled")
+        start()
+        return [n.payload for n in conn.notifies(timeout=0.5)]
+
+
+def _failing(ctx: Any) -> None:
+    raise ValueError("card declined: ünïcode")
+
+
+def test_the_notification_carries_a_small_run_as_stored(pg_storage: Any) -> None:
+    engine = FluxEngine(storage=pg_storage)
+    completed = (
+        workflow("carry-ok")
+        .step("a", lambda ctx: {"é": "😀", "n": 1.5})
+        .step("b", lambda ctx: [1, None, "s"])
+        .commit("c", lambda ctx: "landed")  # settles inside the commit step's transaction
+    )
+    failed = (
+        workflow("carry-fail")
+        .step("a", lambda ctx: 1, compensate=lambda ctx: None)
+        .step("b", _failing, retries=0)
+    )
+    suspended = (
+        workflow("carry-wait")
+        .step("a", lambda ctx: 1)
+        .step("ask", lambda ctx: wait_for("go", timeout=60))
+    )
+    items = workflow("carry-items").for_each(
+        "each", lambda ctx: ctx.item * 2, items=lambda ctx: [1, 2, 3]
+    )
+    ids: list[str] = []
+
+    def start() -> None:
+        for wf in (completed, failed, suspended, items):
+            ids.append(engine.execute(wf, {"who": "ann"}).id)
+
+    payloads = _payloads(pg_storage, start)
+    carried = dict(settled_from_payload(p) for p in payloads)
+    assert set(carried) == set(ids)
+    for run_id, state in carried.items():
+        assert state is not None, run_id
+        assert state == pg_storage.load_run(run_id)  # every field, every step row
+    statuses = [carried[i].status for i in ids]  # type: ignore[union-attr]
+    assert statuses == [
+        RunStatus.COMPLETED,
+        RunStatus.ROLLED_BACK,
+        RunStatus.SUSPENDED,
+        RunStatus.COMPLETED,
+    ]
+
+
+def test_a_run_too_big_for_a_notification_sends_its_id(pg_storage: Any) -> None:
+    engine = FluxEngine(storage=pg_storage)
+    big_output = workflow("carry-big").step("a", lambda ctx: "x" * 20_000)
+    many_steps = workflow("carry-many")
+    for i in range(PAYLOAD_STEPS + 1):
+        many_steps = many_steps.step(f"s{i}", lambda ctx: None)
+    ids: list[str] = []
+
+    def start() -> None:
+        for wf, run_id in ((big_output, '{"id": "odd"}'), (many_steps, None)):
+            result = engine.execute(wf, {}, run_id=run_id)
+            assert result.status == RunStatus.COMPLETED  # the settling write landed
+            ids.append(result.id)
+
+    payloads = _payloads(pg_storage, start)
+    assert payloads == ids  # the id alone, even one that looks like JSON
+    assert [settled_from_payload(p) for p in payloads] == [(i, None) for i in ids]
+
+
+def test_get_returns_the_carried_run_without_reading_it(
+    pg_storage: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handle_module, "PUSH_RECHECK", 60.0)
+    engine = FluxEngine(storage=pg_storage)
+    wf, gate = _gated("push-carried")
+    thread = _run_in_background(engine, wf, "push-carried-1")
+    while engine.get("push-carried-1") is None:
+        time.sleep(0.01)
+    reads: list[str] = []
+    real_load = pg_storage.load_run
+
+    def load_run(run_id: str) -> Any:
+        reads.append(threading.current_thread().name)
+        return real_load(run_id)
+
+    monkeypatch.setattr(pg_storage, "load_run", load_run)
+    got: dict[str, Any] = {}
+    waiting = threading.Thread(
+        target=lambda: got.update(r=RunHandle(engine, "push-carried-1").get(timeout=30)),
+        name="producer",
+    )
+    waiting.start()
+    time.sleep(0.3)
+    gate.set()
+    waiting.join(30)
+    thread.join(30)
+    assert got["r"].status == RunStatus.COMPLETED and got["r"].results["after"] == 1
+    assert reads.count("producer") == 1  # the read before the wait; none after the wake
+
+
+def test_the_listener_closes_when_nobody_waits_and_opens_again(
+    pg_storage: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pglisten, "IDLE_CLOSE", 0.3)
+    engine = FluxEngine(storage=pg_storage)
+    wf, gate = _gated("push-idle")
+    gate.set()
+    engine.execute(wf, {}, run_id="push-idle-1")
+    assert RunHandle(engine, "push-idle-1").get(timeout=10).status == RunStatus.COMPLETED
+    deadline = time.monotonic() + 10
+    while _listeners(pg_storage) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _listeners(pg_storage) == 0  # closed: nobody waits in this process
+    monkeypatch.setattr(handle_module, "PUSH_RECHECK", 60.0)
+    wf2, gate2 = _gated("push-idle-again")
+    thread = _run_in_background(engine, wf2, "push-idle-2")
+    while engine.get("push-idle-2") is None:
+        time.sleep(0.01)
+    got: dict[str, Any] = {}
+    waiting = threading.Thread(
+        target=lambda: got.update(r=RunHandle(engine, "push-idle-2").get(timeout=30))
+    )
+    waiting.start()
+    time.sleep(0.3)
+    assert _listeners(pg_storage) == 1  # a waiter again: listening again
+    gate2.set()
+    waiting.join(10)  # woken by the notification (the re-read interval is 60 s)
+    thread.join(30)
+    assert got["r"].status == RunStatus.COMPLETED

@@ -14,6 +14,7 @@ shape (the earlier design) was re-parsed on both sides at every step.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -57,28 +58,57 @@ _TRACE_INSERT = (
     "WHERE EXISTS (SELECT 1 FROM r))"
 )
 
-SAVE_SQL = (
-    "WITH r AS (UPDATE flux_runs SET workflow_version = %(workflow_version)s, "
-    "definition_hash = %(definition_hash)s, status = %(status)s, data = %(data)s::jsonb, "
-    "current_step = %(current_step)s::integer, error = %(error)s, executor = %(executor)s, "
-    "finished_at = %(finished_at)s::timestamptz, cancel_reason = %(cancel_reason)s, "
-    "version = %(new_version)s::integer, "
-    "updated_at = %(updated_at)s::timestamptz "
-    "WHERE id = %(id)s AND version = %(expected)s::integer "
-    "AND (claims = %(claims)s::integer OR %(any_claims)s::boolean) RETURNING id), "
-    "s AS (UPDATE flux_steps AS st SET "
-    + ", ".join(f"{c} = x.{c}" for c in STEP_COLS[1:])
-    + f" FROM jsonb_to_recordset(%(steps)s::jsonb) AS x({_STEP_RECORD}) "
-    "WHERE st.run_id = %(id)s AND st.idx = x.idx AND EXISTS (SELECT 1 FROM r)), "
-    # New step rows (for_each items, made at fan-out): usually an empty array.
-    f"n AS (INSERT INTO flux_steps (run_id, {', '.join(STEP_COLS)}) "
-    f"SELECT %(id)s, {', '.join('x.' + c for c in STEP_COLS)} "
-    f"FROM jsonb_to_recordset(%(new_steps)s::jsonb) AS x({_STEP_RECORD}) "
-    "WHERE EXISTS (SELECT 1 FROM r)), "
-    + _TRACE_INSERT
-    # A write that settles the run (finished or suspended) wakes the producers waiting on it
-    # (storage/pglisten.py): sent at commit, so only when it landed.
-    + ", nt AS (SELECT pg_notify('flux_settled', %(id)s) FROM r WHERE %(notify)s::boolean) "
+
+def _save_ctes(rows: bool) -> str:
+    """The CTEs of a guarded save; ``rows``: ``r``, ``s`` and ``n`` return the rows as
+    written (SETTLE_SQL's payload), else ``r`` returns only that it landed."""
+    returning, steps_returning = ("*", " RETURNING st.*") if rows else ("id", "")
+    return (
+        "WITH r AS (UPDATE flux_runs SET workflow_version = %(workflow_version)s, "
+        "definition_hash = %(definition_hash)s, status = %(status)s, data = %(data)s::jsonb, "
+        "current_step = %(current_step)s::integer, error = %(error)s, executor = %(executor)s, "
+        "finished_at = %(finished_at)s::timestamptz, cancel_reason = %(cancel_reason)s, "
+        "version = %(new_version)s::integer, "
+        "updated_at = %(updated_at)s::timestamptz "
+        "WHERE id = %(id)s AND version = %(expected)s::integer "
+        f"AND (claims = %(claims)s::integer OR %(any_claims)s::boolean) RETURNING {returning}), "
+        "s AS (UPDATE flux_steps AS st SET "
+        + ", ".join(f"{c} = x.{c}" for c in STEP_COLS[1:])
+        + f" FROM jsonb_to_recordset(%(steps)s::jsonb) AS x({_STEP_RECORD}) "
+        "WHERE st.run_id = %(id)s AND st.idx = x.idx AND EXISTS (SELECT 1 FROM r)"
+        f"{steps_returning}), "
+        # New step rows (for_each items, made at fan-out): usually an empty array.
+        f"n AS (INSERT INTO flux_steps (run_id, {', '.join(STEP_COLS)}) "
+        f"SELECT %(id)s, {', '.join('x.' + c for c in STEP_COLS)} "
+        f"FROM jsonb_to_recordset(%(new_steps)s::jsonb) AS x({_STEP_RECORD}) "
+        f"WHERE EXISTS (SELECT 1 FROM r){' RETURNING *' if rows else ''}), " + _TRACE_INSERT
+    )
+
+
+SAVE_SQL = _save_ctes(rows=False) + " SELECT count(*) FROM r"
+
+# A write that settles the run (finished or suspended) also wakes the producers waiting on
+# it (storage/pglisten.py), with ``NOTIFY`` sent at commit, so only when it landed. The
+# payload is the run as this write left it (``settled_from_payload``), so that a waiting
+# ``RunHandle.get`` returns without reading it again (that read was a third of the wait,
+# bench/get_latency.py): the rows this statement wrote as RETURNING gives them (its snapshot
+# still shows them as they were) and the other step rows. Or the run id alone, when the run
+# is too big for a notification (PostgreSQL takes < 8000 bytes; runs of more than
+# PAYLOAD_STEPS step rows are not even assembled). It costs the settling write ~0.1 ms;
+# writes that do not settle the run use SAVE_SQL and pay nothing. Kept under psycopg's
+# 4 KB limit for caching a statement's parsing.
+PAYLOAD_STEPS = 16
+PAYLOAD_BYTES = 7999
+_SETTLED_PAYLOAD = (
+    "coalesce((SELECT z.b FROM (SELECT json_build_object('id', r.id, 'run', to_json(r), "
+    "'steps', coalesce(json_agg(q ORDER BY q.idx), '[]'))::text AS b FROM (SELECT * FROM s "
+    "UNION ALL SELECT * FROM n UNION ALL (SELECT * FROM flux_steps f WHERE f.run_id = r.id "
+    f"AND f.idx NOT IN (SELECT idx FROM s) ORDER BY f.idx LIMIT {PAYLOAD_STEPS + 1})) q "
+    f"HAVING count(*) <= {PAYLOAD_STEPS}) z WHERE octet_length(z.b) <= {PAYLOAD_BYTES}), r.id)"
+)
+SETTLE_SQL = (
+    _save_ctes(rows=True)
+    + f", nt AS (SELECT pg_notify('flux_settled', {_SETTLED_PAYLOAD}) FROM r) "
     "SELECT count(*) FROM r LEFT JOIN nt ON true"
 )
 
@@ -218,8 +248,35 @@ def state_from_rows(rows: Sequence[Any]) -> RunState | None:
     return core_rows.state_from_rows(rows, ts=_same)
 
 
+def settled_from_payload(payload: str) -> tuple[str, RunState | None]:
+    """The run id a settling write's notification names and, when the run fitted in it,
+    the run as that write left it (SETTLE_SQL); else ``(payload, None)``."""
+    if payload.startswith("{"):
+        try:
+            doc = json.loads(payload)
+            run = doc["run"]
+            steps = [
+                core_rows.decode_step([row[c] for c in STEP_FIELDS], ts=_from_iso)
+                for row in doc["steps"]
+            ]
+            state = core_rows.decode_run([run[c] for c in RUN_FIELDS], steps, ts=_from_iso)
+            return doc["id"], state
+        except (ValueError, KeyError, TypeError):
+            pass  # a run id that starts with "{" (or a payload of another version)
+    return payload, None
+
+
+def _from_iso(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
 def _same(value: Any) -> Any:
     return value
+
+
+def save_sql(state: RunState) -> str:
+    """The statement that saves ``state``: one that settles the run also notifies."""
+    return SETTLE_SQL if state.status in SETTLED_RUN else SAVE_SQL
 
 
 def save_params(
@@ -231,7 +288,7 @@ def save_params(
     created: Iterable[int] = (),
     any_claims: bool = False,
 ) -> dict[str, Any]:
-    """Parameters of ``SAVE_SQL``: it returns 1 when the guarded write landed, else 0.
+    """Parameters of ``save_sql(state)``: it returns 1 when the guarded write landed, else 0.
     ``any_claims``: land whatever item starts happened since the read (an item's outcome).
     ``created``: step rows that are new (for_each items), inserted."""
     new = set(created)
@@ -251,7 +308,6 @@ def save_params(
         "executor": state.executor,
         "finished_at": state.finished_at,
         "cancel_reason": state.cancel_reason,
-        "notify": state.status in SETTLED_RUN,
         "steps": _rows([_step_row(state.steps[i]) for i in sorted(set(steps) - new)], "step rows"),
         "new_steps": _rows([_step_row(state.steps[i]) for i in sorted(new)], "step rows"),
         "events": _rows([_trace_row(e) for e in events], "trace events"),
@@ -295,7 +351,7 @@ def save(
 ) -> bool:
     """A guarded save inside an open SQLAlchemy transaction (a commit step's)."""
     params = save_params(state, expected_version, steps, events, now, created, any_claims)
-    return conn.exec_driver_sql(SAVE_SQL, params).scalar() == 1
+    return conn.exec_driver_sql(save_sql(state), params).scalar() == 1
 
 
 # Start a for_each item while reading its row view (``load_row_view``), in one statement:
@@ -341,8 +397,11 @@ __all__ = [
     "LOAD_SQL",
     "OUTPUT_SQL",
     "SAVE_SQL",
+    "SETTLE_SQL",
     "create_params",
     "save",
     "save_params",
+    "save_sql",
+    "settled_from_payload",
     "state_from_rows",
 ]

@@ -528,7 +528,7 @@ class SqlStorage:
             params = postgres.save_params(
                 state, expected_version, steps, events, now, created, any_claims
             )
-            if self._fetch(postgres.SAVE_SQL, params)[0][0] != 1:
+            if self._fetch(postgres.save_sql(state), params)[0][0] != 1:
                 return False
             state.version = expected_version + 1
             state.updated_at = now
