@@ -623,7 +623,7 @@ class FluxEngine:
         if comp_failed and from_step is None:
             limit = failed_idx if failed_idx is not None else len(state.steps)
             plan = rollback_plan(wf, state, limit if limit < len(state.steps) else None)
-            change.apply(t.begin_rollback(state, plan, state.error, retry=True))
+            change.apply(t.begin_rollback(state, plan, state.error, retry=True, at=self.clock()))
             if not change.save():
                 raise ConcurrentUpdate(f"Run {run_id} was changed concurrently; not retried")
             self.continue_run(
@@ -639,7 +639,7 @@ class FluxEngine:
         ]
         if compensated:
             start = min(start, min(compensated))  # undone effects are redone
-        change.apply(t.reset_for_retry(state, start))
+        change.apply(t.reset_for_retry(state, start, self.clock()))
         if not change.save():
             raise ConcurrentUpdate(f"Run {run_id} was changed concurrently; not retried")
         self.continue_run(state, Next(Action.CONTINUE, start))

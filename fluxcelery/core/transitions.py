@@ -192,7 +192,7 @@ def cancel_run(
     if target == R.CANCELLED:
         state.finished_at = at
     elif not running:
-        events.extend(begin_rollback(state, plan or (), error).events)
+        events.extend(begin_rollback(state, plan or (), error, at=at).events)
     return Transition(tuple(touched), events)
 
 
@@ -235,7 +235,12 @@ def settle_cancelled_attempt(
 
 
 def begin_rollback(
-    state: RunState, plan: Sequence[int], error: str | None, *, retry: bool = False
+    state: RunState,
+    plan: Sequence[int],
+    error: str | None,
+    *,
+    retry: bool = False,
+    at: datetime | None = None,
 ) -> Transition:
     """Start compensating the steps of ``plan`` (reverse order). ``retry``: a failed
     rollback is tried again (``engine.retry``): its compensators get their attempts back."""
@@ -246,7 +251,12 @@ def begin_rollback(
         return Transition(
             events=[
                 _event(
-                    state, "workflow:rollback_start", status="rolling_back", error=error, meta=meta
+                    state,
+                    "workflow:rollback_start",
+                    status="rolling_back",
+                    error=error,
+                    meta=meta,
+                    ts=at,
                 )
             ]
         )
@@ -254,7 +264,9 @@ def begin_rollback(
     for i in plan:
         state.steps[i].compensation_attempts = 0
     meta = {"retry": True, "plan": names}
-    event = _event(state, "workflow:rollback_start", status="rolling_back", error=error, meta=meta)
+    event = _event(
+        state, "workflow:rollback_start", status="rolling_back", error=error, meta=meta, ts=at
+    )
     return Transition(tuple(plan), [event])
 
 
@@ -290,7 +302,7 @@ def finish_rollback(state: RunState, at: datetime) -> Transition:
     return Transition(events=[done, *finished.events])
 
 
-def reset_for_retry(state: RunState, start: int) -> Transition:
+def reset_for_retry(state: RunState, start: int, at: datetime | None = None) -> Transition:
     """Re-run a failed or rolled-back run from step ``start``. A commit step whose effect
     landed (and was not undone) is kept ``completed``: it never runs again."""
     check_run_change(state.status, R.RUNNING)  # before any step changes
@@ -317,6 +329,7 @@ def reset_for_retry(state: RunState, start: int) -> Transition:
         "workflow:start",
         status="running",
         meta={"retry": True, "from_step": state.steps[start].name},
+        ts=at,
     )
     return Transition(tuple(touched), [event])
 
@@ -400,7 +413,7 @@ def report_progress(
     return Transition((), [event])
 
 
-def keep_done_step(state: RunState, index: int) -> Transition:
+def keep_done_step(state: RunState, index: int, at: datetime | None = None) -> Transition:
     """A step already done (a commit kept ``completed`` across a retry) is not run again."""
     s = state.steps[index]
     if s.parent is None:
@@ -411,6 +424,7 @@ def keep_done_step(state: RunState, index: int) -> Transition:
         s,
         status=s.status.value,
         meta={"reason": "already completed", "not_rerun": True},
+        ts=at,
     )
     return Transition((index,), [event])
 
@@ -432,7 +446,9 @@ def skip_step(
     if s.parent is None:
         state.current_step = next_index if next_index is not None else index + 1
     counted = _count(state, s, open=-1, in_flight=-1 if s.task_id else 0)
-    event = _step_event(state, "step:skipped", s, status="skipped", task_id=task_id, worker=worker)
+    event = _step_event(
+        state, "step:skipped", s, status="skipped", task_id=task_id, worker=worker, ts=at
+    )
     return Transition((index, *counted), [event])
 
 
@@ -509,6 +525,7 @@ def suspend_step(
         task_id=task_id,
         worker=worker,
         meta=_with_usage({"signal": signal, "timeout": timeout}, usage),
+        ts=at,
     )
     return Transition((index,), [event])
 
@@ -533,12 +550,17 @@ def deliver_signal(
         s,
         status="completed",
         meta={"signal": name, "payload": shown},
+        ts=at,
     )
     return Transition((index,), [event])
 
 
 def request_approval(
-    state: RunState, index: int, approvers: list[str] | None, timeout: float | None
+    state: RunState,
+    index: int,
+    approvers: list[str] | None,
+    timeout: float | None,
+    at: datetime | None = None,
 ) -> Transition:
     """An approval step suspended the run: who may decide is traced."""
     s = state.steps[index]
@@ -549,12 +571,18 @@ def request_approval(
         status="suspended",
         attempt=s.attempts,
         meta={"approvers": approvers, "timeout": timeout},
+        ts=at,
     )
     return Transition((index,), [event])
 
 
 def decide_approval(
-    state: RunState, index: int, decision: dict[str, Any], *, reason: str | None = None
+    state: RunState,
+    index: int,
+    decision: dict[str, Any],
+    *,
+    reason: str | None = None,
+    at: datetime | None = None,
 ) -> Transition:
     """An approval step was decided (by its policy or a person): ``decision`` is its
     output (``ctx.results``), traced with who decided, when and why."""
@@ -564,7 +592,13 @@ def decide_approval(
     if reason is not None:
         meta["reason"] = reason
     event = _step_event(
-        state, "approval:decided", s, status=decision["decision"], attempt=s.attempts, meta=meta
+        state,
+        "approval:decided",
+        s,
+        status=decision["decision"],
+        attempt=s.attempts,
+        meta=meta,
+        ts=at,
     )
     return Transition((index,), [event])
 
@@ -602,6 +636,7 @@ def fail_attempt(
         task_id=task_id,
         worker=worker,
         meta=_with_usage({"delay_s": delay, "next_attempt": attempt + 1}, usage),
+        ts=at,
     )
     return Transition((index,), [event])
 
@@ -648,6 +683,7 @@ def fail_step(
         task_id=task_id,
         worker=worker,
         meta=_with_usage(None, usage),
+        ts=at,
     )
     return Transition((index,), [event])
 
@@ -815,6 +851,7 @@ def compensate_step(
     duration_ms: int | None,
     task_id: str | None,
     worker: str | None,
+    at: datetime | None = None,
 ) -> Transition:
     """The compensator succeeded: the step's effect is undone. Its ``finished_at`` and
     ``duration_ms`` keep describing the forward run; the undo is in the trace."""
@@ -832,6 +869,7 @@ def compensate_step(
         duration_ms=duration_ms,
         task_id=task_id,
         worker=worker,
+        ts=at,
     )
     return Transition((index,), [event])
 
@@ -849,6 +887,7 @@ def fail_compensation(
     duration_ms: int | None,
     task_id: str | None,
     worker: str | None,
+    at: datetime | None = None,
 ) -> Transition:
     """The compensator failed: tried again after ``delay`` (``retry``), or the step ends
     ``compensation_failed`` and the rollback goes on with the next one."""
@@ -866,6 +905,7 @@ def fail_compensation(
         worker=worker,
         duration_ms=duration_ms,
         meta={"will_retry": retry, "delay_s": delay},
+        ts=at,
     )
     if not retry:
         _step_to(s, S.COMPENSATION_FAILED)

@@ -121,15 +121,17 @@ class Compensation:
         task_id: str | None,
         worker: str | None,
     ) -> None:
+        now = self.rt.clock()
         change.apply(
             t.compensate_step(
                 change.state,
                 sdef.index,
                 attempt=attempt,
                 max_attempts=self.rt.defaults.max_attempts(sdef),
-                duration_ms=ms_between(started, self.rt.clock()),
+                duration_ms=ms_between(started, now),
                 task_id=task_id,
                 worker=worker,
+                at=now,
             )
         )
 
@@ -149,6 +151,7 @@ class Compensation:
         max_attempts = self.rt.defaults.max_attempts(sdef)
         retry = should_retry(exc, attempt, max_attempts)
         delay = self.rt.defaults.backoff_of(sdef).delay(attempt) if retry else 0.0
+        now = self.rt.clock()
         change.apply(
             t.fail_compensation(
                 change.state,
@@ -159,9 +162,10 @@ class Compensation:
                 delay=delay,
                 attempt=attempt,
                 max_attempts=max_attempts,
-                duration_ms=ms_between(started, self.rt.clock()),
+                duration_ms=ms_between(started, now),
                 task_id=task_id,
                 worker=worker,
+                at=now,
             )
         )
         if retry:

@@ -51,7 +51,7 @@ class Decisions:
         now = self.rt.clock()
         verdict = decision("approved", by, comment, now)
         change = self.rt.change(state)
-        change.apply(t.decide_approval(state, index, verdict))
+        change.apply(t.decide_approval(state, index, verdict, at=now))
         signal = step.waiting_for or ""
         change.apply(t.deliver_signal(state, index, signal, verdict, self.redact(verdict), now))
         nxt: Next = Next(Action.CONTINUE, index + 1)
@@ -65,9 +65,10 @@ class Decisions:
     def reject(self, wf: Workflow, state: RunState, index: int, by: str, reason: str) -> Next:
         """Fail the step for good with ``Rejected: <reason>``; the run's failure path next."""
         step = state.steps[index]
-        verdict = decision("rejected", by, reason, self.rt.clock())
+        now = self.rt.clock()
+        verdict = decision("rejected", by, reason, now)
         change = self.rt.change(state)
-        change.apply(t.decide_approval(state, index, verdict, reason=reason))
+        change.apply(t.decide_approval(state, index, verdict, reason=reason, at=now))
         err = describe_error(Rejected(reason))
         nxt = self.runner.fail_step(change, wf, wf.steps[index], step.attempts, err)
         if nxt is STOP:

@@ -356,7 +356,7 @@ class StepRunner:
             failed = next((s.index for s in state.steps if s.status == StepStatus.FAILED), None)
             plan = rollback_plan(wf, state, failed)
         if plan:
-            settle.apply(t.begin_rollback(state, plan, state.error))
+            settle.apply(t.begin_rollback(state, plan, state.error, at=now))
             return Next(Action.COMPENSATE, plan[0])
         if state.cancel_reason is not None:
             settle.apply(t.finish_rollback(state, now))
@@ -426,10 +426,12 @@ class StepRunner:
         if state.status == RunStatus.PENDING:
             # The start meta was made with the run (``start_meta``) unless it was loaded since.
             meta = state.start_meta or {"input": self.rt.redact(state.input)}
-            change.apply(t.start_run(state, meta=meta, task_id=task_id, worker=worker))
+            change.apply(
+                t.start_run(state, meta=meta, task_id=task_id, worker=worker, at=self.rt.clock())
+            )
         if step.status in DONE_STEP:
             # Kept ``completed`` across a retry (a commit step): never run it again.
-            change.apply(t.keep_done_step(state, index))
+            change.apply(t.keep_done_step(state, index, self.rt.clock()))
             return self._advance(change, wf, index)
 
         if sdef.is_group and (step.status == StepStatus.RUNNING or sdef.when is None):
@@ -740,7 +742,13 @@ class StepRunner:
             )
             if sdef.kind == "approval":
                 change.apply(
-                    t.request_approval(state, sdef.index, self._approvers(sdef, ctx), value.timeout)
+                    t.request_approval(
+                        state,
+                        sdef.index,
+                        self._approvers(sdef, ctx),
+                        value.timeout,
+                        self.rt.clock(),
+                    )
                 )
             return Next(Action.SUSPEND, sdef.index, wait_timeout=value.timeout)
         change.apply(
@@ -758,7 +766,7 @@ class StepRunner:
             )
         )
         if sdef.kind == "approval" and isinstance(output, dict):  # approved by its policy
-            change.apply(t.decide_approval(state, sdef.index, output))
+            change.apply(t.decide_approval(state, sdef.index, output, at=self.rt.clock()))
         change.hook("step_complete", sdef.name, ctx, output)
         return self._advance(change, wf, sdef.index, ctx)
 
@@ -858,7 +866,9 @@ class StepRunner:
         failure = self.rt.failure(exc, err, state)
         now = self.rt.clock()
         if isinstance(exc, Rejected) and exc.decision is not None:  # denied by its policy
-            change.apply(t.decide_approval(state, sdef.index, exc.decision, reason=str(exc)))
+            change.apply(
+                t.decide_approval(state, sdef.index, exc.decision, reason=str(exc), at=now)
+            )
         change.apply(
             t.fail_step(
                 state,
@@ -901,7 +911,7 @@ class StepRunner:
                 return Next(Action.STOP, failure=failure)
         plan = rollback_plan(wf, state, failed)
         if plan:
-            change.apply(t.begin_rollback(state, plan, err))
+            change.apply(t.begin_rollback(state, plan, err, at=self.rt.clock()))
             return Next(Action.COMPENSATE, plan[0], failure=failure)
         change.apply(t.finish_run(state, RunStatus.FAILED, self.rt.clock(), err))
         change.hook("workflow_error", ctx, error)
