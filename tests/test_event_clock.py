@@ -13,29 +13,22 @@ from fluxcelery.testing import FluxClock
 LONG_AGO = datetime(2001, 2, 3, 4, 5, 6, tzinfo=UTC)
 
 
-class Flaky:
-    def __init__(self) -> None:
+class FailsOnce:
+    """A handler whose first call fails (retried) and whose next calls return ``value``."""
+
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
         self.calls = 0
 
-    def __call__(self, ctx: Any) -> str:
+    def __call__(self, ctx: Any) -> Any:
         self.calls += 1
         if self.calls == 1:
             raise ConnectionError("first try fails")
-        return "ok"
+        return self.value
 
 
 def _fail(ctx: Any) -> None:
     raise ValueError("no")
-
-
-class UndoFailsOnce:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, ctx: Any) -> None:
-        self.calls += 1
-        if self.calls == 1:
-            raise ConnectionError("undo failed once")
 
 
 def test_every_event_carries_the_engine_clock() -> None:
@@ -43,11 +36,11 @@ def test_every_event_carries_the_engine_clock() -> None:
     engine = FluxEngine(storage=MemoryStorage(), clock=clock, sleep=clock.sleep)
     wf = (
         workflow("clocked")
-        .step("flaky", Flaky(), retries=1)  # step:retry
+        .step("flaky", FailsOnce("ok"), retries=1)  # step:retry
         .step("skipped", lambda ctx: 1, when=lambda ctx: False)  # step:skipped
         .step("wait", lambda ctx: wait_for("go"))  # step:suspend, signal:received
         .approval("boss")  # approval:requested, approval:decided
-        .commit("pay", lambda ctx: "paid", compensate=UndoFailsOnce(), retries=1)
+        .commit("pay", lambda ctx: "paid", compensate=FailsOnce(), retries=1)
         .step("boom", _fail, retries=0)  # step:error, rollback, compensate(_error)
     )
     run = engine.execute(wf, {})

@@ -513,7 +513,7 @@ def test_an_upgraded_store_counts_from_the_upgrade_on(tmp_path: Path) -> None:
     try:
         assert upgrade(storage, "0008") == (None, "0008")
         storage.append_traces([event("workflow:start", "orders", "running") for _ in range(3)])
-        assert upgrade(storage) == ("0008", "0009")
+        assert upgrade(storage, "0009") == ("0008", "0009")
         assert cursor_row(storage) == (3, 3)
         assert value(scrape(storage), "fluxcelery_runs_started_total", workflow="orders") is None
         storage.append_traces([event("workflow:start", "orders", "running")])

@@ -35,6 +35,27 @@ def _run_in_background(engine: FluxEngine, wf: Any, run_id: str) -> threading.Th
     return thread
 
 
+def _started(engine: FluxEngine, name: str) -> tuple[threading.Event, threading.Thread]:
+    """A gated run ``<name>-1`` started in the background and stored; set the gate to end it."""
+    wf, gate = _gated(name)
+    thread = _run_in_background(engine, wf, f"{name}-1")
+    while engine.get(f"{name}-1") is None:
+        time.sleep(0.01)
+    return gate, thread
+
+
+def _get_in_thread(
+    engine: FluxEngine, run_id: str, name: str | None = None
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """``RunHandle.get`` on a thread of its own; its result lands in the dict under "r"."""
+    got: dict[str, Any] = {}
+    waiting = threading.Thread(
+        target=lambda: got.update(r=RunHandle(engine, run_id).get(timeout=30)), name=name
+    )
+    waiting.start()
+    return waiting, got
+
+
 def _listeners(storage: Any) -> int:
     with storage.engine.connect() as conn:
         q = sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :a")
@@ -47,14 +68,8 @@ def test_a_settling_write_wakes_get_on_postgres(
     # Without the notification, get would re-read only every 60 s: it must return sooner.
     monkeypatch.setattr(handle_module, "PUSH_RECHECK", 60.0)
     engine = FluxEngine(storage=pg_storage)
-    wf, gate = _gated("push-get")
-    thread = _run_in_background(engine, wf, "push-get-1")
-    handle = RunHandle(engine, "push-get-1")
-    while engine.get("push-get-1") is None:
-        time.sleep(0.01)
-    got: dict[str, Any] = {}
-    waiting = threading.Thread(target=lambda: got.update(r=handle.get(timeout=30)))
-    waiting.start()
+    gate, thread = _started(engine, "push-get")
+    waiting, got = _get_in_thread(engine, "push-get-1")
     time.sleep(0.3)  # get is parked in its wait now
     released = time.monotonic()
     gate.set()
@@ -187,10 +202,7 @@ def test_get_returns_the_carried_run_without_reading_it(
 ) -> None:
     monkeypatch.setattr(handle_module, "PUSH_RECHECK", 60.0)
     engine = FluxEngine(storage=pg_storage)
-    wf, gate = _gated("push-carried")
-    thread = _run_in_background(engine, wf, "push-carried-1")
-    while engine.get("push-carried-1") is None:
-        time.sleep(0.01)
+    gate, thread = _started(engine, "push-carried")
     reads: list[str] = []
     real_load = pg_storage.load_run
 
@@ -199,12 +211,7 @@ def test_get_returns_the_carried_run_without_reading_it(
         return real_load(run_id)
 
     monkeypatch.setattr(pg_storage, "load_run", load_run)
-    got: dict[str, Any] = {}
-    waiting = threading.Thread(
-        target=lambda: got.update(r=RunHandle(engine, "push-carried-1").get(timeout=30)),
-        name="producer",
-    )
-    waiting.start()
+    waiting, got = _get_in_thread(engine, "push-carried-1", name="producer")
     time.sleep(0.3)
     gate.set()
     waiting.join(30)
@@ -227,15 +234,8 @@ def test_the_listener_closes_when_nobody_waits_and_opens_again(
         time.sleep(0.1)
     assert _listeners(pg_storage) == 0  # closed: nobody waits in this process
     monkeypatch.setattr(handle_module, "PUSH_RECHECK", 60.0)
-    wf2, gate2 = _gated("push-idle-again")
-    thread = _run_in_background(engine, wf2, "push-idle-2")
-    while engine.get("push-idle-2") is None:
-        time.sleep(0.01)
-    got: dict[str, Any] = {}
-    waiting = threading.Thread(
-        target=lambda: got.update(r=RunHandle(engine, "push-idle-2").get(timeout=30))
-    )
-    waiting.start()
+    gate2, thread = _started(engine, "push-idle-again")
+    waiting, got = _get_in_thread(engine, "push-idle-again-1")
     time.sleep(0.3)
     assert _listeners(pg_storage) == 1  # a waiter again: listening again
     gate2.set()

@@ -52,6 +52,11 @@ runs = sa.Table(
         "updated_at",
         postgresql_include=["not_before"],
     ),
+    # migration 0010, PostgreSQL only: a run found by the first characters of its id
+    # (``run_ids_with_prefix``); SQLite's GLOB uses the primary key
+    sa.Index("ix_flux_runs_id_prefix", "id", postgresql_ops={"id": "varchar_pattern_ops"}).ddl_if(
+        dialect="postgresql"
+    ),
 )
 
 steps = sa.Table(
