@@ -206,6 +206,8 @@ class ChaosReport:
     lost: int = 0
     unexpected: int = 0
     failed_worker_lost: int = 0
+    #: Of ``failed_worker_lost``, the runs that were forced to fail later (the kill came first).
+    forced_worker_lost: int = 0
     duplicate_commit_effects: int = 0
     missing_commit_effects: int = 0
     trace_gaps: int = 0
@@ -537,6 +539,7 @@ class Chaos:
                 # cannot loop forever); a step with retries=0 then fails the run, cleanly. An
                 # order forced to fail later (at charge-payment) can be hit there first too.
                 rep.failed_worker_lost += 1
+                rep.forced_worker_lost += int(forced)
                 rep.problems.append(f"{run_id}: failed by design: {state.error}")
             elif status != want:
                 rep.unexpected += 1

@@ -35,8 +35,10 @@ def test_chaos_small(tmp_path: Path) -> None:
     assert report.missing_commit_effects == 0, problems
     assert report.trace_gaps == 0, problems
     assert report.unexpected == 0, problems
-    assert report.failed_as_designed == 8  # 20% forced to fail at charge-payment
-    assert report.completed + report.failed_worker_lost == 32
+    # 20% forced to fail at charge-payment; a kill that used up an earlier retries=0 step's
+    # only attempt fails one of them first, by design (bench/chaos.py)
+    assert report.failed_as_designed + report.forced_worker_lost == 8
+    assert report.completed + report.failed_worker_lost - report.forced_worker_lost == 32
     assert report.worker_kills >= 1
     assert report.broker_restarts == 1
     assert report.db_restarts == 1
